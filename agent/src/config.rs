@@ -1,0 +1,156 @@
+//! The agent's configuration: defaults < TOML file < environment < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_core::config::{ConfigError, load_toml};
+use fleet_core::tls::TlsFiles;
+use serde::Deserialize;
+
+use crate::engine::EngineChoice;
+use crate::ownership::WalkBounds;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
+
+/// The validated configuration `run` takes.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub engine: EngineChoice,
+    pub engine_socket: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// The name this host reports (defaults to the kernel hostname).
+    pub hostname: String,
+    pub walk: WalkBounds,
+    /// Keep inspect documents warm from the engine's event stream.
+    pub inspect_cache: bool,
+    pub ownership_cache_ttl: Duration,
+}
+
+/// The TOML file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub listen: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub engine: Option<String>,
+    pub engine_socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub ownership_max_entries: Option<u64>,
+    pub ownership_max_time_ms: Option<u64>,
+    pub ownership_cache_ttl_secs: Option<u64>,
+    pub inspect_cache: Option<bool>,
+}
+
+/// Settings from flags and environment (clap fills these).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct AgentFlags {
+    /// TOML configuration file.
+    #[arg(long, env = "FLEET_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 0.0.0.0:7443].
+    #[arg(long, env = "FLEET_AGENT_LISTEN")]
+    pub listen: Option<String>,
+    /// The fleet CA certificate (PEM).
+    #[arg(long, env = "FLEET_AGENT_CA")]
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (PEM, role agent).
+    #[arg(long, env = "FLEET_AGENT_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
+    #[arg(long, env = "FLEET_AGENT_KEY")]
+    pub key: Option<PathBuf>,
+    /// auto, docker, podman or podman-rootless [default: auto].
+    #[arg(long, env = "FLEET_AGENT_ENGINE")]
+    pub engine: Option<String>,
+    /// The engine's API socket (overrides auto-detection).
+    #[arg(long, env = "FLEET_AGENT_ENGINE_SOCKET")]
+    pub engine_socket: Option<PathBuf>,
+    /// Where the agent keeps its state [default: /var/lib/fleet-agent].
+    #[arg(long, env = "FLEET_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The host name to report [default: the kernel's].
+    #[arg(long, env = "FLEET_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Disable the event-driven inspection cache.
+    #[arg(long, env = "FLEET_AGENT_NO_INSPECT_CACHE")]
+    pub no_inspect_cache: bool,
+}
+
+impl AgentFlags {
+    /// Merges flags (and env) over the file over the defaults, and validates.
+    pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        let file: AgentFile = match &self.config {
+            Some(path) => load_toml(path)?,
+            None => AgentFile::default(),
+        };
+        let listen_text = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "listen address '{listen_text}' is not ip:port: {e}"
+            ))
+        })?;
+        let required = |flag: &Option<PathBuf>, file: Option<PathBuf>, name: &str| {
+            flag.clone().or(file).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "no {name} given: pass --{name}, set FLEET_AGENT_{}, or put `{name} = \"...\"` in the config file",
+                    name.to_uppercase()
+                ))
+            })
+        };
+        let tls = TlsFiles {
+            ca: required(&self.ca, file.ca, "ca")?,
+            cert: required(&self.cert, file.cert, "cert")?,
+            key: required(&self.key, file.key, "key")?,
+        };
+        let engine = self
+            .engine
+            .clone()
+            .or(file.engine)
+            .map(|e| e.parse::<EngineChoice>().map_err(ConfigError::Invalid))
+            .transpose()?
+            .unwrap_or_default();
+        let defaults = WalkBounds::default();
+        Ok(AgentConfig {
+            listen,
+            tls,
+            engine,
+            engine_socket: self.engine_socket.clone().or(file.engine_socket),
+            state_dir: self
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            hostname: self
+                .hostname
+                .clone()
+                .or(file.hostname)
+                .unwrap_or_else(kernel_hostname),
+            walk: WalkBounds {
+                max_entries: file.ownership_max_entries.unwrap_or(defaults.max_entries),
+                max_time: file
+                    .ownership_max_time_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(defaults.max_time),
+            },
+            inspect_cache: !self.no_inspect_cache && file.inspect_cache.unwrap_or(true),
+            ownership_cache_ttl: Duration::from_secs(file.ownership_cache_ttl_secs.unwrap_or(30)),
+        })
+    }
+}
+
+pub fn kernel_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

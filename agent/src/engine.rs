@@ -1,0 +1,203 @@
+//! The container engine behind this agent: Docker, rootful Podman or rootless
+//! Podman, all through the Docker-compatible API (bollard), plus the few
+//! libpod endpoints Podman needs for what its compat API leaves out.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bollard::Docker;
+use fleet_core::audit::{EngineFacts, EngineKind};
+use tokio::sync::OnceCell;
+
+use crate::error::EngineError;
+use crate::rawhttp;
+
+/// Which engine to talk to, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    Docker,
+    Podman,
+    PodmanRootless,
+}
+
+impl FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "docker" => Ok(EngineChoice::Docker),
+            "podman" => Ok(EngineChoice::Podman),
+            "podman-rootless" => Ok(EngineChoice::PodmanRootless),
+            other => Err(format!(
+                "unknown engine '{other}': expected auto, docker, podman or podman-rootless"
+            )),
+        }
+    }
+}
+
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// The sockets auto-detection tries, in order.
+pub fn candidate_sockets(choice: EngineChoice) -> Vec<PathBuf> {
+    let rootless = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|dir| PathBuf::from(dir).join("podman/podman.sock"));
+    match choice {
+        EngineChoice::Docker => vec![PathBuf::from(DOCKER_SOCKET)],
+        EngineChoice::Podman => vec![PathBuf::from(PODMAN_SOCKET)],
+        EngineChoice::PodmanRootless => rootless.into_iter().collect(),
+        EngineChoice::Auto => {
+            let mut all = vec![PathBuf::from(DOCKER_SOCKET), PathBuf::from(PODMAN_SOCKET)];
+            all.extend(rootless);
+            all
+        }
+    }
+}
+
+/// A connected engine: the negotiated client and the facts about it.
+#[derive(Debug)]
+pub struct Connected {
+    pub docker: Docker,
+    pub facts: EngineFacts,
+    /// The host uid that container uid 0 maps to when the engine does not
+    /// run containers as host root (rootless, userns-remap); used for
+    /// containers that have no process to read the mapping from.
+    pub root_host_uid: Option<u32>,
+}
+
+/// The engine, connected on first use and reconnected after a failure.
+#[derive(Debug)]
+pub struct Engine {
+    choice: EngineChoice,
+    explicit_socket: Option<PathBuf>,
+    connected: OnceCell<Connected>,
+}
+
+const ENGINE_TIMEOUT_SECS: u64 = 60;
+
+impl Engine {
+    pub fn new(choice: EngineChoice, socket: Option<PathBuf>) -> Self {
+        Engine {
+            choice,
+            explicit_socket: socket,
+            connected: OnceCell::new(),
+        }
+    }
+
+    /// The connected engine; tries again on every call until it succeeds.
+    pub async fn connected(&self) -> Result<&Connected, EngineError> {
+        self.connected.get_or_try_init(|| self.connect()).await
+    }
+
+    fn socket(&self) -> Result<PathBuf, EngineError> {
+        if let Some(socket) = &self.explicit_socket {
+            return Ok(socket.clone());
+        }
+        let tried = candidate_sockets(self.choice);
+        tried
+            .iter()
+            .find(|p| p.exists())
+            .cloned()
+            .ok_or_else(|| EngineError::NoSocket {
+                tried: tried
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    async fn connect(&self) -> Result<Connected, EngineError> {
+        let socket = self.socket()?;
+        let socket_text = socket.display().to_string();
+        let unreachable = |source: bollard::errors::Error| EngineError::Unreachable {
+            socket: socket_text.clone(),
+            message: source.to_string(),
+        };
+        let docker = Docker::connect_with_unix(
+            &socket_text,
+            ENGINE_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(unreachable)?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| EngineError::Unreachable {
+                socket: socket_text.clone(),
+                message: "no answer within 10s".into(),
+            })?
+            .map_err(unreachable)?;
+        let version = docker.version().await.map_err(unreachable)?;
+        let is_podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.contains("Podman"))
+            || version
+                .platform
+                .as_ref()
+                .is_some_and(|p| p.name.contains("Podman"));
+        let kind = if is_podman {
+            EngineKind::Podman
+        } else {
+            EngineKind::Docker
+        };
+        let info = docker.info().await.map_err(unreachable)?;
+        let security = info.security_options.unwrap_or_default();
+        let mut rootless = security.iter().any(|o| o.contains("name=rootless"));
+        let userns_remap = security.iter().any(|o| o.contains("name=userns"));
+        if kind == EngineKind::Podman {
+            // Podman's compat /info does not say; its own endpoint does.
+            let libpod = rawhttp::get_json(&socket, "/libpod/info").await;
+            match libpod {
+                Ok(value) => {
+                    rootless = value
+                        .pointer("/host/security/rootless")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(rootless);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read /libpod/info"),
+            }
+        }
+        let root_host_uid = if rootless {
+            socket_owner(&socket)
+        } else if userns_remap {
+            subordinate_start(Path::new("/etc/subuid"), "dockremap")
+        } else {
+            None
+        };
+        let facts = EngineFacts {
+            kind,
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            rootless,
+            userns_remap,
+            socket: socket_text,
+        };
+        tracing::info!(engine = %facts.kind, version = %facts.version, socket = %facts.socket, rootless, userns_remap, "connected to the container engine");
+        Ok(Connected {
+            docker,
+            facts,
+            root_host_uid,
+        })
+    }
+}
+
+fn socket_owner(socket: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(socket).ok().map(|m| m.uid())
+}
+
+/// The start of the first subordinate id range of `name` in an
+/// `/etc/subuid`-style file.
+pub fn subordinate_start(file: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then(|| fields.next()?.parse().ok())?
+    })
+}

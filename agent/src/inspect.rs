@@ -1,0 +1,463 @@
+//! The inspection: every container of the engine, who it runs as, what it
+//! is allowed to do, and what it has mounted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bollard::models::{ContainerInspectResponse, MountPoint};
+use bollard::query_parameters::{DownloadFromContainerOptions, ListContainersOptions};
+use fleet_core::audit::{
+    ContainerReport, HostReport, Identity, MountReport, OwnershipSummary, ProcessIdentity,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::cache::Cache;
+use crate::engine::{Connected, Engine};
+use crate::error::EngineError;
+use crate::findings::{FindingInput, findings};
+use crate::identity::{self, Resolved, RootMapping, UserDb};
+use crate::ownership::{WalkBounds, summarize};
+use crate::procfs::ProcessTable;
+use crate::rawhttp;
+
+/// How many engine calls run at once.
+const CONCURRENCY: usize = 16;
+/// Largest /etc/passwd or /etc/group archive we read from a container
+/// (the container may be hostile; its files are untrusted input).
+const MAX_USER_FILE: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct InspectOptions {
+    /// Names or id prefixes; empty means all.
+    pub containers: Vec<String>,
+    pub skip_ownership: bool,
+}
+
+#[derive(Debug)]
+pub struct Inspector {
+    engine: Arc<Engine>,
+    cache: Arc<Cache>,
+    bounds: WalkBounds,
+    hostname: String,
+    proc_root: PathBuf,
+}
+
+impl Inspector {
+    pub fn new(engine: Arc<Engine>, cache: Arc<Cache>, bounds: WalkBounds, hostname: String) -> Self {
+        Inspector {
+            engine,
+            cache,
+            bounds,
+            hostname,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    pub async fn inspect(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
+        let conn = self.engine.connected().await?;
+        let mut warnings = Vec::new();
+        let ids = match self.cache.known_ids() {
+            Some(ids) => ids,
+            None => conn
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    socket: conn.facts.socket.clone(),
+                    message: e.to_string(),
+                })?
+                .into_iter()
+                .filter_map(|c| c.id)
+                .collect(),
+        };
+        let docs: Vec<Result<Arc<ContainerInspectResponse>, (String, EngineError)>> =
+            futures::stream::iter(ids)
+                .map(|id| async move {
+                    self.inspect_doc(conn, &id).await.map_err(|e| (id, e))
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        let mut selected = Vec::new();
+        for doc in docs {
+            match doc {
+                Ok(doc) => selected.push(doc),
+                Err((id, EngineError::NoSuchContainer(_))) => {
+                    self.cache.forget(&id);
+                    warnings.push(format!(
+                        "container {} disappeared during inspection",
+                        short(&id)
+                    ));
+                }
+                Err((id, e)) => warnings.push(format!("container {}: {e}", short(&id))),
+            }
+        }
+        if !options.containers.is_empty() {
+            for wanted in &options.containers {
+                if !selected.iter().any(|d| matches_name(d, wanted)) {
+                    warnings.push(format!("no container named or with id '{wanted}'"));
+                }
+            }
+            selected.retain(|d| options.containers.iter().any(|w| matches_name(d, w)));
+        }
+        let pods = self.pod_names(conn).await;
+        let proc_root = self.proc_root.clone();
+        let table = Arc::new(
+            tokio::task::spawn_blocking(move || ProcessTable::scan(&proc_root))
+                .await
+                .unwrap_or_default(),
+        );
+        let mut containers: Vec<ContainerReport> = futures::stream::iter(selected)
+            .map(|doc| {
+                let table = table.clone();
+                let pods = &pods;
+                async move { self.report(conn, &doc, &table, pods, options).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(HostReport {
+            hostname: self.hostname.clone(),
+            engine: conn.facts.clone(),
+            containers,
+            warnings,
+            inspected_at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        })
+    }
+
+    async fn inspect_doc(
+        &self,
+        conn: &Connected,
+        id: &str,
+    ) -> Result<Arc<ContainerInspectResponse>, EngineError> {
+        if let Some(doc) = self.cache.doc(id) {
+            return Ok(doc);
+        }
+        let epoch = self.cache.epoch(id);
+        let doc = conn
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| EngineError::from_bollard("inspect", id, e))?;
+        let doc = Arc::new(doc);
+        self.cache.put_doc(id, epoch, doc.clone());
+        Ok(doc)
+    }
+
+    /// Podman only: pod membership is not in the compat API.
+    async fn pod_names(&self, conn: &Connected) -> HashMap<String, String> {
+        if conn.facts.kind != fleet_core::audit::EngineKind::Podman {
+            return HashMap::new();
+        }
+        let pods = match rawhttp::get_json(Path::new(&conn.facts.socket), "/libpod/pods/json").await
+        {
+            Ok(pods) => pods,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list podman pods");
+                return HashMap::new();
+            }
+        };
+        let mut by_container = HashMap::new();
+        for pod in pods.as_array().into_iter().flatten() {
+            let name = pod.get("Name").and_then(|n| n.as_str()).unwrap_or_default();
+            for container in pod
+                .get("Containers")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(id) = container.get("Id").and_then(|i| i.as_str()) {
+                    by_container.insert(id.to_string(), name.to_string());
+                }
+            }
+        }
+        by_container
+    }
+
+    async fn report(
+        &self,
+        conn: &Connected,
+        doc: &ContainerInspectResponse,
+        table: &ProcessTable,
+        pods: &HashMap<String, String>,
+        options: &InspectOptions,
+    ) -> ContainerReport {
+        let id = doc.id.clone().unwrap_or_default();
+        let config = doc.config.clone().unwrap_or_default();
+        let configured_user = config.user.clone().unwrap_or_default();
+        let mut errors = Vec::new();
+
+        let resolved = self.resolve_user(conn, &id, &configured_user).await;
+        if let Err(e) = &resolved {
+            errors.push(e.clone());
+        }
+        let state = doc.state.clone().unwrap_or_default();
+        let running = state.running == Some(true);
+        let main_pid = state.pid.unwrap_or(0) as i32;
+        let (processes, root_host_uid) = if running && main_pid > 0 {
+            let uid_map = table.uid_map(main_pid);
+            let gid_map = table.gid_map(main_pid);
+            let processes: Vec<ProcessIdentity> = table
+                .tree(main_pid)
+                .into_iter()
+                .map(|p| ProcessIdentity {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    command: p.name.clone(),
+                    uids: p.uids.map(|u| uid_map.to_inside(u)),
+                    gids: p.gids.map(|g| gid_map.to_inside(g)),
+                    host_uids: p.uids,
+                })
+                .collect();
+            (processes, uid_map.to_host(0))
+        } else {
+            let shares_host_userns = doc
+                .host_config
+                .as_ref()
+                .and_then(|h| h.userns_mode.as_deref())
+                == Some("host");
+            let mapped = if shares_host_userns {
+                None
+            } else {
+                conn.root_host_uid
+            };
+            (Vec::new(), mapped)
+        };
+        let mapping = RootMapping {
+            root_host_uid,
+            rootless_engine: conn.facts.rootless,
+        };
+        let verdict = identity::verdict(&resolved, running, main_pid, &processes, mapping);
+        let engine_socket = std::fs::canonicalize(&conn.facts.socket)
+            .unwrap_or_else(|_| PathBuf::from(&conn.facts.socket));
+        let findings = findings(&FindingInput {
+            doc,
+            configured_user: &configured_user,
+            resolved: &resolved,
+            verdict: &verdict,
+            engine_socket: &engine_socket,
+        });
+        let mut mounts = Vec::new();
+        for mount in doc.mounts.iter().flatten() {
+            mounts.push(self.mount_report(mount, options.skip_ownership).await);
+        }
+        let labels = config.labels.clone().unwrap_or_default();
+        let (uid, gid, resolution) = match &resolved {
+            Ok(r) => (Some(r.uid), Some(r.gid), r.how.clone()),
+            Err(e) => (None, None, e.clone()),
+        };
+        ContainerReport {
+            name: doc
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.clone().unwrap_or_default(),
+            image_id: doc.image.clone().unwrap_or_default(),
+            state: state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            identity: Identity {
+                configured_user,
+                uid,
+                gid,
+                resolution,
+                processes,
+                verdict,
+            },
+            findings,
+            mounts,
+            compose_project: labels.get("com.docker.compose.project").cloned(),
+            compose_service: labels.get("com.docker.compose.service").cloned(),
+            pod: pods.get(&id).cloned(),
+            errors,
+            id,
+        }
+    }
+
+    async fn resolve_user(
+        &self,
+        conn: &Connected,
+        id: &str,
+        user: &str,
+    ) -> Result<Resolved, String> {
+        if !identity::needs_user_db(user) {
+            return identity::resolve(user, &UserDb::default());
+        }
+        let db = match self.cache.user_db(id) {
+            Some(db) => db,
+            None => {
+                let epoch = self.cache.epoch(id);
+                let db = Arc::new(read_user_db(conn, id).await.map_err(|e| {
+                    format!("cannot read the container's user database to resolve '{user}': {e}")
+                })?);
+                self.cache.put_user_db(id, epoch, db.clone());
+                db
+            }
+        };
+        identity::resolve(user, &db)
+    }
+
+    async fn mount_report(&self, mount: &MountPoint, skip_ownership: bool) -> MountReport {
+        let kind = mount.typ.clone().unwrap_or_else(|| "unknown".into());
+        let source = mount.source.clone().unwrap_or_default();
+        let walkable = matches!(kind.as_str(), "bind" | "volume") && !source.is_empty();
+        let ownership = if skip_ownership || !walkable {
+            OwnershipSummary {
+                skipped: true,
+                ..Default::default()
+            }
+        } else {
+            let path = PathBuf::from(&source);
+            match self.cache.summary(&path) {
+                Some(summary) => summary,
+                None => {
+                    let bounds = self.bounds;
+                    let walk_path = path.clone();
+                    let summary =
+                        tokio::task::spawn_blocking(move || summarize(&walk_path, bounds))
+                            .await
+                            .unwrap_or_else(|e| OwnershipSummary {
+                                error: Some(format!("ownership walk failed: {e}")),
+                                ..Default::default()
+                            });
+                    self.cache.put_summary(path, summary.clone());
+                    summary
+                }
+            }
+        };
+        MountReport {
+            kind,
+            source,
+            destination: mount.destination.clone().unwrap_or_default(),
+            read_only: mount.rw == Some(false),
+            volume_name: mount.name.clone().filter(|n| !n.is_empty()),
+            ownership,
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn matches_name(doc: &ContainerInspectResponse, wanted: &str) -> bool {
+    let wanted = wanted.trim_start_matches('/');
+    let name = doc.name.as_deref().unwrap_or_default().trim_start_matches('/');
+    let id = doc.id.as_deref().unwrap_or_default();
+    name == wanted || (wanted.len() >= 4 && id.starts_with(wanted))
+}
+
+/// Reads `/etc/passwd` and `/etc/group` through the engine's archive API, so
+/// it works for stopped containers and images without a shell.
+async fn read_user_db(conn: &Connected, id: &str) -> Result<UserDb, EngineError> {
+    Ok(UserDb {
+        passwd: read_file(conn, id, "/etc/passwd")
+            .await?
+            .map(|t| UserDb::parse_passwd(&t)),
+        group: read_file(conn, id, "/etc/group")
+            .await?
+            .map(|t| UserDb::parse_group(&t)),
+    })
+}
+
+/// One small text file of a container; `None` when it does not exist.
+/// Follows a symlink once, inside the container's own filesystem.
+async fn read_file(conn: &Connected, id: &str, path: &str) -> Result<Option<String>, EngineError> {
+    let mut path = path.to_string();
+    for _ in 0..2 {
+        match read_archive_entry(conn, id, &path).await? {
+            None => return Ok(None),
+            Some(ArchiveEntry::File(text)) => return Ok(Some(text)),
+            Some(ArchiveEntry::Link(target)) => {
+                path = if target.starts_with('/') {
+                    target
+                } else {
+                    let parent = Path::new(&path).parent().unwrap_or(Path::new("/"));
+                    parent.join(target).display().to_string()
+                };
+            }
+        }
+    }
+    Ok(None)
+}
+
+enum ArchiveEntry {
+    File(String),
+    Link(String),
+}
+
+async fn read_archive_entry(
+    conn: &Connected,
+    id: &str,
+    path: &str,
+) -> Result<Option<ArchiveEntry>, EngineError> {
+    let stream = conn.docker.download_from_container(
+        id,
+        Some(DownloadFromContainerOptions {
+            path: path.to_string(),
+        }),
+    );
+    let mut archive = Vec::new();
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => {
+                archive.extend_from_slice(&chunk);
+                if archive.len() > MAX_USER_FILE + 64 * 1024 {
+                    return Err(EngineError::Api {
+                        call: format!("archive {path}"),
+                        message: format!("{path} is larger than {MAX_USER_FILE} bytes"),
+                    });
+                }
+            }
+            Ok(None) => break,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if !message.contains("No such container") => return Ok(None),
+            Err(e) => return Err(EngineError::from_bollard("archive", id, e)),
+        }
+    }
+    let mut tar = tar::Archive::new(archive.as_slice());
+    let entries = tar.entries().map_err(|e| EngineError::Api {
+        call: format!("archive {path}"),
+        message: e.to_string(),
+    })?;
+    if let Some(entry) = entries.flatten().next() {
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return Ok(Some(ArchiveEntry::Link(target)));
+        }
+        if kind.is_file() {
+            let mut text = String::new();
+            use std::io::Read;
+            let mut limited = entry.take(MAX_USER_FILE as u64);
+            let mut raw = Vec::new();
+            limited.read_to_end(&mut raw).map_err(|e| EngineError::Api {
+                call: format!("archive {path}"),
+                message: e.to_string(),
+            })?;
+            text.push_str(&String::from_utf8_lossy(&raw));
+            return Ok(Some(ArchiveEntry::File(text)));
+        }
+    }
+    Ok(None)
+}

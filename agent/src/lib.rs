@@ -1,0 +1,108 @@
+//! fleet-agent: one per host, the only component that touches containers.
+//!
+//! `run` serves the `fleet.agent.v1.Agent` gRPC service over mTLS to the
+//! controller (and nobody else), talking to the local engine through bollard.
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod findings;
+pub mod identity;
+pub mod inspect;
+pub mod ownership;
+pub mod procfs;
+pub mod rawhttp;
+pub mod service;
+
+use std::sync::Arc;
+
+use fleet_core::CancellationToken;
+use fleet_core::auth::AuthLayer;
+use fleet_core::role::Role;
+use fleet_core::tls::{self, TlsMaterial};
+use fleet_proto::agent::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+
+pub use crate::config::{AgentConfig, AgentFlags};
+use crate::engine::Engine;
+pub use crate::error::AgentError;
+use crate::inspect::Inspector;
+
+/// Builds the inspector (engine, event-driven cache) for `config`, and starts
+/// keeping its cache warm until `shutdown`.
+pub fn start_inspector(config: &AgentConfig, shutdown: &CancellationToken) -> Arc<Inspector> {
+    let engine = Arc::new(Engine::new(config.engine, config.engine_socket.clone()));
+    let cache = Arc::new(cache::Cache::new(
+        config.inspect_cache,
+        config.ownership_cache_ttl,
+    ));
+    tokio::spawn(cache::keep_warm(
+        engine.clone(),
+        cache.clone(),
+        shutdown.clone(),
+    ));
+    Arc::new(Inspector::new(
+        engine,
+        cache,
+        config.walk,
+        config.hostname.clone(),
+    ))
+}
+
+/// Loads the agent's certificates and checks they carry the agent role.
+pub fn server_tls(files: &tls::TlsFiles) -> Result<Arc<rustls_server::ServerConfig>, AgentError> {
+    let material = TlsMaterial::load(files)?;
+    match material.own_identity() {
+        Some(identity) if identity.role == Role::Agent => {}
+        Some(identity) => {
+            return Err(AgentError::WrongOwnRole(format!(
+                "{} carries role {}",
+                files.cert.display(),
+                identity.role
+            )));
+        }
+        None => {
+            return Err(AgentError::WrongOwnRole(format!(
+                "{} carries no fleet role",
+                files.cert.display()
+            )));
+        }
+    }
+    Ok(material.server_config()?)
+}
+
+mod rustls_server {
+    pub use tokio_rustls::rustls::ServerConfig;
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let tls = server_tls(&config.tls)?;
+    let inspector = start_inspector(&config, &shutdown);
+    serve(inspector, tls, listener, shutdown).await
+}
+
+/// Serves one inspector on one listener (several servers may share one
+/// inspector, as the fan-out benchmark does).
+pub async fn serve(
+    inspector: Arc<Inspector>,
+    tls: Arc<rustls_server::ServerConfig>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "agent listening (mTLS)");
+    }
+    let incoming = tls::incoming(listener, tls, shutdown.clone());
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(fleet_proto::AGENT_SERVICE, service::decide))
+        .add_service(AgentServer::new(service::AgentService::new(inspector)))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The audit domain model: what an agent reports about its host's containers.
+//!
+//! These are the types the agent computes and the CLI renders; the wire
+//! format lives in `fleet-proto`, which converts to and from these.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub hostname: String,
+    pub engine: EngineFacts,
+    pub containers: Vec<ContainerReport>,
+    /// Problems that did not stop the inspection (a container that vanished, ...).
+    pub warnings: Vec<String>,
+    pub inspected_at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Docker,
+    Podman,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Docker => "docker",
+            EngineKind::Podman => "podman",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineFacts {
+    pub kind: EngineKind,
+    pub version: String,
+    pub api_version: String,
+    pub rootless: bool,
+    pub userns_remap: bool,
+    pub socket: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: String,
+    pub identity: Identity,
+    pub findings: Vec<Finding>,
+    pub mounts: Vec<MountReport>,
+    pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
+    pub pod: Option<String>,
+    /// Problems with this container that did not stop the inspection.
+    pub errors: Vec<String>,
+}
+
+impl ContainerReport {
+    pub fn worst_severity(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `Config.User` exactly as written; empty means the image default (root).
+    pub configured_user: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// How uid:gid was obtained, or why it could not be.
+    pub resolution: String,
+    pub processes: Vec<ProcessIdentity>,
+    pub verdict: Verdict,
+}
+
+/// One process of a running container, with its four ids (real, effective,
+/// saved, filesystem) as seen inside the container and on the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: i32,
+    pub ppid: i32,
+    pub command: String,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub host_uids: [u32; 4],
+}
+
+impl ProcessIdentity {
+    /// Any of the four uids being 0 inside the container means the process
+    /// holds (or can get back) root: a saved uid of 0 can be restored.
+    pub fn is_root(&self) -> bool {
+        self.uids.contains(&0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Verdict {
+    Root,
+    StartsAsRootDropsTo { uid: u32 },
+    NonRoot,
+    RootlessEngine { host_uid: u32 },
+    UsernsRemapped { host_uid: u32 },
+    Unknown { reason: String },
+}
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict::Unknown {
+            reason: "not inspected".into(),
+        }
+    }
+}
+
+impl Verdict {
+    pub fn is_root(&self) -> bool {
+        matches!(self, Verdict::Root)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Root => f.write_str("root"),
+            Verdict::StartsAsRootDropsTo { uid } => write!(f, "starts-as-root-drops-to:{uid}"),
+            Verdict::NonRoot => f.write_str("non-root"),
+            Verdict::RootlessEngine { host_uid } => {
+                write!(f, "rootless-engine (root maps to host uid {host_uid})")
+            }
+            Verdict::UsernsRemapped { .. } => f.write_str("userns-remapped"),
+            Verdict::Unknown { .. } => f.write_str("unknown"),
+        }
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// docker-bench-security v1.6.0 check id, e.g. "5.5".
+    pub check: String,
+    pub severity: Severity,
+    pub title: String,
+    pub detail: String,
+    /// True where docker-bench's own check would have passed this container.
+    pub missed_by_docker_bench: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountReport {
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+    pub volume_name: Option<String>,
+    pub ownership: OwnershipSummary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalkBound {
+    Entries,
+    Time,
+}
+
+impl WalkBound {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalkBound::Entries => "entries",
+            WalkBound::Time => "time",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnershipSummary {
+    /// Most common owners first.
+    pub top_owners: Vec<OwnerCount>,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Which bound stopped the walk early, if any.
+    pub bound_hit: Option<WalkBound>,
+    /// Why there is no summary (host path gone, ...).
+    pub error: Option<String>,
+    /// True when the caller asked not to walk.
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerCount {
+    pub uid: u32,
+    pub gid: u32,
+    pub entries: u64,
+}

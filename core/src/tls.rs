@@ -1,0 +1,447 @@
+//! mTLS for every fleet connection. There is no plaintext mode.
+//!
+//! Servers require a client certificate signed by the fleet CA (chain and
+//! expiry checked in the handshake); which role may call what is decided per
+//! RPC by [`crate::auth`]. Clients check the server's chain, name, and that
+//! its certificate carries the role they expect to talk to (a controller only
+//! talks to agents, the CLI only to a controller).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::role::{Role, peer_identity};
+
+/// How long a peer may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} holds no {what} in PEM form")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("{path}: not a valid PEM {what}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("invalid address '{address}': {reason}")]
+    Address { address: String, reason: String },
+}
+
+/// The certificate files one component uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The loaded trust anchor and own identity.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl TlsMaterial {
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let ca = read_certs(&files.ca, "CA certificate")?;
+        let chain = read_certs(&files.cert, "certificate")?;
+        let key = read_key(&files.key)?;
+        Self::from_parts(ca, chain, key, &files.ca)
+    }
+
+    /// From PEM text held in memory (tests, benchmarks).
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let mem = PathBuf::from("(memory)");
+        let ca = parse_certs(ca_pem.as_bytes(), "CA certificate", &mem)?;
+        let chain = parse_certs(cert_pem.as_bytes(), "certificate", &mem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "private key",
+            path: mem.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::from_parts(ca, chain, key, &mem)
+    }
+
+    fn from_parts(
+        ca: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        ca_path: &Path,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert).map_err(|e| TlsError::Pem {
+                what: "CA certificate",
+                path: ca_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(TlsMaterial {
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+
+    /// The role and name in our own certificate.
+    pub fn own_identity(&self) -> Option<crate::role::PeerIdentity> {
+        self.chain.first().and_then(|c| peer_identity(c).ok())
+    }
+
+    /// A server configuration that requires a client certificate from the fleet CA.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = crypto_provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A client configuration that presents our certificate and only accepts
+    /// a server whose certificate carries `server_role`.
+    pub fn client_config(&self, server_role: Role) -> Result<Arc<ClientConfig>, TlsError> {
+        let provider = crypto_provider();
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(RoleCheckingVerifier {
+            inner,
+            expected: server_role,
+        });
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The one crypto provider of the project.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs [`crypto_provider`] as the process default (for libraries that ask
+/// for it). Called once from each `main`; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_certs(&bytes, what, path)
+}
+
+fn parse_certs(
+    bytes: &[u8],
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what: "private key",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        what: "private key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Verifies the server's chain and name like any TLS client, then insists
+/// on the fleet role the caller expects on the other side.
+#[derive(Debug)]
+struct RoleCheckingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: Role,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RoleMismatch(String);
+
+impl ServerCertVerifier for RoleCheckingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let mismatch = |msg: String| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(RoleMismatch(msg))),
+            ))
+        };
+        match peer_identity(end_entity) {
+            Ok(identity) if identity.role == self.expected => Ok(verified),
+            Ok(identity) => Err(mismatch(format!(
+                "server certificate '{}' has role {}, expected {}",
+                identity.name, identity.role, self.expected
+            ))),
+            Err(e) => Err(mismatch(e.to_string())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow
+/// or hostile peer cannot hold up others), yielding only verified streams.
+/// Refused handshakes are logged with the peer's address and the reason.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "refused TLS connection");
+                    }
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Splits `host:port` (or `[v6]:port`) into its parts.
+pub fn split_address(address: &str) -> Result<(String, u16), TlsError> {
+    let bad = |reason: &str| TlsError::Address {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("the host is empty"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// A lazily connecting gRPC channel to `address` over mTLS. The TLS server
+/// name is the address's host.
+pub fn channel(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let (host, port) = split_address(address)?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|e| TlsError::Address {
+        address: address.to_string(),
+        reason: e.to_string(),
+    })?;
+    let uri_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{uri_host}:{port}"))
+        .map_err(|e| TlsError::Address {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    let connector = TlsConnector::from(config);
+    let target = (host, port);
+    let connect = tower::service_fn(move |_uri: http::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect((target.0.as_str(), target.1)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Turns a failed call's error chain into one sentence an operator can act
+/// on, naming the peer. TLS refusals are recognised by their alerts.
+pub fn explain_connect_error(peer: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let chain = error_chain(error);
+    let has = |needle: &str| chain.contains(needle);
+    if has("CertificateExpired") || has("certificate expired") || has("Expired") {
+        format!(
+            "{peer} refused the TLS handshake: a certificate has expired (ours, or the server's); issue a new one with `fleetctl certs issue` ({chain})"
+        )
+    } else if has("UnknownCA") || has("UnknownIssuer") {
+        format!(
+            "{peer} refused the TLS handshake: the certificates are not signed by the same fleet CA; check --ca and --cert ({chain})"
+        )
+    } else if has("CertificateRequired") {
+        format!("{peer} requires a client certificate and none was presented ({chain})")
+    } else if has("has role") {
+        format!("{peer} is not the kind of server expected: {chain}")
+    } else if has("BadCertificate") || has("invalid peer certificate") {
+        format!("{peer} refused the TLS handshake: certificate not accepted ({chain})")
+    } else if has("NotValidForName") || has("CertNotValidForName") {
+        format!(
+            "{peer} presented a certificate that does not name this address; issue it with --san for the address used ({chain})"
+        )
+    } else if has("Connection refused") || has("ConnectionRefused") {
+        format!("nothing is listening at {peer} (connection refused)")
+    } else if has("timed out") || has("deadline has elapsed") {
+        format!("{peer} did not answer in time ({chain})")
+    } else {
+        format!("{peer}: {chain}")
+    }
+}
+
+/// Every message of an error chain, including errors hidden inside
+/// `io::Error` (whose `source()` skips its own inner error).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            let text = format!("{inner:?}");
+            if !parts.iter().any(|p| p.contains(&text)) {
+                parts.push(text);
+            }
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_addresses() {
+        assert_eq!(
+            split_address("127.0.0.1:7001").unwrap(),
+            ("127.0.0.1".into(), 7001)
+        );
+        assert_eq!(split_address("[::1]:80").unwrap(), ("::1".into(), 80));
+        assert!(split_address("db1").is_err());
+        assert!(split_address("db1:x").is_err());
+        assert!(split_address(":80").is_err());
+    }
+}
