@@ -1,18 +1,21 @@
 //! An inspection cache kept true by the engine's event stream.
 //!
 //! Inspect documents and user databases are cached per container id and
-//! dropped on every event that can change them; the set of containers is
-//! kept from the events too. When the stream is down the cache is cold and
-//! every inspection asks the engine (correct, only slower). Ownership
+//! dropped on every event that can change them. The set of containers is
+//! never taken from the cache: every inspection lists (one cheap call), and
+//! a cached document is used only when the listing still shows it in the
+//! same state under the same name, so an event still in flight cannot hide
+//! a new container or a restart. When the stream is down nothing is cached
+//! and every inspection asks the engine (correct, only slower). Ownership
 //! summaries are not evented by any engine: they are kept for a short TTL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::query_parameters::EventsOptions;
 use fleet_core::CancellationToken;
 use fleet_core::audit::OwnershipSummary;
 use futures::StreamExt;
@@ -22,13 +25,13 @@ use crate::identity::UserDb;
 
 #[derive(Debug, Default)]
 struct State {
-    /// True while the event stream is believed to be up and `known` is complete.
+    /// True while the event stream is up: only then may anything be cached.
     warm: bool,
-    known: HashSet<String>,
     /// Bumped on every invalidation of an id, so a fetch that raced an event
     /// does not store what the event made stale.
     epochs: HashMap<String, u64>,
-    docs: HashMap<String, Arc<ContainerInspectResponse>>,
+    /// Inspect documents with the listing fingerprint they were fetched under.
+    docs: HashMap<String, (String, Arc<ContainerInspectResponse>)>,
     user_dbs: HashMap<String, Arc<UserDb>>,
     summaries: HashMap<PathBuf, (Instant, OwnershipSummary)>,
 }
@@ -59,27 +62,39 @@ impl Cache {
         self.enabled && self.lock().warm
     }
 
-    /// The complete set of container ids, when the cache is warm.
-    pub fn known_ids(&self) -> Option<Vec<String>> {
-        let state = self.lock();
-        (self.enabled && state.warm).then(|| state.known.iter().cloned().collect())
-    }
-
     pub fn epoch(&self, id: &str) -> u64 {
         self.lock().epochs.get(id).copied().unwrap_or(0)
     }
 
-    pub fn doc(&self, id: &str) -> Option<Arc<ContainerInspectResponse>> {
+    /// The cached document of `id`, if it was fetched under the same
+    /// listing `fingerprint` (state, names, image) as the engine shows now.
+    pub fn doc(&self, id: &str, fingerprint: &str) -> Option<Arc<ContainerInspectResponse>> {
         if !self.enabled {
             return None;
         }
-        self.lock().docs.get(id).cloned()
+        let state = self.lock();
+        if !state.warm {
+            return None;
+        }
+        state
+            .docs
+            .get(id)
+            .filter(|(fp, _)| fp == fingerprint)
+            .map(|(_, doc)| doc.clone())
     }
 
-    pub fn put_doc(&self, id: &str, epoch: u64, doc: Arc<ContainerInspectResponse>) {
+    pub fn put_doc(
+        &self,
+        id: &str,
+        epoch: u64,
+        fingerprint: &str,
+        doc: Arc<ContainerInspectResponse>,
+    ) {
         let mut state = self.lock();
         if self.enabled && state.warm && state.epochs.get(id).copied().unwrap_or(0) == epoch {
-            state.docs.insert(id.to_string(), doc);
+            state
+                .docs
+                .insert(id.to_string(), (fingerprint.to_string(), doc));
         }
     }
 
@@ -87,7 +102,11 @@ impl Cache {
         if !self.enabled {
             return None;
         }
-        self.lock().user_dbs.get(id).cloned()
+        let state = self.lock();
+        if !state.warm {
+            return None;
+        }
+        state.user_dbs.get(id).cloned()
     }
 
     pub fn put_user_db(&self, id: &str, epoch: u64, db: Arc<UserDb>) {
@@ -120,8 +139,8 @@ impl Cache {
     /// Forgets a container that the engine says is gone.
     pub fn forget(&self, id: &str) {
         let mut state = self.lock();
-        state.known.remove(id);
         Self::drop_entries(&mut state, id);
+        state.epochs.remove(id);
     }
 
     fn drop_entries(state: &mut State, id: &str) {
@@ -130,14 +149,14 @@ impl Cache {
         state.user_dbs.remove(id);
     }
 
-    fn reset(&self, warm: bool, ids: HashSet<String>) {
+    fn reset(&self, warm: bool) {
         let mut state = self.lock();
-        for id in state.docs.keys().cloned().collect::<Vec<_>>() {
+        let ids: Vec<String> = state.docs.keys().chain(state.user_dbs.keys()).cloned().collect();
+        for id in ids {
             *state.epochs.entry(id).or_default() += 1;
         }
         state.docs.clear();
         state.user_dbs.clear();
-        state.known = ids;
         state.warm = warm;
     }
 
@@ -162,15 +181,13 @@ impl Cache {
         let mut state = self.lock();
         Self::drop_entries(&mut state, &id);
         if action == "destroy" || action == "remove" {
-            state.known.remove(&id);
-        } else {
-            state.known.insert(id);
+            state.epochs.remove(&id);
         }
     }
 }
 
-/// Keeps `cache` warm until `shutdown`: list, then follow the event stream
-/// from just before the listing; on any break, go cold and start over.
+/// Keeps `cache` warm until `shutdown`: follow the event stream; on any
+/// break, go cold (cache nothing) and start over.
 pub async fn keep_warm(engine: Arc<Engine>, cache: Arc<Cache>, shutdown: CancellationToken) {
     if !cache.enabled {
         return;
@@ -183,7 +200,7 @@ pub async fn keep_warm(engine: Arc<Engine>, cache: Arc<Cache>, shutdown: Cancell
         if let Err(e) = follow_once(&engine, &cache, &shutdown).await {
             tracing::warn!(error = %e, "engine event stream interrupted; inspection cache is cold");
         }
-        cache.reset(false, HashSet::new());
+        cache.reset(false);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -198,27 +215,19 @@ async fn follow_once(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let connected = engine.connected().await.map_err(|e| e.to_string())?;
-    let docker = &connected.docker;
     // One second of overlap: replayed events only invalidate, never harm.
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs().saturating_sub(1))
         .unwrap_or(0);
-    let listed = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
-    let ids = listed.into_iter().filter_map(|c| c.id).collect();
     let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
-    let mut events = docker.events(Some(EventsOptions {
+    let mut events = connected.docker.events(Some(EventsOptions {
         since: Some(since.to_string()),
         until: None,
         filters: Some(filters),
     }));
-    cache.reset(true, ids);
+    // Nothing was cached while cold; start clean and warm.
+    cache.reset(true);
     tracing::debug!("inspection cache warm");
     loop {
         tokio::select! {

@@ -28,6 +28,14 @@ const CONCURRENCY: usize = 16;
 /// (the container may be hostile; its files are untrusted input).
 const MAX_USER_FILE: usize = 1024 * 1024;
 
+/// A container as listed, with what the listing says about it (used to
+/// tell whether a cached inspect document is still current).
+#[derive(Debug, Clone)]
+struct Listed {
+    id: String,
+    fingerprint: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InspectOptions {
     /// Names or id prefixes; empty means all.
@@ -57,28 +65,63 @@ impl Inspector {
 
     pub async fn inspect(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
         let conn = self.engine.connected().await?;
+        let listed = conn
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| EngineError::Unreachable {
+                socket: conn.facts.socket.clone(),
+                message: e.to_string(),
+            })?
+            .into_iter()
+            .filter_map(|c| {
+                let fingerprint = format!(
+                    "{:?}|{:?}|{:?}|{:?}",
+                    c.state, c.names, c.image_id, c.created
+                );
+                Some(Listed {
+                    id: c.id?,
+                    fingerprint: Some(fingerprint),
+                })
+            })
+            .collect();
+        self.inspect_listed(listed, options).await
+    }
+
+    /// Inspects the given containers, bypassing the cache. A container
+    /// named here but gone by the time it is inspected is a warning, not an
+    /// error: the others go on.
+    pub async fn inspect_ids(
+        &self,
+        ids: Vec<String>,
+        options: &InspectOptions,
+    ) -> Result<HostReport, EngineError> {
+        let listed = ids
+            .into_iter()
+            .map(|id| Listed {
+                id,
+                fingerprint: None,
+            })
+            .collect();
+        self.inspect_listed(listed, options).await
+    }
+
+    async fn inspect_listed(
+        &self,
+        listed: Vec<Listed>,
+        options: &InspectOptions,
+    ) -> Result<HostReport, EngineError> {
+        let conn = self.engine.connected().await?;
         let mut warnings = Vec::new();
-        let ids = match self.cache.known_ids() {
-            Some(ids) => ids,
-            None => conn
-                .docker
-                .list_containers(Some(ListContainersOptions {
-                    all: true,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| EngineError::Unreachable {
-                    socket: conn.facts.socket.clone(),
-                    message: e.to_string(),
-                })?
-                .into_iter()
-                .filter_map(|c| c.id)
-                .collect(),
-        };
         let docs: Vec<Result<Arc<ContainerInspectResponse>, (String, EngineError)>> =
-            futures::stream::iter(ids)
-                .map(|id| async move {
-                    self.inspect_doc(conn, &id).await.map_err(|e| (id, e))
+            futures::stream::iter(listed)
+                .map(|listed| async move {
+                    self.inspect_doc(conn, &listed)
+                        .await
+                        .map_err(|e| (listed.id.clone(), e))
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
@@ -137,9 +180,12 @@ impl Inspector {
     async fn inspect_doc(
         &self,
         conn: &Connected,
-        id: &str,
+        listed: &Listed,
     ) -> Result<Arc<ContainerInspectResponse>, EngineError> {
-        if let Some(doc) = self.cache.doc(id) {
+        let id = listed.id.as_str();
+        if let Some(fingerprint) = &listed.fingerprint
+            && let Some(doc) = self.cache.doc(id, fingerprint)
+        {
             return Ok(doc);
         }
         let epoch = self.cache.epoch(id);
@@ -149,7 +195,9 @@ impl Inspector {
             .await
             .map_err(|e| EngineError::from_bollard("inspect", id, e))?;
         let doc = Arc::new(doc);
-        self.cache.put_doc(id, epoch, doc.clone());
+        if let Some(fingerprint) = &listed.fingerprint {
+            self.cache.put_doc(id, epoch, fingerprint, doc.clone());
+        }
         Ok(doc)
     }
 

@@ -53,6 +53,7 @@ pub fn start_inspector(config: &AgentConfig, shutdown: &CancellationToken) -> Ar
 /// Loads the agent's certificates and checks they carry the agent role.
 pub fn server_tls(files: &tls::TlsFiles) -> Result<Arc<rustls_server::ServerConfig>, AgentError> {
     let material = TlsMaterial::load(files)?;
+    material.check_own_certificate(files)?;
     match material.own_identity() {
         Some(identity) if identity.role == Role::Agent => {}
         Some(identity) => {

@@ -141,8 +141,7 @@ pub fn issue(
     }
     let ca_pem = fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
     let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let issuer = load_issuer(&ca_pem, &ca_key_pem)?;
 
     let (cert_pem, key_pem) = issue_pem(&issuer, request)?;
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
@@ -154,9 +153,18 @@ pub fn issue(
     })
 }
 
+/// A CA able to sign.
+pub type CaIssuer = Issuer<'static, KeyPair>;
+
+/// A CA from its certificate and key in PEM form.
+pub fn load_issuer(ca_pem: &str, ca_key_pem: &str) -> Result<CaIssuer, PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    Ok(Issuer::from_ca_cert_pem(ca_pem, ca_key)?)
+}
+
 /// Issues a leaf certificate in memory: (certificate PEM, key PEM).
 pub fn issue_pem(
-    issuer: &Issuer<'_, KeyPair>,
+    issuer: &CaIssuer,
     request: &IssueRequest,
 ) -> Result<(String, String), PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -188,7 +196,7 @@ pub fn issue_pem(
 }
 
 /// A throwaway CA in memory, for tests and benchmarks that need "another CA".
-pub fn ephemeral_ca() -> Result<(String, Issuer<'static, KeyPair>), PkiError> {
+pub fn ephemeral_ca() -> Result<(String, CaIssuer), PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params

@@ -49,6 +49,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
     Verifier(String),
+    #[error("certificate {path} {reason}")]
+    OwnCertificate { path: PathBuf, reason: String },
     #[error("invalid address '{address}': {reason}")]
     Address { address: String, reason: String },
 }
@@ -111,6 +113,53 @@ impl TlsMaterial {
         })
     }
 
+    /// Checks our own certificate the way a peer will: chains to the CA we
+    /// were given, and is valid now. Catches the common mistakes (an expired
+    /// certificate, a certificate from another CA) before a handshake turns
+    /// them into an opaque refusal.
+    pub fn check_own_certificate(&self, files: &TlsFiles) -> Result<(), TlsError> {
+        let Some((leaf, intermediates)) = self.chain.split_first() else {
+            return Err(TlsError::Empty {
+                what: "certificate",
+                path: files.cert.clone(),
+            });
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let now = UnixTime::now();
+        match verifier.verify_client_cert(leaf, intermediates, now) {
+            Ok(_) => Ok(()),
+            Err(rustls::Error::InvalidCertificate(e)) => {
+                let until = not_after(leaf).unwrap_or_default();
+                let reason = match e {
+                    rustls::CertificateError::Expired
+                    | rustls::CertificateError::ExpiredContext { .. } => {
+                        format!("has expired (valid until {until}); issue a new one with `fleetctl certs issue`")
+                    }
+                    rustls::CertificateError::NotValidYet
+                    | rustls::CertificateError::NotValidYetContext { .. } => {
+                        "is not valid yet (check the clock)".to_string()
+                    }
+                    rustls::CertificateError::UnknownIssuer => format!(
+                        "is not signed by the fleet CA in {}",
+                        files.ca.display()
+                    ),
+                    other => format!("is not acceptable: {other}"),
+                };
+                Err(TlsError::OwnCertificate {
+                    path: files.cert.clone(),
+                    reason,
+                })
+            }
+            Err(other) => Err(TlsError::OwnCertificate {
+                path: files.cert.clone(),
+                reason: other.to_string(),
+            }),
+        }
+    }
+
     /// The role and name in our own certificate.
     pub fn own_identity(&self) -> Option<crate::role::PeerIdentity> {
         self.chain.first().and_then(|c| peer_identity(c).ok())
@@ -162,6 +211,12 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// for it). Called once from each `main`; a second call is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn not_after(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.to_string())
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -396,6 +451,10 @@ pub fn explain_connect_error(peer: &str, error: &(dyn std::error::Error + 'stati
     } else if has("NotValidForName") || has("CertNotValidForName") {
         format!(
             "{peer} presented a certificate that does not name this address; issue it with --san for the address used ({chain})"
+        )
+    } else if has("broken pipe") || has("Connection reset") || has("connection reset") {
+        format!(
+            "{peer} closed the connection during the TLS handshake: it most likely refused our certificate (expired, or not from its CA); its log says why ({chain})"
         )
     } else if has("Connection refused") || has("ConnectionRefused") {
         format!("nothing is listening at {peer} (connection refused)")

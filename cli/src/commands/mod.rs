@@ -1,0 +1,5 @@
+pub mod audit;
+pub mod audit_render;
+pub mod certs;
+pub mod docs;
+pub mod hosts;

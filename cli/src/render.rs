@@ -1,0 +1,113 @@
+//! Plain-text tables, CSV and Markdown: the three shapes every listing takes.
+
+use std::io::{self, Write};
+
+#[derive(Debug, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Columns padded to their widest cell, two spaces apart.
+    pub fn write_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        let widths = self.widths();
+        let line = |cells: &[String]| {
+            let mut text = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let last = i + 1 == cells.len();
+                text.push_str(cell);
+                if !last {
+                    let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                    text.push_str(&" ".repeat(pad));
+                }
+            }
+            text
+        };
+        writeln!(out, "{}", line(&self.headers))?;
+        for row in &self.rows {
+            writeln!(out, "{}", line(row))?;
+        }
+        Ok(())
+    }
+
+    pub fn write_markdown(&self, out: &mut dyn Write) -> io::Result<()> {
+        let escape = |c: &String| c.replace('|', "\\|").replace('\n', " ");
+        let line = |cells: &[String]| {
+            format!(
+                "| {} |",
+                cells.iter().map(escape).collect::<Vec<_>>().join(" | ")
+            )
+        };
+        writeln!(out, "{}", line(&self.headers))?;
+        writeln!(
+            out,
+            "|{}|",
+            self.headers.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        )?;
+        for row in &self.rows {
+            writeln!(out, "{}", line(row))?;
+        }
+        Ok(())
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+        }
+        widths
+    }
+}
+
+/// One CSV record (RFC 4180 quoting).
+pub fn csv_line(cells: &[String]) -> String {
+    cells
+        .iter()
+        .map(|c| {
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_and_quotes() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["xxxx".into(), "y".into()]);
+        let mut out = Vec::new();
+        t.write_text(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "A     LONGER\nxxxx  y\n");
+        assert_eq!(
+            csv_line(&["a,b".into(), "say \"hi\"".into(), "c".into()]),
+            "\"a,b\",\"say \"\"hi\"\"\",c"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The fleet audit: ask every selected agent at once, each with its own
+//! deadline; a host that is down or refuses is reported, never fatal.
+
+use std::time::{Duration, Instant};
+
+use fleet_core::tls::explain_connect_error;
+use fleet_proto::agent::v1 as agent_pb;
+use fleet_proto::controller::v1 as pb;
+use pb::host_error::Kind;
+
+use crate::agents::AgentPool;
+use crate::inventory::Host;
+
+pub async fn audit_hosts(
+    pool: &AgentPool,
+    hosts: Vec<Host>,
+    timeout: Duration,
+    skip_ownership: bool,
+) -> Vec<pb::HostAudit> {
+    let audits = hosts
+        .into_iter()
+        .map(|host| audit_one(pool, host, timeout, skip_ownership));
+    futures::future::join_all(audits).await
+}
+
+async fn audit_one(
+    pool: &AgentPool,
+    host: Host,
+    timeout: Duration,
+    skip_ownership: bool,
+) -> pb::HostAudit {
+    let started = Instant::now();
+    let outcome = match pool.client(&host) {
+        Err(e) => host_error(Kind::Unreachable, e.to_string()),
+        Ok(mut client) => {
+            let mut request = tonic::Request::new(agent_pb::InspectRequest {
+                containers: Vec::new(),
+                skip_ownership,
+            });
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.inspect(request)).await {
+                Ok(Ok(response)) => pb::host_audit::Outcome::Report(response.into_inner()),
+                Ok(Err(status)) => classify(&host, &status),
+                Err(_) => host_error(
+                    Kind::Timeout,
+                    format!(
+                        "agent {} at {} did not answer within {} ms",
+                        host.name,
+                        host.address,
+                        timeout.as_millis()
+                    ),
+                ),
+            }
+        }
+    };
+    if let pb::host_audit::Outcome::Error(e) = &outcome {
+        tracing::warn!(host = %host.name, address = %host.address, error = %e.message, "host not audited");
+    }
+    pb::HostAudit {
+        host: Some(crate::service::host_to_pb(&host)),
+        outcome: Some(outcome),
+        elapsed_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+    }
+}
+
+fn host_error(kind: Kind, message: String) -> pb::host_audit::Outcome {
+    pb::host_audit::Outcome::Error(pb::HostError {
+        kind: kind as i32,
+        message,
+    })
+}
+
+/// Transport failures carry a source error; statuses the agent sent do not.
+fn classify(host: &Host, status: &tonic::Status) -> pb::host_audit::Outcome {
+    use std::error::Error;
+    let peer = format!("agent {} at {}", host.name, host.address);
+    if let Some(source) = status.source() {
+        let message = explain_connect_error(&peer, source);
+        let kind = if message.contains("nothing is listening") {
+            Kind::Unreachable
+        } else if message.contains("TLS")
+            || message.contains("certificate")
+            || message.contains("not the kind of server")
+        {
+            Kind::Refused
+        } else if message.contains("did not answer in time") {
+            Kind::Timeout
+        } else {
+            Kind::Unreachable
+        };
+        return host_error(kind, message);
+    }
+    let kind = match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Kind::Refused,
+        tonic::Code::DeadlineExceeded => Kind::Timeout,
+        _ => Kind::AgentError,
+    };
+    host_error(kind, format!("{peer}: {}", status.message()))
+}

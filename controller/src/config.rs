@@ -1,0 +1,132 @@
+//! The controller's configuration: defaults < TOML file < environment < flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_core::config::{ConfigError, load_toml};
+use fleet_core::tls::TlsFiles;
+use serde::Deserialize;
+
+use crate::inventory::{Host, HostSource};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-controller";
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub state_dir: PathBuf,
+    pub hosts: Vec<Host>,
+    pub audit_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerFile {
+    pub listen: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub audit_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ControllerFlags {
+    /// TOML configuration file.
+    #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the operator API on [default: 0.0.0.0:7400].
+    #[arg(long, env = "FLEET_CONTROLLER_LISTEN")]
+    pub listen: Option<String>,
+    /// The fleet CA certificate (PEM).
+    #[arg(long, env = "FLEET_CONTROLLER_CA")]
+    pub ca: Option<PathBuf>,
+    /// The controller's certificate (PEM, role controller).
+    #[arg(long, env = "FLEET_CONTROLLER_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The controller's private key (PEM).
+    #[arg(long, env = "FLEET_CONTROLLER_KEY")]
+    pub key: Option<PathBuf>,
+    /// Where the controller keeps its store [default: /var/lib/fleet-controller].
+    #[arg(long, env = "FLEET_CONTROLLER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ControllerFlags {
+    pub fn resolve(&self) -> Result<ControllerConfig, ConfigError> {
+        let file: ControllerFile = match &self.config {
+            Some(path) => load_toml(path)?,
+            None => ControllerFile::default(),
+        };
+        let listen_text = self
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "listen address '{listen_text}' is not ip:port: {e}"
+            ))
+        })?;
+        let required = |flag: &Option<PathBuf>, file: Option<PathBuf>, name: &str| {
+            flag.clone().or(file).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "no {name} given: pass --{name}, set FLEET_CONTROLLER_{}, or put `{name} = \"...\"` in the config file",
+                    name.to_uppercase()
+                ))
+            })
+        };
+        let tls = TlsFiles {
+            ca: required(&self.ca, file.ca, "ca")?,
+            cert: required(&self.cert, file.cert, "cert")?,
+            key: required(&self.key, file.key, "key")?,
+        };
+        let mut hosts = Vec::new();
+        for entry in file.hosts {
+            let host = Host {
+                name: entry.name,
+                address: entry.address,
+                labels: entry.labels,
+                source: HostSource::Config,
+            };
+            host.validate()
+                .map_err(|e| ConfigError::Invalid(format!("[[hosts]] in the config file: {e}")))?;
+            if hosts.iter().any(|h: &Host| h.name == host.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[hosts]] in the config file: '{}' is listed twice",
+                    host.name
+                )));
+            }
+            hosts.push(host);
+        }
+        Ok(ControllerConfig {
+            listen,
+            tls,
+            state_dir: self
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            hosts,
+            audit_timeout: Duration::from_millis(file.audit_timeout_ms.unwrap_or(15_000)),
+            connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(3_000)),
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! The gRPC edge of the controller: authorization policy, wire ⇄ domain,
+//! and the audit log of every change.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_core::auth::{Caller, caller};
+use fleet_core::role::Role;
+use fleet_proto::controller::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::agents::AgentPool;
+use crate::audit::audit_hosts;
+use crate::error::ControllerError;
+use crate::inventory::{self, Host, HostSource};
+use crate::store::{LogEntry, Store};
+
+/// RPCs that only read.
+const READ_METHODS: &[&str] = &["WhoAmI", "ListHosts", "Audit"];
+/// RPCs that change the fleet: operators only.
+const WRITE_METHODS: &[&str] = &["AddHost", "RemoveHost"];
+
+/// Who may call what on the controller. Fails closed: an RPC in neither list
+/// is refused to everyone.
+pub fn decide(method: &str, role: Role) -> Result<(), String> {
+    let read = READ_METHODS.contains(&method);
+    let write = WRITE_METHODS.contains(&method);
+    match role {
+        Role::Operator if read || write => Ok(()),
+        Role::Viewer if read => Ok(()),
+        Role::Viewer if write => Err("viewers may only read; this call changes the fleet and needs an operator certificate".into()),
+        Role::Operator | Role::Viewer => Err("no authorization rule names this RPC, so it is refused".into()),
+        Role::Agent | Role::Controller => Err(format!(
+            "the controller API accepts operator and viewer certificates, not a certificate with role {role}"
+        )),
+    }
+}
+
+/// What the service needs at hand.
+#[derive(Debug)]
+pub struct ControllerState {
+    pub store: Store,
+    pub pool: AgentPool,
+    pub audit_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerService {
+    state: Arc<ControllerState>,
+}
+
+impl ControllerService {
+    pub fn new(state: Arc<ControllerState>) -> Self {
+        ControllerService { state }
+    }
+
+    fn log(&self, who: &Caller, action: &str, target: &str, result: &Result<(), ControllerError>) {
+        let entry = LogEntry {
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            who: who.name.clone(),
+            role: who.role.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            result: match result {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("refused: {e}"),
+            },
+        };
+        if let Err(e) = self.state.store.append_log(&entry) {
+            tracing::error!(error = %e, ?entry, "cannot append to the audit log");
+        }
+    }
+}
+
+pub fn host_to_pb(host: &Host) -> pb::Host {
+    pb::Host {
+        name: host.name.clone(),
+        address: host.address.clone(),
+        labels: host.labels.clone().into_iter().collect(),
+        source: host.source.as_str().to_string(),
+    }
+}
+
+fn host_from_pb(host: pb::Host) -> Host {
+    Host {
+        name: host.name,
+        address: host.address,
+        labels: host.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        source: HostSource::Store,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            name: caller.name,
+            role: caller.role.to_string(),
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let selectors = request
+            .into_inner()
+            .selectors
+            .iter()
+            .map(|s| inventory::Selector::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hosts = self
+            .state
+            .store
+            .hosts()?
+            .iter()
+            .filter(|h| selectors.iter().all(|s| s.matches(h)))
+            .map(host_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn add_host(
+        &self,
+        request: Request<pb::AddHostRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let host = host_from_pb(request.host.unwrap_or_default());
+        let result = (|| {
+            host.validate()?;
+            if let Some(existing) = self.state.store.host(&host.name)? {
+                if existing.source == HostSource::Config {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "host '{}' is defined in the controller's config file; change it there",
+                        host.name
+                    )));
+                }
+                if !request.replace {
+                    return Err(ControllerError::AlreadyExists(format!(
+                        "host '{}' already exists (agent at {}); pass --replace to change it",
+                        host.name, existing.address
+                    )));
+                }
+            }
+            self.state.store.put_host(&host)?;
+            self.state.pool.forget(&host.name);
+            Ok(())
+        })();
+        self.log(&caller, "hosts.add", &format!("{} {}", host.name, host.address), &result);
+        result?;
+        tracing::info!(caller = %caller.name, host = %host.name, address = %host.address, "host added");
+        Ok(Response::new(host_to_pb(&host)))
+    }
+
+    async fn remove_host(
+        &self,
+        request: Request<pb::RemoveHostRequest>,
+    ) -> Result<Response<pb::RemoveHostResponse>, Status> {
+        let caller = caller(&request)?;
+        let name = request.into_inner().name;
+        let result = (|| {
+            match self.state.store.host(&name)? {
+                None => {
+                    return Err(ControllerError::NotFound(format!(
+                        "unknown host '{name}'; `fleetctl hosts list` shows the inventory"
+                    )));
+                }
+                Some(h) if h.source == HostSource::Config => {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "host '{name}' is defined in the controller's config file; remove it there"
+                    )));
+                }
+                Some(_) => {}
+            }
+            self.state.store.remove_host(&name)?;
+            self.state.pool.forget(&name);
+            Ok(())
+        })();
+        self.log(&caller, "hosts.remove", &name, &result);
+        result?;
+        Ok(Response::new(pb::RemoveHostResponse {}))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::FleetAudit>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let hosts = inventory::select(self.state.store.hosts()?, &request.hosts, &request.selectors)?;
+        let timeout = if request.timeout_ms > 0 {
+            Duration::from_millis(u64::from(request.timeout_ms))
+        } else {
+            self.state.audit_timeout
+        };
+        let span = tracing::info_span!("audit", caller = %caller.name, hosts = hosts.len());
+        let hosts = audit_hosts(&self.state.pool, hosts, timeout, request.skip_ownership)
+            .instrument(span)
+            .await;
+        Ok(Response::new(pb::FleetAudit { hosts }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_controller_rpc_has_a_rule_and_viewers_only_read() {
+        let methods = fleet_proto::service_methods(fleet_proto::CONTROLLER_SERVICE);
+        assert!(methods.len() >= 5, "descriptor lists the RPCs: {methods:?}");
+        for method in &methods {
+            assert!(
+                READ_METHODS.contains(&method.as_str()) || WRITE_METHODS.contains(&method.as_str()),
+                "{method} has no authorization rule"
+            );
+            assert!(decide(method, Role::Operator).is_ok());
+            assert!(decide(method, Role::Agent).is_err());
+            assert!(decide(method, Role::Controller).is_err());
+        }
+        for method in WRITE_METHODS {
+            assert!(decide(method, Role::Viewer).is_err());
+        }
+        assert!(decide("Unlisted", Role::Operator).is_err());
+    }
+}
