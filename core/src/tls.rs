@@ -357,12 +357,14 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => {
+                    Ok(Err((e, tcp))) => {
                         tracing::warn!(%peer, error = %e, "refused TLS connection");
+                        linger(tcp).await;
                     }
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
                 }
@@ -370,6 +372,24 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Closes a refused connection so the peer can read why. rustls has
+/// written its alert; dropping the socket now, with the client's first
+/// request still unread, would send a reset that destroys the alert before
+/// the client reads it. Half-close and drain briefly instead.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Splits `host:port` (or `[v6]:port`) into its parts.
@@ -423,10 +443,99 @@ pub fn channel(
             let tcp = TcpStream::connect((target.0.as_str(), target.1)).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+            let primed = await_acceptance(tls).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(primed))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// In TLS 1.3 the client's handshake is over before the server has judged
+/// the client's certificate; a refusal then arrives as an alert that the
+/// HTTP/2 machinery would swallow ("connection closed"). So wait for the
+/// server's first bytes (its HTTP/2 SETTINGS, sent unprompted): an alert
+/// here becomes the connect error, with its reason. The bytes read are
+/// replayed to HTTP/2.
+async fn await_acceptance(
+    mut tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> io::Result<Primed<tokio_rustls::client::TlsStream<TcpStream>>> {
+    use tokio::io::AsyncReadExt;
+    let mut first = vec![0u8; 1024];
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server said nothing after the TLS handshake"))??;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server closed the connection right after the TLS handshake (it refused our certificate; its log says why)",
+        ));
+    }
+    first.truncate(n);
+    Ok(Primed {
+        prefix: first,
+        read: 0,
+        io: tls,
+    })
+}
+
+/// A stream that first yields bytes already read from it.
+struct Primed<IO> {
+    prefix: Vec<u8>,
+    read: usize,
+    io: IO,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Primed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.read < self.prefix.len() {
+            let rest = &self.prefix[self.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.read += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Primed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Turns a failed call's error chain into one sentence an operator can act

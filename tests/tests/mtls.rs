@@ -48,8 +48,7 @@ async fn controller_refuses_a_client_without_certificate() {
         .expect_err("a client without certificate must be refused");
     let explained = tls::explain_connect_error("controller", &status);
     assert!(
-        explained.contains("requires a client certificate")
-            || explained.contains("closed the connection during the TLS handshake"),
+        explained.contains("requires a client certificate"),
         "unclear refusal: {explained}"
     );
 }
@@ -77,8 +76,7 @@ async fn controller_refuses_a_certificate_from_another_ca() {
     let controller = start_controller(pki.files("controller"), &[]).await;
     let refusal = server_refusal(&pki, &controller.address, "mallory").await;
     assert!(
-        refusal.contains("not signed by the same fleet CA")
-            || refusal.contains("closed the connection during the TLS handshake"),
+        refusal.contains("not signed by the same fleet CA"),
         "unclear refusal: {refusal}"
     );
     // fleetctl says what is wrong before the server has to.
@@ -94,8 +92,7 @@ async fn controller_refuses_an_expired_certificate() {
     let controller = start_controller(pki.files("controller"), &[]).await;
     let refusal = server_refusal(&pki, &controller.address, "old").await;
     assert!(
-        refusal.contains("expired")
-            || refusal.contains("closed the connection during the TLS handshake"),
+        refusal.contains("has expired"),
         "unclear refusal: {refusal}"
     );
     let out = fleetctl(&controller.address, &pki.files("old"), &["whoami"]).await;
