@@ -131,7 +131,9 @@ impl Cache {
     pub fn put_summary(&self, path: PathBuf, summary: OwnershipSummary) {
         if self.enabled {
             let mut state = self.lock();
-            state.summaries.retain(|_, (at, _)| at.elapsed() < self.summary_ttl);
+            state
+                .summaries
+                .retain(|_, (at, _)| at.elapsed() < self.summary_ttl);
             state.summaries.insert(path, (Instant::now(), summary));
         }
     }
@@ -151,7 +153,12 @@ impl Cache {
 
     fn reset(&self, warm: bool) {
         let mut state = self.lock();
-        let ids: Vec<String> = state.docs.keys().chain(state.user_dbs.keys()).cloned().collect();
+        let ids: Vec<String> = state
+            .docs
+            .keys()
+            .chain(state.user_dbs.keys())
+            .cloned()
+            .collect();
         for id in ids {
             *state.epochs.entry(id).or_default() += 1;
         }

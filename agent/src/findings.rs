@@ -312,9 +312,8 @@ fn mount_findings(input: &FindingInput<'_>, out: &mut Vec<Finding>) {
         let is_engine_socket = resolved == input.engine_socket
             || source.ends_with("docker.sock")
             || source.ends_with("podman.sock");
-        let holds_engine_socket = !is_engine_socket
-            && resolved.is_dir()
-            && input.engine_socket.starts_with(&resolved);
+        let holds_engine_socket =
+            !is_engine_socket && resolved.is_dir() && input.engine_socket.starts_with(&resolved);
         if is_engine_socket || holds_engine_socket {
             let mut f = finding(
                 "5.32",

@@ -84,7 +84,9 @@ fn numeric(s: &str) -> Option<u32> {
 pub fn needs_user_db(spec: &str) -> bool {
     let spec = parse_user_spec(spec);
     let user_is_name = !spec.user.is_empty() && numeric(spec.user).is_none();
-    let group_is_name = spec.group.is_some_and(|g| !g.is_empty() && numeric(g).is_none());
+    let group_is_name = spec
+        .group
+        .is_some_and(|g| !g.is_empty() && numeric(g).is_none());
     // A numeric user without a group takes its primary group from passwd.
     let gid_from_passwd = numeric(spec.user).is_some() && spec.group.is_none();
     user_is_name || group_is_name || gid_from_passwd
@@ -233,7 +235,11 @@ mod tests {
     fn numeric_user_is_never_a_name() {
         // passwd has a user *named* "1001" with uid 4242: 1001 stays 1001.
         assert_eq!(uid("1001").unwrap(), (1001, 0));
-        assert_eq!(uid("1000").unwrap(), (1000, 1000), "primary group from passwd");
+        assert_eq!(
+            uid("1000").unwrap(),
+            (1000, 1000),
+            "primary group from passwd"
+        );
         assert_eq!(uid("1000:50").unwrap(), (1000, 50));
         assert_eq!(uid("nobody").unwrap(), (65534, 65534));
         assert_eq!(uid("app:staff").unwrap(), (1000, 50));
@@ -242,7 +248,10 @@ mod tests {
     #[test]
     fn unknown_names_are_clear_errors() {
         let err = uid("ghost").unwrap_err();
-        assert!(err.contains("'ghost'") && err.contains("/etc/passwd"), "{err}");
+        assert!(
+            err.contains("'ghost'") && err.contains("/etc/passwd"),
+            "{err}"
+        );
         let err = uid("app:wheel").unwrap_err();
         assert!(err.contains("'wheel'"), "{err}");
         let err = resolve("app", &UserDb::default()).unwrap_err();
@@ -271,15 +280,27 @@ mod tests {
     fn verdicts_follow_the_processes() {
         let root = resolve("", &db());
         let app = resolve("app", &db());
-        assert_eq!(verdict(&root, true, 1, &[process(1, 0)], HOST_ROOT), Verdict::Root);
+        assert_eq!(
+            verdict(&root, true, 1, &[process(1, 0)], HOST_ROOT),
+            Verdict::Root
+        );
         assert_eq!(
             verdict(&root, true, 1, &[process(1, 1000)], HOST_ROOT),
             Verdict::StartsAsRootDropsTo { uid: 1000 }
         );
-        assert_eq!(verdict(&app, true, 1, &[process(1, 1000)], HOST_ROOT), Verdict::NonRoot);
+        assert_eq!(
+            verdict(&app, true, 1, &[process(1, 1000)], HOST_ROOT),
+            Verdict::NonRoot
+        );
         // Root parent with a non-root child is still root.
         assert_eq!(
-            verdict(&root, true, 1, &[process(1, 0), process(2, 1000)], HOST_ROOT),
+            verdict(
+                &root,
+                true,
+                1,
+                &[process(1, 0), process(2, 1000)],
+                HOST_ROOT
+            ),
             Verdict::Root
         );
         // A saved uid of 0 is root: it can be taken back.

@@ -53,7 +53,12 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    pub fn new(engine: Arc<Engine>, cache: Arc<Cache>, bounds: WalkBounds, hostname: String) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        cache: Arc<Cache>,
+        bounds: WalkBounds,
+        hostname: String,
+    ) -> Self {
         Inspector {
             engine,
             cache,
@@ -402,7 +407,11 @@ fn short(id: &str) -> &str {
 
 fn matches_name(doc: &ContainerInspectResponse, wanted: &str) -> bool {
     let wanted = wanted.trim_start_matches('/');
-    let name = doc.name.as_deref().unwrap_or_default().trim_start_matches('/');
+    let name = doc
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/');
     let id = doc.id.as_deref().unwrap_or_default();
     name == wanted || (wanted.len() >= 4 && id.starts_with(wanted))
 }
@@ -499,10 +508,12 @@ async fn read_archive_entry(
             use std::io::Read;
             let mut limited = entry.take(MAX_USER_FILE as u64);
             let mut raw = Vec::new();
-            limited.read_to_end(&mut raw).map_err(|e| EngineError::Api {
-                call: format!("archive {path}"),
-                message: e.to_string(),
-            })?;
+            limited
+                .read_to_end(&mut raw)
+                .map_err(|e| EngineError::Api {
+                    call: format!("archive {path}"),
+                    message: e.to_string(),
+                })?;
             text.push_str(&String::from_utf8_lossy(&raw));
             return Ok(Some(ArchiveEntry::File(text)));
         }

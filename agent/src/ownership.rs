@@ -70,7 +70,7 @@ pub fn summarize(root: &Path, bounds: WalkBounds) -> OwnershipSummary {
                 bound_hit = Some(WalkBound::Entries);
                 break 'walk;
             }
-            if entries % 1024 == 0 && started.elapsed() >= bounds.max_time {
+            if entries.is_multiple_of(1024) && started.elapsed() >= bounds.max_time {
                 bound_hit = Some(WalkBound::Time);
                 break 'walk;
             }

@@ -33,7 +33,11 @@ impl ProcessTable {
             return table;
         };
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             // A process may exit between readdir and read: skip it.
@@ -182,12 +186,17 @@ mod tests {
     #[test]
     fn maps_rootless_ids_like_podman_troubleshooting_34() {
         // Rootless: container 0 -> host 1000, container 1.. -> 100000..
-        let map = IdMap::parse("         0       1000          1\n         1     100000      65536\n");
+        let map =
+            IdMap::parse("         0       1000          1\n         1     100000      65536\n");
         assert_eq!(map.to_inside(1000), 0);
         assert_eq!(map.to_host(0), Some(1000));
         assert_eq!(map.to_host(2003), Some(102002));
         assert_eq!(map.to_inside(102002), 2003);
-        assert_eq!(map.to_inside(0), 65534, "host root is unmapped in a rootless container");
+        assert_eq!(
+            map.to_inside(0),
+            65534,
+            "host root is unmapped in a rootless container"
+        );
         let identity = IdMap::parse("0 0 4294967295\n");
         assert_eq!(identity.to_inside(0), 0);
         assert_eq!(identity.to_inside(1000), 1000);

@@ -37,9 +37,8 @@ pub struct Host {
 impl Host {
     pub fn validate(&self) -> Result<(), ControllerError> {
         validate_name(&self.name)?;
-        fleet_core::tls::split_address(&self.address).map_err(|e| {
-            ControllerError::InvalidArgument(format!("host '{}': {e}", self.name))
-        })?;
+        fleet_core::tls::split_address(&self.address)
+            .map_err(|e| ControllerError::InvalidArgument(format!("host '{}': {e}", self.name)))?;
         for key in self.labels.keys() {
             if key.is_empty() || key.contains('=') || key.contains(',') {
                 return Err(ControllerError::InvalidArgument(format!(
@@ -165,7 +164,10 @@ mod tests {
     fn selects_by_name_and_label_and_refuses_empty_choices() {
         let all = vec![host("a", "prod"), host("b", "dev"), host("c", "prod")];
         let names = |hs: Vec<Host>| hs.into_iter().map(|h| h.name).collect::<Vec<_>>();
-        assert_eq!(names(select(all.clone(), &[], &[]).unwrap()), ["a", "b", "c"]);
+        assert_eq!(
+            names(select(all.clone(), &[], &[]).unwrap()),
+            ["a", "b", "c"]
+        );
         assert_eq!(
             names(select(all.clone(), &[], &["env=prod".into()]).unwrap()),
             ["a", "c"]
@@ -174,9 +176,16 @@ mod tests {
             names(select(all.clone(), &["b".into()], &[]).unwrap()),
             ["b"]
         );
-        let err = select(all.clone(), &["zz".into()], &[]).unwrap_err().to_string();
-        assert!(err.contains("unknown host 'zz'") && err.contains("a, b, c"), "{err}");
-        let err = select(all.clone(), &[], &["env=qa".into()]).unwrap_err().to_string();
+        let err = select(all.clone(), &["zz".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown host 'zz'") && err.contains("a, b, c"),
+            "{err}"
+        );
+        let err = select(all.clone(), &[], &["env=qa".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no host matches env=qa"), "{err}");
         let err = select(all, &[], &["envqa".into()]).unwrap_err().to_string();
         assert!(err.contains("not key=value"), "{err}");

@@ -60,7 +60,10 @@ pub async fn run(
     let service = ControllerServer::new(ControllerService::new(state))
         .max_encoding_message_size(MAX_RESPONSE);
     tonic::transport::Server::builder()
-        .layer(AuthLayer::new(fleet_proto::CONTROLLER_SERVICE, service::decide))
+        .layer(AuthLayer::new(
+            fleet_proto::CONTROLLER_SERVICE,
+            service::decide,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -30,8 +30,13 @@ pub fn decide(method: &str, role: Role) -> Result<(), String> {
     match role {
         Role::Operator if read || write => Ok(()),
         Role::Viewer if read => Ok(()),
-        Role::Viewer if write => Err("viewers may only read; this call changes the fleet and needs an operator certificate".into()),
-        Role::Operator | Role::Viewer => Err("no authorization rule names this RPC, so it is refused".into()),
+        Role::Viewer if write => Err(
+            "viewers may only read; this call changes the fleet and needs an operator certificate"
+                .into(),
+        ),
+        Role::Operator | Role::Viewer => {
+            Err("no authorization rule names this RPC, so it is refused".into())
+        }
         Role::Agent | Role::Controller => Err(format!(
             "the controller API accepts operator and viewer certificates, not a certificate with role {role}"
         )),
@@ -156,7 +161,12 @@ impl pb::controller_server::Controller for ControllerService {
             self.state.pool.forget(&host.name);
             Ok(())
         })();
-        self.log(&caller, "hosts.add", &format!("{} {}", host.name, host.address), &result);
+        self.log(
+            &caller,
+            "hosts.add",
+            &format!("{} {}", host.name, host.address),
+            &result,
+        );
         result?;
         tracing::info!(caller = %caller.name, host = %host.name, address = %host.address, "host added");
         Ok(Response::new(host_to_pb(&host)))
@@ -197,7 +207,11 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::FleetAudit>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let hosts = inventory::select(self.state.store.hosts()?, &request.hosts, &request.selectors)?;
+        let hosts = inventory::select(
+            self.state.store.hosts()?,
+            &request.hosts,
+            &request.selectors,
+        )?;
         let timeout = if request.timeout_ms > 0 {
             Duration::from_millis(u64::from(request.timeout_ms))
         } else {

@@ -35,9 +35,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| {
             ControllerError::Store(format!("cannot create state dir {}: {e}", dir.display()))
         })?;
-        let db = sled::open(dir.join("store.sled")).map_err(|e| {
-            ControllerError::Store(format!("cannot open {}: {e}", dir.display()))
-        })?;
+        let db = sled::open(dir.join("store.sled"))
+            .map_err(|e| ControllerError::Store(format!("cannot open {}: {e}", dir.display())))?;
         Ok(Store {
             hosts: db.open_tree(HOSTS)?,
             log: db.open_tree(AUDIT_LOG)?,
@@ -103,7 +102,8 @@ impl Store {
 
     pub fn append_log(&self, entry: &LogEntry) -> Result<(), ControllerError> {
         let id = self.db.generate_id()?;
-        self.log.insert(id.to_be_bytes(), serde_json::to_vec(entry)?)?;
+        self.log
+            .insert(id.to_be_bytes(), serde_json::to_vec(entry)?)?;
         self.flush()
     }
 
@@ -147,9 +147,17 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let names = |s: &Store| s.hosts().unwrap().into_iter().map(|h| h.name).collect::<Vec<_>>();
+        let names = |s: &Store| {
+            s.hosts()
+                .unwrap()
+                .into_iter()
+                .map(|h| h.name)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&store), ["a", "b", "manual"]);
-        store.sync_config_hosts(&[host("b", HostSource::Config)]).unwrap();
+        store
+            .sync_config_hosts(&[host("b", HostSource::Config)])
+            .unwrap();
         assert_eq!(names(&store), ["b", "manual"]);
         assert!(store.remove_host("manual").unwrap().is_some());
         assert!(store.remove_host("manual").unwrap().is_none());

@@ -163,10 +163,7 @@ pub fn load_issuer(ca_pem: &str, ca_key_pem: &str) -> Result<CaIssuer, PkiError>
 }
 
 /// Issues a leaf certificate in memory: (certificate PEM, key PEM).
-pub fn issue_pem(
-    issuer: &CaIssuer,
-    request: &IssueRequest,
-) -> Result<(String, String), PkiError> {
+pub fn issue_pem(issuer: &CaIssuer, request: &IssueRequest) -> Result<(String, String), PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
@@ -202,7 +199,10 @@ pub fn ephemeral_ca() -> Result<(String, CaIssuer), PkiError> {
     params
         .distinguished_name
         .push(DnType::CommonName, "ephemeral CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), Issuer::new(params, key)))

@@ -136,16 +136,17 @@ impl TlsMaterial {
                 let reason = match e {
                     rustls::CertificateError::Expired
                     | rustls::CertificateError::ExpiredContext { .. } => {
-                        format!("has expired (valid until {until}); issue a new one with `fleetctl certs issue`")
+                        format!(
+                            "has expired (valid until {until}); issue a new one with `fleetctl certs issue`"
+                        )
                     }
                     rustls::CertificateError::NotValidYet
                     | rustls::CertificateError::NotValidYetContext { .. } => {
                         "is not valid yet (check the clock)".to_string()
                     }
-                    rustls::CertificateError::UnknownIssuer => format!(
-                        "is not signed by the fleet CA in {}",
-                        files.ca.display()
-                    ),
+                    rustls::CertificateError::UnknownIssuer => {
+                        format!("is not signed by the fleet CA in {}", files.ca.display())
+                    }
                     other => format!("is not acceptable: {other}"),
                 };
                 Err(TlsError::OwnCertificate {
@@ -291,9 +292,9 @@ impl ServerCertVerifier for RoleCheckingVerifier {
             now,
         )?;
         let mismatch = |msg: String| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(Arc::new(RoleMismatch(msg))),
-            ))
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(RoleMismatch(msg)),
+            )))
         };
         match peer_identity(end_entity) {
             Ok(identity) if identity.role == self.expected => Ok(verified),
@@ -463,7 +464,12 @@ async fn await_acceptance(
     let mut first = vec![0u8; 1024];
     let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read(&mut first))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the server said nothing after the TLS handshake"))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the server said nothing after the TLS handshake",
+            )
+        })??;
     if n == 0 {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,

@@ -34,9 +34,9 @@ pub fn service_methods(service: &str) -> Vec<String> {
         .iter()
         .flat_map(|file| {
             let package = file.package().to_string();
-            file.service.iter().filter_map(move |s| {
-                (format!("{package}.{}", s.name()) == service).then_some(s)
-            })
+            file.service
+                .iter()
+                .filter(move |s| format!("{package}.{}", s.name()) == service)
         })
         .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
         .collect()

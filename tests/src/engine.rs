@@ -33,7 +33,12 @@ pub async fn docker() -> Docker {
     .expect("engine client")
     .negotiate_version()
     .await
-    .unwrap_or_else(|e| panic!("the container engine at {} does not answer: {e}", socket.display()))
+    .unwrap_or_else(|e| {
+        panic!(
+            "the container engine at {} does not answer: {e}",
+            socket.display()
+        )
+    })
 }
 
 /// The users of the test image's /etc/passwd.
@@ -51,8 +56,8 @@ nogroup:x:65534:
 ";
 
 const APPLETS: &[&str] = &[
-    "sh", "sleep", "su", "id", "cat", "ls", "echo", "touch", "mkdir", "chown", "chmod", "ln",
-    "rm", "mv", "nc", "httpd", "wget", "true", "false", "kill", "ps", "stat", "test", "[",
+    "sh", "sleep", "su", "id", "cat", "ls", "echo", "touch", "mkdir", "chown", "chmod", "ln", "rm",
+    "mv", "nc", "httpd", "wget", "true", "false", "kill", "ps", "stat", "test", "[",
 ];
 
 fn busybox() -> Vec<u8> {
@@ -61,7 +66,9 @@ fn busybox() -> Vec<u8> {
             return bytes;
         }
     }
-    panic!("no static busybox on this machine: install Debian's busybox-static (scripts/test.sh does)");
+    panic!(
+        "no static busybox on this machine: install Debian's busybox-static (scripts/test.sh does)"
+    );
 }
 
 /// The build context of the test image: busybox and a passwd with named
@@ -107,9 +114,9 @@ pub async fn test_image(docker: &Docker) -> String {
     IMAGE
         .get_or_init(|| async {
             let context = build_context();
-            let digest = context
-                .iter()
-                .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+            let digest = context.iter().fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+            });
             let tag = format!("fleet-test/busybox:{digest:016x}");
             if docker.inspect_image(&tag).await.is_ok() {
                 return tag;
@@ -121,11 +128,8 @@ pub async fn test_image(docker: &Docker) -> String {
                 labels: Some(HashMap::from([(TEST_LABEL.to_string(), "1".to_string())])),
                 ..Default::default()
             };
-            let mut build = docker.build_image(
-                options,
-                None,
-                Some(bollard::body_full(context.into())),
-            );
+            let mut build =
+                docker.build_image(options, None, Some(bollard::body_full(context.into())));
             while let Some(step) = build.next().await {
                 let step = step.unwrap_or_else(|e| panic!("building the test image failed: {e}"));
                 if let Some(error) = step.error_detail.and_then(|d| d.message) {
@@ -205,13 +209,18 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let containers = std::mem::take(&mut *self.containers.lock().unwrap_or_else(|p| p.into_inner()));
+        let containers =
+            std::mem::take(&mut *self.containers.lock().unwrap_or_else(|p| p.into_inner()));
         let volumes = std::mem::take(&mut *self.volumes.lock().unwrap_or_else(|p| p.into_inner()));
-        let networks = std::mem::take(&mut *self.networks.lock().unwrap_or_else(|p| p.into_inner()));
+        let networks =
+            std::mem::take(&mut *self.networks.lock().unwrap_or_else(|p| p.into_inner()));
         let docker = self.docker.clone();
         // Drop cannot await; do the removals on a runtime of their own.
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             runtime.block_on(async move {
@@ -229,7 +238,10 @@ impl Drop for Scope {
                 }
                 for volume in volumes {
                     let _ = docker
-                        .remove_volume(&volume, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                        .remove_volume(
+                            &volume,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
                         .await;
                 }
                 for network in networks {

@@ -75,7 +75,8 @@ impl TestPki {
     }
 
     fn issue_expired(&self, role: Role, name: &str) {
-        let ca_key = std::fs::read_to_string(self.dir.path().join(pki::CA_KEY_FILE)).expect("ca key");
+        let ca_key =
+            std::fs::read_to_string(self.dir.path().join(pki::CA_KEY_FILE)).expect("ca key");
         let ca_pem = std::fs::read_to_string(self.ca()).expect("ca");
         let key = rcgen_issuer(&ca_pem, &ca_key);
         let now = OffsetDateTime::now_utc();

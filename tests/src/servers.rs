@@ -94,7 +94,9 @@ impl Drop for RunningController {
 
 /// A controller whose config lists `hosts` (name, agent address).
 pub async fn start_controller(tls: TlsFiles, hosts: &[(&str, &str)]) -> RunningController {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind controller");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind controller");
     let address = listener.local_addr().expect("addr").to_string();
     let state = tempfile::tempdir().expect("state dir");
     let config = ControllerConfig {

@@ -2,6 +2,9 @@
 //! drive the controller. Every refusal here is a real TLS handshake or a
 //! real RPC against real servers.
 
+// Test helpers fail by panicking: an unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,7 +86,10 @@ async fn controller_refuses_a_certificate_from_another_ca() {
     let out = fleetctl(&controller.address, &pki.files("mallory"), &["whoami"]).await;
     assert_eq!(out.code, 1, "{out:?}");
     let error = out.error.unwrap();
-    assert!(error.contains("mallory.pem is not signed by the fleet CA"), "{error}");
+    assert!(
+        error.contains("mallory.pem is not signed by the fleet CA"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,7 +104,10 @@ async fn controller_refuses_an_expired_certificate() {
     let out = fleetctl(&controller.address, &pki.files("old"), &["whoami"]).await;
     assert_eq!(out.code, 1, "{out:?}");
     let error = out.error.unwrap();
-    assert!(error.contains("old.pem has expired (valid until"), "{error}");
+    assert!(
+        error.contains("old.pem has expired (valid until"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,7 +135,11 @@ async fn servers_refuse_to_start_with_an_expired_certificate() {
 async fn controller_refuses_an_agent_certificate_on_its_operator_api() {
     let pki = TestPki::new();
     let controller = start_controller(pki.files("controller"), &[]).await;
-    for args in [&["whoami"][..], &["hosts", "list"], &["hosts", "add", "x", "127.0.0.1:1"]] {
+    for args in [
+        &["whoami"][..],
+        &["hosts", "list"],
+        &["hosts", "add", "x", "127.0.0.1:1"],
+    ] {
         let out = fleetctl(&controller.address, &pki.files("agent"), args).await;
         assert_eq!(out.code, 1, "{args:?}: {out:?}");
         let error = out.error.unwrap();
@@ -136,7 +149,12 @@ async fn controller_refuses_an_agent_certificate_on_its_operator_api() {
         );
     }
     // The controller's own certificate is no operator either.
-    let out = fleetctl(&controller.address, &pki.files("controller"), &["hosts", "list"]).await;
+    let out = fleetctl(
+        &controller.address,
+        &pki.files("controller"),
+        &["hosts", "list"],
+    )
+    .await;
     assert!(out.error.unwrap().contains("role controller"));
 }
 
@@ -148,26 +166,54 @@ async fn viewer_reads_but_cannot_change_the_fleet() {
     let operator = pki.files("alice");
 
     let out = fleetctl(&controller.address, &viewer, &["whoami"]).await;
-    assert_eq!(out.stdout.trim_end(), format!("bob (viewer) at {}", controller.address));
     assert_eq!(
-        fleetctl(&controller.address, &viewer, &["hosts", "list"]).await.code,
+        out.stdout.trim_end(),
+        format!("bob (viewer) at {}", controller.address)
+    );
+    assert_eq!(
+        fleetctl(&controller.address, &viewer, &["hosts", "list"])
+            .await
+            .code,
         0
     );
 
-    let out = fleetctl(&controller.address, &viewer, &["hosts", "add", "web1", "127.0.0.1:7443"]).await;
+    let out = fleetctl(
+        &controller.address,
+        &viewer,
+        &["hosts", "add", "web1", "127.0.0.1:7443"],
+    )
+    .await;
     assert_eq!(out.code, 1);
     assert!(
-        out.error.as_deref().unwrap().contains("viewers may only read"),
+        out.error
+            .as_deref()
+            .unwrap()
+            .contains("viewers may only read"),
         "{out:?}"
     );
 
-    let out = fleetctl(&controller.address, &operator, &["hosts", "add", "web1", "127.0.0.1:7443"]).await;
+    let out = fleetctl(
+        &controller.address,
+        &operator,
+        &["hosts", "add", "web1", "127.0.0.1:7443"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{out:?}");
     let out = fleetctl(&controller.address, &viewer, &["hosts", "remove", "web1"]).await;
     assert_eq!(out.code, 1);
-    assert!(out.error.as_deref().unwrap().contains("may not call RemoveHost"));
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap()
+            .contains("may not call RemoveHost")
+    );
     // Refused means refused: the host is still there.
-    let listed = fleetctl(&controller.address, &viewer, &["hosts", "list", "-o", "json"]).await;
+    let listed = fleetctl(
+        &controller.address,
+        &viewer,
+        &["hosts", "list", "-o", "json"],
+    )
+    .await;
     assert_eq!(listed.json()[0]["name"], "web1");
 }
 
@@ -191,9 +237,15 @@ async fn agent_accepts_only_the_controller() {
             .inspect(agent_pb::InspectRequest::default())
             .await
             .expect_err("only the controller may call the agent");
-        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{name}: {status:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{name}: {status:?}"
+        );
         assert!(
-            status.message().contains("accepts only the fleet controller"),
+            status
+                .message()
+                .contains("accepts only the fleet controller"),
             "{name}: {}",
             status.message()
         );
@@ -211,7 +263,10 @@ async fn agent_accepts_only_the_controller() {
         .await
         .expect_err("no engine at that socket");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().contains("/nonexistent/engine.sock"), "{status:?}");
+    assert!(
+        status.message().contains("/nonexistent/engine.sock"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,17 +277,21 @@ async fn clients_check_the_role_of_the_server_they_reach() {
     let out = fleetctl(&agent.address, &pki.files("alice"), &["whoami"]).await;
     assert_eq!(out.code, 1);
     let error = out.error.unwrap();
-    assert!(error.contains("has role agent, expected controller"), "{error}");
+    assert!(
+        error.contains("has role agent, expected controller"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn there_is_no_plaintext_mode() {
     let pki = TestPki::new();
     let controller = start_controller(pki.files("controller"), &[]).await;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", controller.address))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(3));
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", controller.address))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(3));
     let result = match endpoint.connect().await {
         Ok(channel) => ControllerClient::new(channel)
             .who_am_i(pb::WhoAmIRequest {})

@@ -104,11 +104,9 @@ impl Summary {
 
     /// `11/28 containers (39%) run as root on 3 hosts`
     pub fn headline(&self) -> String {
-        let percent = if self.containers == 0 {
-            0
-        } else {
-            (self.root * 100 + self.containers / 2) / self.containers
-        };
+        let percent = (self.root * 100 + self.containers / 2)
+            .checked_div(self.containers)
+            .unwrap_or(0);
         let hosts = if self.hosts_with_root == 1 {
             "host"
         } else {
@@ -139,7 +137,9 @@ pub fn from_wire(audit: pb::FleetAudit) -> FleetAudit {
             let host = h.host.unwrap_or_default();
             let (status, error, report) = match h.outcome {
                 Some(pb::host_audit::Outcome::Report(r)) => (HostStatus::Ok, None, Some(r.into())),
-                Some(pb::host_audit::Outcome::Error(e)) => (status_of(e.kind), Some(e.message), None),
+                Some(pb::host_audit::Outcome::Error(e)) => {
+                    (status_of(e.kind), Some(e.message), None)
+                }
                 None => (
                     HostStatus::AgentError,
                     Some("the controller returned no outcome".into()),
@@ -211,4 +211,104 @@ pub async fn run(
     audit_render::render(&audit, args.output, out)
         .map_err(|e| CliError::error(format!("cannot write the report: {e}")))?;
     Ok(gate(&audit, args.fail_on))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_core::audit::{ContainerReport, Finding, Identity};
+
+    fn container(verdict: Verdict, severity: Option<Severity>) -> ContainerReport {
+        ContainerReport {
+            identity: Identity {
+                verdict,
+                ..Default::default()
+            },
+            findings: severity
+                .map(|severity| {
+                    vec![Finding {
+                        check: "x".into(),
+                        severity,
+                        ..Default::default()
+                    }]
+                })
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn host(name: &str, containers: Option<Vec<ContainerReport>>) -> HostAudit {
+        HostAudit {
+            name: name.into(),
+            address: String::new(),
+            labels: BTreeMap::new(),
+            status: if containers.is_some() {
+                HostStatus::Ok
+            } else {
+                HostStatus::Unreachable
+            },
+            error: None,
+            elapsed_ms: 0,
+            report: containers.map(|containers| HostReport {
+                containers,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn audit(hosts: Vec<HostAudit>) -> FleetAudit {
+        FleetAudit {
+            summary: Summary::of(&hosts),
+            hosts,
+        }
+    }
+
+    #[test]
+    fn headline_counts_root_containers_and_their_hosts() {
+        let mut hosts = Vec::new();
+        for h in 0..3 {
+            let mut cs = vec![container(Verdict::NonRoot, None); 5];
+            cs.extend(vec![
+                container(Verdict::Root, Some(Severity::High));
+                if h == 0 { 5 } else { 3 }
+            ]);
+            hosts.push(host(&format!("h{h}"), Some(cs)));
+        }
+        hosts.push(host(
+            "clean",
+            Some(vec![container(Verdict::NonRoot, None); 2]),
+        ));
+        let a = audit(hosts);
+        assert_eq!(
+            a.summary.headline(),
+            "11/28 containers (39%) run as root on 3 hosts"
+        );
+    }
+
+    #[test]
+    fn gates_trip_on_what_they_name_and_refuse_to_vouch_for_unseen_hosts() {
+        let drops = audit(vec![host(
+            "a",
+            Some(vec![container(
+                Verdict::StartsAsRootDropsTo { uid: 1 },
+                Some(Severity::Medium),
+            )]),
+        )]);
+        assert_eq!(gate(&drops, None), exit::OK);
+        assert_eq!(gate(&drops, Some(FailOn::Root)), exit::OK);
+        assert_eq!(gate(&drops, Some(FailOn::High)), exit::OK);
+        assert_eq!(gate(&drops, Some(FailOn::Any)), exit::GATE_TRIPPED);
+        let root = audit(vec![
+            host(
+                "a",
+                Some(vec![container(Verdict::Root, Some(Severity::High))]),
+            ),
+            host("b", None),
+        ]);
+        assert_eq!(gate(&root, Some(FailOn::Root)), exit::GATE_TRIPPED);
+        assert_eq!(gate(&root, Some(FailOn::High)), exit::GATE_TRIPPED);
+        let unseen = audit(vec![host("a", Some(vec![])), host("b", None)]);
+        assert_eq!(gate(&unseen, Some(FailOn::Root)), exit::INCOMPLETE);
+        assert_eq!(gate(&unseen, None), exit::OK);
+    }
 }

@@ -131,11 +131,27 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
             writeln!(out)?;
             continue;
         };
-        let mut headers = vec!["CONTAINER", "IMAGE", "USER", "UID:GID", "VERDICT", "FINDINGS"];
+        let mut headers = vec![
+            "CONTAINER",
+            "IMAGE",
+            "USER",
+            "UID:GID",
+            "VERDICT",
+            "FINDINGS",
+        ];
         if wide {
             headers = vec![
-                "CONTAINER", "STATE", "IMAGE", "USER", "UID:GID", "VERDICT", "PROCESSES",
-                "COMPOSE", "POD", "MOUNTS", "FINDINGS",
+                "CONTAINER",
+                "STATE",
+                "IMAGE",
+                "USER",
+                "UID:GID",
+                "VERDICT",
+                "PROCESSES",
+                "COMPOSE",
+                "POD",
+                "MOUNTS",
+                "FINDINGS",
             ];
         }
         let mut table = Table::new(&headers);
@@ -157,7 +173,11 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
                     if c.mounts.is_empty() {
                         "-".into()
                     } else {
-                        c.mounts.iter().map(mount_text).collect::<Vec<_>>().join(" ")
+                        c.mounts
+                            .iter()
+                            .map(mount_text)
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     },
                     findings_all(c),
                 ]
@@ -256,8 +276,19 @@ fn host_heading(host: &HostAudit, markdown: bool, out: &mut dyn Write) -> io::Re
 
 fn csv(audit: &FleetAudit, out: &mut dyn Write) -> io::Result<()> {
     let header = [
-        "host", "host_status", "container", "id", "image", "state", "user", "uid", "gid",
-        "verdict", "worst_severity", "findings", "errors",
+        "host",
+        "host_status",
+        "container",
+        "id",
+        "image",
+        "state",
+        "user",
+        "uid",
+        "gid",
+        "verdict",
+        "worst_severity",
+        "findings",
+        "errors",
     ];
     writeln!(
         out,
@@ -284,7 +315,9 @@ fn csv(audit: &FleetAudit, out: &mut dyn Write) -> io::Result<()> {
                 c.identity.uid.map(|u| u.to_string()).unwrap_or_default(),
                 c.identity.gid.map(|g| g.to_string()).unwrap_or_default(),
                 c.identity.verdict.to_string(),
-                c.worst_severity().map(|s| s.to_string()).unwrap_or_default(),
+                c.worst_severity()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
                 c.findings
                     .iter()
                     .map(|f| format!("{}:{}", f.check, f.severity))

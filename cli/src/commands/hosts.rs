@@ -67,9 +67,9 @@ pub async fn run(
         } => {
             let mut parsed = std::collections::HashMap::new();
             for label in labels {
-                let (k, v) = label.split_once('=').ok_or_else(|| {
-                    CliError::usage(format!("label '{label}' is not key=value"))
-                })?;
+                let (k, v) = label
+                    .split_once('=')
+                    .ok_or_else(|| CliError::usage(format!("label '{label}' is not key=value")))?;
                 parsed.insert(k.to_string(), v.to_string());
             }
             let host = controller
