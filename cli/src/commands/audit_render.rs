@@ -37,25 +37,22 @@ fn ids(c: &ContainerReport) -> String {
 }
 
 /// "high 4.1,5.4 +3 low": the worst severity, the checks at medium and
-/// above, and how many lesser ones.
+/// above, and how many lesser ones; "low 5.13,5.26" when all are lesser.
 fn findings_short(c: &ContainerReport) -> String {
     let Some(worst) = c.worst_severity() else {
         return "-".into();
     };
-    let serious: Vec<&str> = c
+    let (serious, lesser): (Vec<_>, Vec<_>) = c
         .findings
         .iter()
-        .filter(|f| f.severity >= Severity::Medium)
-        .map(|f| f.check.as_str())
-        .collect();
-    let lesser = c.findings.len() - serious.len();
-    let mut text = worst.to_string();
-    if !serious.is_empty() {
-        text.push(' ');
-        text.push_str(&serious.join(","));
-    }
-    if lesser > 0 {
-        text.push_str(&format!(" +{lesser} low"));
+        .partition(|f| f.severity >= Severity::Medium);
+    let shown = if serious.is_empty() { &lesser } else { &serious };
+    let mut text = format!(
+        "{worst} {}",
+        shown.iter().map(|f| f.check.as_str()).collect::<Vec<_>>().join(",")
+    );
+    if !serious.is_empty() && !lesser.is_empty() {
+        text.push_str(&format!(" +{} low", lesser.len()));
     }
     text
 }
