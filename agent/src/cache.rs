@@ -1,39 +1,46 @@
 //! An inspection cache kept true by the engine's event stream.
 //!
-//! Inspect documents and user databases are cached per container id and
-//! dropped on every event that can change them. The set of containers is
-//! never taken from the cache: every inspection lists (one cheap call), and
-//! a cached document is used only when the listing still shows it in the
-//! same state under the same name, so an event still in flight cannot hide
-//! a new container or a restart. When the stream is down nothing is cached
-//! and every inspection asks the engine (correct, only slower). Ownership
-//! summaries are not evented by any engine: they are kept for a short TTL.
+//! The set of containers, their inspect documents and their user databases
+//! are kept from the stream: a listing when the stream (re)connects, then
+//! every event invalidates what it can change. Before an inspection trusts
+//! the cache it asks the engine for the events up to *now* (a bounded
+//! `/events?since&until` call, as cheap as a ping): whatever the stream has
+//! not delivered yet arrives that way, so a container created a moment
+//! before the inspection is never missed. When the stream is down, nothing
+//! is cached and every inspection asks the engine (correct, only slower).
+//! Ownership summaries are not evented by any engine: they live for a TTL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
-use bollard::query_parameters::EventsOptions;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use fleet_core::CancellationToken;
 use fleet_core::audit::OwnershipSummary;
 use futures::StreamExt;
 
-use crate::engine::Engine;
+use crate::engine::{Connected, Engine};
 use crate::identity::UserDb;
+
+/// Docker keeps the last 256 events for replay; a catch-up that returns
+/// this many may have lost some, and then the cache is not trusted.
+const ENGINE_EVENT_BUFFER: usize = 256;
 
 #[derive(Debug, Default)]
 struct State {
     /// True while the event stream is up: only then may anything be cached.
     warm: bool,
+    known: HashSet<String>,
     /// Bumped on every invalidation of an id, so a fetch that raced an event
     /// does not store what the event made stale.
     epochs: HashMap<String, u64>,
-    /// Inspect documents with the listing fingerprint they were fetched under.
-    docs: HashMap<String, (String, Arc<ContainerInspectResponse>)>,
+    docs: HashMap<String, Arc<ContainerInspectResponse>>,
     user_dbs: HashMap<String, Arc<UserDb>>,
     summaries: HashMap<PathBuf, (Instant, OwnershipSummary)>,
+    /// Time of the newest event applied, in engine nanoseconds.
+    last_event_nanos: i64,
 }
 
 #[derive(Debug)]
@@ -41,6 +48,17 @@ pub struct Cache {
     enabled: bool,
     summary_ttl: Duration,
     state: Mutex<State>,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn engine_time(nanos: i64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
 }
 
 impl Cache {
@@ -53,57 +71,74 @@ impl Cache {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters (each write is one insert); keep going.
+        // Each write is one map operation: a panic elsewhere cannot leave
+        // the state half-updated in a way that matters.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn is_warm(&self) -> bool {
-        self.enabled && self.lock().warm
+    /// Brings the cache up to the engine's present and returns the complete
+    /// set of container ids, or `None` when the cache cannot be trusted
+    /// (stream down, catch-up failed) and the caller must list.
+    pub async fn current_ids(&self, conn: &Connected) -> Option<Vec<String>> {
+        if !self.enabled {
+            return None;
+        }
+        let since = {
+            let state = self.lock();
+            if !state.warm {
+                return None;
+            }
+            // One second of overlap: replayed events only invalidate.
+            state.last_event_nanos - 1_000_000_000
+        };
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+        let mut events = conn.docker.events(Some(EventsOptions {
+            since: Some(engine_time(since)),
+            until: Some(engine_time(now_nanos())),
+            filters: Some(filters),
+        }));
+        let mut caught_up = 0;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    self.apply(&event);
+                    caught_up += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "event catch-up failed; listing instead");
+                    return None;
+                }
+            }
+        }
+        if caught_up >= ENGINE_EVENT_BUFFER {
+            return None;
+        }
+        let state = self.lock();
+        state.warm.then(|| state.known.iter().cloned().collect())
     }
 
     pub fn epoch(&self, id: &str) -> u64 {
         self.lock().epochs.get(id).copied().unwrap_or(0)
     }
 
-    /// The cached document of `id`, if it was fetched under the same
-    /// listing `fingerprint` (state, names, image) as the engine shows now.
-    pub fn doc(&self, id: &str, fingerprint: &str) -> Option<Arc<ContainerInspectResponse>> {
-        if !self.enabled {
-            return None;
-        }
+    pub fn doc(&self, id: &str) -> Option<Arc<ContainerInspectResponse>> {
         let state = self.lock();
-        if !state.warm {
+        if !self.enabled || !state.warm {
             return None;
         }
-        state
-            .docs
-            .get(id)
-            .filter(|(fp, _)| fp == fingerprint)
-            .map(|(_, doc)| doc.clone())
+        state.docs.get(id).cloned()
     }
 
-    pub fn put_doc(
-        &self,
-        id: &str,
-        epoch: u64,
-        fingerprint: &str,
-        doc: Arc<ContainerInspectResponse>,
-    ) {
+    pub fn put_doc(&self, id: &str, epoch: u64, doc: Arc<ContainerInspectResponse>) {
         let mut state = self.lock();
         if self.enabled && state.warm && state.epochs.get(id).copied().unwrap_or(0) == epoch {
-            state
-                .docs
-                .insert(id.to_string(), (fingerprint.to_string(), doc));
+            state.docs.insert(id.to_string(), doc);
         }
     }
 
     pub fn user_db(&self, id: &str) -> Option<Arc<UserDb>> {
-        if !self.enabled {
-            return None;
-        }
         let state = self.lock();
-        if !state.warm {
+        if !self.enabled || !state.warm {
             return None;
         }
         state.user_dbs.get(id).cloned()
@@ -120,8 +155,7 @@ impl Cache {
         if !self.enabled {
             return None;
         }
-        let state = self.lock();
-        state
+        self.lock()
             .summaries
             .get(path)
             .filter(|(at, _)| at.elapsed() < self.summary_ttl)
@@ -131,9 +165,8 @@ impl Cache {
     pub fn put_summary(&self, path: PathBuf, summary: OwnershipSummary) {
         if self.enabled {
             let mut state = self.lock();
-            state
-                .summaries
-                .retain(|_, (at, _)| at.elapsed() < self.summary_ttl);
+            let ttl = self.summary_ttl;
+            state.summaries.retain(|_, (at, _)| at.elapsed() < ttl);
             state.summaries.insert(path, (Instant::now(), summary));
         }
     }
@@ -142,7 +175,7 @@ impl Cache {
     pub fn forget(&self, id: &str) {
         let mut state = self.lock();
         Self::drop_entries(&mut state, id);
-        state.epochs.remove(id);
+        state.known.remove(id);
     }
 
     fn drop_entries(state: &mut State, id: &str) {
@@ -151,7 +184,7 @@ impl Cache {
         state.user_dbs.remove(id);
     }
 
-    fn reset(&self, warm: bool) {
+    fn reset(&self, warm: bool, known: HashSet<String>, since_nanos: i64) {
         let mut state = self.lock();
         let ids: Vec<String> = state
             .docs
@@ -164,7 +197,9 @@ impl Cache {
         }
         state.docs.clear();
         state.user_dbs.clear();
+        state.known = known;
         state.warm = warm;
+        state.last_event_nanos = since_nanos;
     }
 
     /// Applies one engine event.
@@ -176,6 +211,10 @@ impl Cache {
             return;
         };
         let action = event.action.as_deref().unwrap_or_default();
+        let mut state = self.lock();
+        if let Some(nanos) = event.time_nano {
+            state.last_event_nanos = state.last_event_nanos.max(nanos);
+        }
         // Events that change neither the inspect document nor the files we read.
         let harmless = action.starts_with("exec_")
             || matches!(
@@ -185,16 +224,17 @@ impl Cache {
         if harmless {
             return;
         }
-        let mut state = self.lock();
         Self::drop_entries(&mut state, &id);
         if action == "destroy" || action == "remove" {
-            state.epochs.remove(&id);
+            state.known.remove(&id);
+        } else {
+            state.known.insert(id);
         }
     }
 }
 
-/// Keeps `cache` warm until `shutdown`: follow the event stream; on any
-/// break, go cold (cache nothing) and start over.
+/// Keeps `cache` warm until `shutdown`: list, then follow the event stream
+/// from just before the listing; on any break, go cold and start over.
 pub async fn keep_warm(engine: Arc<Engine>, cache: Arc<Cache>, shutdown: CancellationToken) {
     if !cache.enabled {
         return;
@@ -207,12 +247,32 @@ pub async fn keep_warm(engine: Arc<Engine>, cache: Arc<Cache>, shutdown: Cancell
         if let Err(e) = follow_once(&engine, &cache, &shutdown).await {
             tracing::warn!(error = %e, "engine event stream interrupted; inspection cache is cold");
         }
-        cache.reset(false);
+        cache.reset(false, HashSet::new(), 0);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+impl Cache {
+    /// Lists the engine's containers and marks the cache warm from there;
+    /// returns the engine time (nanoseconds) from which events must be
+    /// followed so that nothing after the listing is missed.
+    pub async fn warm_from_listing(&self, conn: &Connected) -> Result<i64, String> {
+        let since = now_nanos() - 1_000_000_000;
+        let listed = conn
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+        let known = listed.into_iter().filter_map(|c| c.id).collect();
+        self.reset(true, known, since);
+        Ok(since)
     }
 }
 
@@ -222,19 +282,15 @@ async fn follow_once(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let connected = engine.connected().await.map_err(|e| e.to_string())?;
-    // One second of overlap: replayed events only invalidate, never harm.
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs().saturating_sub(1))
-        .unwrap_or(0);
+    let since = cache.warm_from_listing(connected).await?;
     let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
+    // Events since just before the listing replay on this stream, and the
+    // catch-up before each inspection covers what is still in flight.
     let mut events = connected.docker.events(Some(EventsOptions {
-        since: Some(since.to_string()),
+        since: Some(engine_time(since)),
         until: None,
         filters: Some(filters),
     }));
-    // Nothing was cached while cold; start clean and warm.
-    cache.reset(true);
     tracing::debug!("inspection cache warm");
     loop {
         tokio::select! {

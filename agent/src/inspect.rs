@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerInspectResponse, MountPoint};
 use bollard::query_parameters::{DownloadFromContainerOptions, ListContainersOptions};
@@ -28,12 +28,11 @@ const CONCURRENCY: usize = 16;
 /// (the container may be hostile; its files are untrusted input).
 const MAX_USER_FILE: usize = 1024 * 1024;
 
-/// A container as listed, with what the listing says about it (used to
-/// tell whether a cached inspect document is still current).
+/// A container to inspect, and whether a cached document may stand in.
 #[derive(Debug, Clone)]
 struct Listed {
     id: String,
-    fingerprint: Option<String>,
+    use_cache: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,6 +49,9 @@ pub struct Inspector {
     bounds: WalkBounds,
     hostname: String,
     proc_root: PathBuf,
+    /// One inspection of everything at a time; see `inspect`.
+    flight: tokio::sync::Mutex<()>,
+    last_flight: std::sync::Mutex<Option<(Instant, bool, Arc<HostReport>)>>,
 }
 
 impl Inspector {
@@ -65,32 +67,60 @@ impl Inspector {
             bounds,
             hostname,
             proc_root: PathBuf::from("/proc"),
+            flight: tokio::sync::Mutex::new(()),
+            last_flight: std::sync::Mutex::new(None),
         }
     }
 
+    /// Inspects every container (or those `options` names). Requests that
+    /// arrive while an inspection of everything is under way share the next
+    /// one to start: a result computed after a request arrived is as fresh
+    /// as that request can ask for, and a fleet-wide audit that reaches many
+    /// agents on one engine costs the engine one inspection, not hundreds.
     pub async fn inspect(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
+        if !options.containers.is_empty() {
+            return self.inspect_now(options).await;
+        }
+        let requested_at = Instant::now();
+        let _turn = self.flight.lock().await;
+        if let Some((started, skip, report)) =
+            &*self.last_flight.lock().unwrap_or_else(|p| p.into_inner())
+            && *started >= requested_at
+            && *skip == options.skip_ownership
+        {
+            return Ok((**report).clone());
+        }
+        let started = Instant::now();
+        let report = self.inspect_now(options).await?;
+        *self.last_flight.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((started, options.skip_ownership, Arc::new(report.clone())));
+        Ok(report)
+    }
+
+    async fn inspect_now(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
         let conn = self.engine.connected().await?;
-        let listed = conn
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| EngineError::Unreachable {
-                socket: conn.facts.socket.clone(),
-                message: e.to_string(),
-            })?
+        let ids = match self.cache.current_ids(conn).await {
+            Some(ids) => ids,
+            None => conn
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    socket: conn.facts.socket.clone(),
+                    message: e.to_string(),
+                })?
+                .into_iter()
+                .filter_map(|c| c.id)
+                .collect(),
+        };
+        let listed = ids
             .into_iter()
-            .filter_map(|c| {
-                let fingerprint = format!(
-                    "{:?}|{:?}|{:?}|{:?}",
-                    c.state, c.names, c.image_id, c.created
-                );
-                Some(Listed {
-                    id: c.id?,
-                    fingerprint: Some(fingerprint),
-                })
+            .map(|id| Listed {
+                id,
+                use_cache: true,
             })
             .collect();
         self.inspect_listed(listed, options).await
@@ -108,7 +138,7 @@ impl Inspector {
             .into_iter()
             .map(|id| Listed {
                 id,
-                fingerprint: None,
+                use_cache: false,
             })
             .collect();
         self.inspect_listed(listed, options).await
@@ -155,8 +185,14 @@ impl Inspector {
         }
         let pods = self.pod_names(conn).await;
         let proc_root = self.proc_root.clone();
+        let main_pids: Vec<i32> = selected
+            .iter()
+            .filter_map(|d| d.state.as_ref()?.pid)
+            .filter(|pid| *pid > 0)
+            .map(|pid| pid as i32)
+            .collect();
         let table = Arc::new(
-            tokio::task::spawn_blocking(move || ProcessTable::scan(&proc_root))
+            tokio::task::spawn_blocking(move || ProcessTable::of_trees(&proc_root, &main_pids))
                 .await
                 .unwrap_or_default(),
         );
@@ -188,8 +224,8 @@ impl Inspector {
         listed: &Listed,
     ) -> Result<Arc<ContainerInspectResponse>, EngineError> {
         let id = listed.id.as_str();
-        if let Some(fingerprint) = &listed.fingerprint
-            && let Some(doc) = self.cache.doc(id, fingerprint)
+        if listed.use_cache
+            && let Some(doc) = self.cache.doc(id)
         {
             return Ok(doc);
         }
@@ -200,9 +236,7 @@ impl Inspector {
             .await
             .map_err(|e| EngineError::from_bollard("inspect", id, e))?;
         let doc = Arc::new(doc);
-        if let Some(fingerprint) = &listed.fingerprint {
-            self.cache.put_doc(id, epoch, fingerprint, doc.clone());
-        }
+        self.cache.put_doc(id, epoch, doc.clone());
         Ok(doc)
     }
 

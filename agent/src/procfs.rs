@@ -24,6 +24,7 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
+    /// Every process on the host: one `status` read per process.
     pub fn scan(root: &Path) -> Self {
         let mut table = ProcessTable {
             root: root.to_path_buf(),
@@ -41,16 +42,42 @@ impl ProcessTable {
                 continue;
             };
             // A process may exit between readdir and read: skip it.
-            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-                continue;
-            };
-            if let Some(info) = parse_status(pid, &status) {
+            if let Some(info) = read_status(root, pid) {
                 table.children.entry(info.ppid).or_default().push(pid);
                 table.procs.insert(pid, info);
             }
         }
         for kids in table.children.values_mut() {
             kids.sort_unstable();
+        }
+        table
+    }
+
+    /// Only the trees under `pids` (the containers' main processes), found
+    /// through `/proc/PID/task/TID/children`: reading the `status` of every
+    /// host process costs more than the rest of an inspection. Falls back
+    /// to a full scan on kernels without CONFIG_PROC_CHILDREN.
+    pub fn of_trees(root: &Path, pids: &[i32]) -> Self {
+        let self_task = root.join("thread-self/children");
+        if !self_task.exists() {
+            return Self::scan(root);
+        }
+        let mut table = ProcessTable {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
+        let mut pending: Vec<i32> = pids.to_vec();
+        while let Some(pid) = pending.pop() {
+            if table.procs.contains_key(&pid) {
+                continue;
+            }
+            let Some(info) = read_status(root, pid) else {
+                continue;
+            };
+            let kids = read_children(root, pid);
+            pending.extend(kids.iter().copied());
+            table.children.insert(pid, kids);
+            table.procs.insert(pid, info);
         }
         table
     }
@@ -82,6 +109,42 @@ impl ProcessTable {
     pub fn gid_map(&self, pid: i32) -> IdMap {
         IdMap::read(&self.root.join(pid.to_string()).join("gid_map"))
     }
+}
+
+/// Reads a small /proc file in one read(2): procfs regenerates the text on
+/// every read, and std's growing reads would ask several times.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 8192];
+    let n = file.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn read_status(root: &Path, pid: i32) -> Option<ProcInfo> {
+    parse_status(
+        pid,
+        &read_small(&root.join(pid.to_string()).join("status"))?,
+    )
+}
+
+/// The children of every thread of `pid`.
+fn read_children(root: &Path, pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    let mut kids: Vec<i32> = tasks
+        .flatten()
+        .filter_map(|task| read_small(&task.path().join("children")))
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    kids.sort_unstable();
+    kids.dedup();
+    kids
 }
 
 fn parse_ids(value: &str) -> Option<[u32; 4]> {
@@ -146,9 +209,9 @@ impl IdMap {
     /// Reads a map; an unreadable map (process gone) counts as identity,
     /// which is what a process without its own user namespace has.
     fn read(path: &Path) -> Self {
-        std::fs::read_to_string(path)
+        read_small(path)
             .map(|t| IdMap::parse(&t))
-            .unwrap_or_else(|_| IdMap::identity())
+            .unwrap_or_else(IdMap::identity)
     }
 
     /// Host id → id inside the namespace. Unmapped ids show as the overflow
@@ -203,10 +266,26 @@ mod tests {
     }
 
     #[test]
-    fn scans_this_process_tree() {
-        let table = ProcessTable::scan(Path::new("/proc"));
+    fn scans_this_process_tree_both_ways() {
+        let full = ProcessTable::scan(Path::new("/proc"));
         let me = std::process::id() as i32;
-        let info = table.get(me).expect("own process in table");
-        assert!(table.tree(info.ppid).iter().any(|p| p.pid == me));
+        let info = full.get(me).expect("own process in table");
+        assert!(full.tree(info.ppid).iter().any(|p| p.pid == me));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let trees = ProcessTable::of_trees(Path::new("/proc"), &[me]);
+        let tree: Vec<i32> = trees.tree(me).iter().map(|p| p.pid).collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            tree.contains(&me) && tree.contains(&(child.id() as i32)),
+            "{tree:?}"
+        );
+        assert!(
+            trees.get(1).is_none() || me == 1,
+            "only the trees asked for"
+        );
     }
 }

@@ -741,3 +741,41 @@ async fn the_warm_cache_never_hides_a_new_container_or_a_change() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_catches_up_with_the_engine_without_the_event_stream() {
+    use fleet_agent::cache::Cache;
+    use fleet_agent::engine::{Engine, EngineChoice};
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let engine = Engine::new(
+        EngineChoice::Auto,
+        Some(fleet_tests::engine::engine_socket()),
+    );
+    let conn = engine.connected().await.unwrap();
+    // Warm from a listing, with no stream following: only the catch-up
+    // before each use can learn what changed since.
+    let cache = Cache::new(true, Duration::ZERO);
+    cache.warm_from_listing(conn).await.unwrap();
+    let id = scope
+        .create(&unique("late"), body(&image, &["sleep", "1000"]))
+        .await;
+    let ids = cache.current_ids(conn).await.expect("warm");
+    assert!(
+        ids.contains(&id),
+        "a container created after the listing is seen"
+    );
+    docker
+        .remove_container(
+            &id,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let ids = cache.current_ids(conn).await.expect("warm");
+    assert!(!ids.contains(&id), "a removed container is gone");
+}

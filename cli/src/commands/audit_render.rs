@@ -46,10 +46,18 @@ fn findings_short(c: &ContainerReport) -> String {
         .findings
         .iter()
         .partition(|f| f.severity >= Severity::Medium);
-    let shown = if serious.is_empty() { &lesser } else { &serious };
+    let shown = if serious.is_empty() {
+        &lesser
+    } else {
+        &serious
+    };
     let mut text = format!(
         "{worst} {}",
-        shown.iter().map(|f| f.check.as_str()).collect::<Vec<_>>().join(",")
+        shown
+            .iter()
+            .map(|f| f.check.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     if !serious.is_empty() && !lesser.is_empty() {
         text.push_str(&format!(" +{} low", lesser.len()));
