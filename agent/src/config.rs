@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet_core::config::{ConfigError, load_toml};
+use fleet_core::config::{ConfigError, listen_address, load_toml, tls_files};
 use fleet_core::tls::TlsFiles;
 use serde::Deserialize;
 
@@ -90,29 +90,12 @@ impl AgentFlags {
             Some(path) => load_toml(path)?,
             None => AgentFile::default(),
         };
-        let listen_text = self
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = listen_text.parse().map_err(|e| {
-            ConfigError::Invalid(format!(
-                "listen address '{listen_text}' is not ip:port: {e}"
-            ))
-        })?;
-        let required = |flag: &Option<PathBuf>, file: Option<PathBuf>, name: &str| {
-            flag.clone().or(file).ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "no {name} given: pass --{name}, set FLEET_AGENT_{}, or put `{name} = \"...\"` in the config file",
-                    name.to_uppercase()
-                ))
-            })
-        };
-        let tls = TlsFiles {
-            ca: required(&self.ca, file.ca, "ca")?,
-            cert: required(&self.cert, file.cert, "cert")?,
-            key: required(&self.key, file.key, "key")?,
-        };
+        let listen = listen_address(self.listen.clone(), file.listen, DEFAULT_LISTEN)?;
+        let tls = tls_files(
+            (self.ca.clone(), self.cert.clone(), self.key.clone()),
+            (file.ca, file.cert, file.key),
+            "FLEET_AGENT",
+        )?;
         let engine = self
             .engine
             .clone()

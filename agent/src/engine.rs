@@ -67,6 +67,9 @@ pub struct Connected {
     /// run containers as host root (rootless, userns-remap); used for
     /// containers that have no process to read the mapping from.
     pub root_host_uid: Option<u32>,
+    /// The socket path with symlinks resolved (/var/run → /run), to spot
+    /// containers that mount it under another name.
+    pub canonical_socket: PathBuf,
 }
 
 /// The engine, connected on first use and reconnected after a failure.
@@ -183,6 +186,7 @@ impl Engine {
             docker,
             facts,
             root_host_uid,
+            canonical_socket: std::fs::canonicalize(&socket).unwrap_or(socket),
         })
     }
 }

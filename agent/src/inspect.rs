@@ -324,14 +324,12 @@ impl Inspector {
             rootless_engine: conn.facts.rootless,
         };
         let verdict = identity::verdict(&resolved, running, main_pid, &processes, mapping);
-        let engine_socket = std::fs::canonicalize(&conn.facts.socket)
-            .unwrap_or_else(|_| PathBuf::from(&conn.facts.socket));
         let findings = findings(&FindingInput {
             doc,
             configured_user: &configured_user,
             resolved: &resolved,
             verdict: &verdict,
-            engine_socket: &engine_socket,
+            engine_socket: &conn.canonical_socket,
         });
         let mut mounts = Vec::new();
         for mount in doc.mounts.iter().flatten() {

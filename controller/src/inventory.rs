@@ -52,16 +52,11 @@ impl Host {
 }
 
 pub fn validate_name(name: &str) -> Result<(), ControllerError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
+    if fleet_core::is_valid_name(name) {
         Ok(())
     } else {
         Err(ControllerError::InvalidArgument(format!(
-            "invalid host name '{name}': use 1-64 letters, digits, '.', '-' or '_'"
+            "invalid host name '{name}': use 1-64 letters, digits, '.', '-' or '_', not starting with '.'"
         )))
     }
 }

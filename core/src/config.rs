@@ -45,6 +45,46 @@ pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Con
     })
 }
 
+/// The listen address: flag, else file, else `default`.
+pub fn listen_address(
+    flag: Option<String>,
+    file: Option<String>,
+    default: &str,
+) -> Result<std::net::SocketAddr, ConfigError> {
+    let text = flag.or(file).unwrap_or_else(|| default.to_string());
+    text.parse()
+        .map_err(|e| ConfigError::Invalid(format!("listen address '{text}' is not ip:port: {e}")))
+}
+
+/// One path setting that has no default: flag (or env), else file, else an
+/// error saying the three ways to give it.
+pub fn required_path(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    name: &str,
+    env_prefix: &str,
+) -> Result<PathBuf, ConfigError> {
+    flag.or(file).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "no {name} given: pass --{name}, set {env_prefix}_{}, or put `{name} = \"...\"` in the config file",
+            name.to_uppercase()
+        ))
+    })
+}
+
+/// The CA, certificate and key, each from flag (or env) or file.
+pub fn tls_files(
+    flags: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    file: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    env_prefix: &str,
+) -> Result<crate::tls::TlsFiles, ConfigError> {
+    Ok(crate::tls::TlsFiles {
+        ca: required_path(flags.0, file.0, "ca", env_prefix)?,
+        cert: required_path(flags.1, file.1, "cert", env_prefix)?,
+        key: required_path(flags.2, file.2, "key", env_prefix)?,
+    })
+}
+
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

@@ -5,7 +5,20 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod pki;
+pub mod process;
 pub mod role;
 pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;
+
+/// The one rule for names fleet stores and puts in file names (hosts,
+/// certificates): 1-64 of letters, digits, '.', '-', '_', not starting with
+/// a dot (no hidden files, no "..").
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}

@@ -33,7 +33,9 @@ pub enum PkiError {
     NoCa(PathBuf),
     #[error("{0} already exists; pass --force to overwrite it")]
     CertExists(PathBuf),
-    #[error("invalid certificate name '{0}': use letters, digits, '.', '-' and '_' only")]
+    #[error(
+        "invalid certificate name '{0}': use 1-64 letters, digits, '.', '-' or '_', not starting with '.'"
+    )]
     InvalidName(String),
     #[error("invalid subject alternative name '{san}': {reason}")]
     InvalidSan { san: String, reason: String },
@@ -209,13 +211,7 @@ pub fn ephemeral_ca() -> Result<(String, CaIssuer), PkiError> {
 }
 
 fn validate_name(name: &str) -> Result<(), PkiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
+    if crate::is_valid_name(name) {
         Ok(())
     } else {
         Err(PkiError::InvalidName(name.to_string()))
