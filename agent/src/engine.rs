@@ -70,6 +70,8 @@ pub struct Connected {
     /// The socket path with symlinks resolved (/var/run → /run), to spot
     /// containers that mount it under another name.
     pub canonical_socket: PathBuf,
+    /// Path prefix of Podman's own API (`/v4.3.1/libpod`).
+    pub libpod_prefix: String,
 }
 
 /// The engine, connected on first use and reconnected after a failure.
@@ -135,11 +137,20 @@ impl Engine {
             })?
             .map_err(unreachable)?;
         let version = docker.version().await.map_err(unreachable)?;
-        let is_podman = version
+        // Podman names itself in the components; its own (libpod) API is
+        // versioned separately from the compat one.
+        let libpod_version = version
             .components
             .iter()
             .flatten()
-            .any(|c| c.name.contains("Podman"))
+            .find(|c| c.name.contains("Podman"))
+            .map(|c| {
+                c.details
+                    .as_ref()
+                    .and_then(|d| d.get("APIVersion").cloned())
+                    .unwrap_or_else(|| c.version.clone())
+            });
+        let is_podman = libpod_version.is_some()
             || version
                 .platform
                 .as_ref()
@@ -149,13 +160,14 @@ impl Engine {
         } else {
             EngineKind::Docker
         };
+        let libpod_prefix = format!("/v{}/libpod", libpod_version.as_deref().unwrap_or("4.0.0"));
         let info = docker.info().await.map_err(unreachable)?;
         let security = info.security_options.unwrap_or_default();
         let mut rootless = security.iter().any(|o| o.contains("name=rootless"));
         let userns_remap = security.iter().any(|o| o.contains("name=userns"));
         if kind == EngineKind::Podman {
             // Podman's compat /info does not say; its own endpoint does.
-            let libpod = rawhttp::get_json(&socket, "/libpod/info").await;
+            let libpod = rawhttp::get_json(&socket, &format!("{libpod_prefix}/info")).await;
             match libpod {
                 Ok(value) => {
                     rootless = value
@@ -187,6 +199,7 @@ impl Engine {
             facts,
             root_host_uid,
             canonical_socket: std::fs::canonicalize(&socket).unwrap_or(socket),
+            libpod_prefix,
         })
     }
 }

@@ -245,8 +245,8 @@ impl Inspector {
         if conn.facts.kind != fleet_core::audit::EngineKind::Podman {
             return HashMap::new();
         }
-        let pods = match rawhttp::get_json(Path::new(&conn.facts.socket), "/libpod/pods/json").await
-        {
+        let path = format!("{}/pods/json", conn.libpod_prefix);
+        let pods = match rawhttp::get_json(Path::new(&conn.facts.socket), &path).await {
             Ok(pods) => pods,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list podman pods");
