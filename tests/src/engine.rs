@@ -73,7 +73,7 @@ fn busybox() -> Vec<u8> {
 
 /// The build context of the test image: busybox and a passwd with named
 /// users, FROM scratch.
-fn build_context() -> Vec<u8> {
+pub fn build_context() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut add = |path: &str, mode: u32, data: &[u8]| {
         let mut header = tar::Header::new_gnu();

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod engine;
 pub mod pki;
+pub mod podman;
 pub mod servers;
 
 /// The label every container, image, volume and network the tests create
