@@ -131,6 +131,20 @@ mod tests {
         assert_eq!(bounded.bound_hit, Some(WalkBound::Entries));
         assert_eq!(bounded.entries, 2);
 
+        let big = tempfile::tempdir().unwrap();
+        for i in 0..1500 {
+            std::fs::write(big.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let timed = summarize(
+            big.path(),
+            WalkBounds {
+                max_entries: 1_000_000,
+                max_time: Duration::ZERO,
+            },
+        );
+        assert_eq!(timed.bound_hit, Some(WalkBound::Time));
+        assert!(timed.entries < 1501, "stopped early: {}", timed.entries);
+
         let gone = summarize(&dir.path().join("nope"), WalkBounds::default());
         assert!(gone.error.unwrap().contains("does not exist"));
     }
