@@ -23,6 +23,7 @@ use fleet_core::role::Role;
 use fleet_core::tls::{self, TlsMaterial};
 use fleet_proto::agent::v1::agent_server::AgentServer;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 
 pub use crate::config::{AgentConfig, AgentFlags};
 use crate::engine::Engine;
@@ -51,7 +52,7 @@ pub fn start_inspector(config: &AgentConfig, shutdown: &CancellationToken) -> Ar
 }
 
 /// Loads the agent's certificates and checks they carry the agent role.
-pub fn server_tls(files: &tls::TlsFiles) -> Result<Arc<rustls_server::ServerConfig>, AgentError> {
+pub fn server_tls(files: &tls::TlsFiles) -> Result<Arc<ServerConfig>, AgentError> {
     let material = TlsMaterial::load(files)?;
     material.check_own_certificate(files)?;
     match material.own_identity() {
@@ -73,10 +74,6 @@ pub fn server_tls(files: &tls::TlsFiles) -> Result<Arc<rustls_server::ServerConf
     Ok(material.server_config()?)
 }
 
-mod rustls_server {
-    pub use tokio_rustls::rustls::ServerConfig;
-}
-
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(
     config: AgentConfig,
@@ -92,7 +89,7 @@ pub async fn run(
 /// inspector, as the fan-out benchmark does).
 pub async fn serve(
     inspector: Arc<Inspector>,
-    tls: Arc<rustls_server::ServerConfig>,
+    tls: Arc<ServerConfig>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {

@@ -60,7 +60,11 @@ fn flags_win_over_env_which_wins_over_the_config_file() {
     )
     .unwrap();
 
-    assert_eq!(address_used(&mut fleetctl(home.path())), "127.0.0.1:1", "from the file");
+    assert_eq!(
+        address_used(&mut fleetctl(home.path())),
+        "127.0.0.1:1",
+        "from the file"
+    );
     assert_eq!(
         address_used(fleetctl(home.path()).env("FLEETCTL_CONTROLLER", "127.0.0.1:2")),
         "127.0.0.1:2",
@@ -90,15 +94,31 @@ fn flags_win_over_env_which_wins_over_the_config_file() {
 #[test]
 fn completions_and_man_pages_are_generated_from_the_cli() {
     let home = tempfile::tempdir().unwrap();
-    let out = fleetctl(home.path()).args(["completions", "bash"]).output().unwrap();
+    let out = fleetctl(home.path())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let script = String::from_utf8_lossy(&out.stdout);
-    assert!(script.contains("fleetctl") && script.contains("--fail-on"), "bash completion");
+    assert!(
+        script.contains("fleetctl") && script.contains("--fail-on"),
+        "bash completion"
+    );
     let out = fleetctl(home.path()).arg("man").output().unwrap();
     let page = String::from_utf8_lossy(&out.stdout);
-    assert!(page.starts_with(".ie") || page.contains(".TH fleetctl"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH fleetctl"),
+        "{page}"
+    );
     let dir = home.path().join("man");
-    let out = fleetctl(home.path()).args(["man", "--dir"]).arg(&dir).output().unwrap();
+    let out = fleetctl(home.path())
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(dir.join("fleetctl-audit.1").exists(), "one page per subcommand");
+    assert!(
+        dir.join("fleetctl-audit.1").exists(),
+        "one page per subcommand"
+    );
 }

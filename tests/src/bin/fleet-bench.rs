@@ -119,7 +119,6 @@ async fn main() -> anyhow::Result<()> {
         args.containers + existing
     );
     let controller_tls = TlsMaterial::load(&pki.files("controller"))?.client_config(Role::Agent)?;
-    let mut results = Vec::new();
     for (label, cache) in [
         ("cold (no cache)", false),
         ("warm (event-driven cache)", true),
@@ -155,7 +154,6 @@ async fn main() -> anyhow::Result<()> {
             ms(d),
             args.runs
         );
-        results.push(ratio);
     }
 
     // Fan-out: K containers on the engine, M endpoints sharing one inspector.
@@ -322,6 +320,5 @@ async fn main() -> anyhow::Result<()> {
         "- fleet-agent RSS: **{idle:.1} MiB** idle after start, {after:.1} MiB after serving an audit (goal ≤ 15 MiB)"
     );
     drop(scope);
-    let _ = results;
     Ok(())
 }
