@@ -127,6 +127,7 @@ examples() {
 remove_examples() {
   ids=$(docker ps -aq --filter label=fleet-demo 2>/dev/null || true)
   [ -n "$ids" ] && docker rm -f $ids >/dev/null && say "removed the example containers"
+  docker rmi fleet-demo/busybox >/dev/null 2>&1 || true
   return 0
 }
 
