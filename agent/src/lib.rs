@@ -10,9 +10,11 @@ pub mod error;
 pub mod findings;
 pub mod identity;
 pub mod inspect;
+pub mod journal;
 pub mod ownership;
 pub mod procfs;
 pub mod rawhttp;
+pub mod remap;
 pub mod service;
 
 use std::sync::Arc;

@@ -1,0 +1,169 @@
+//! Metadata operations on an opened entry, never by path: ownership,
+//! mode, extended attributes (file capabilities, POSIX ACLs).
+//!
+//! Entries are held as `O_PATH` descriptors, on which the f*xattr and
+//! fchmod calls do not work; the kernel's own handle of the descriptor,
+//! `/proc/self/fd/N`, names exactly that inode (it cannot be swapped).
+//! Symlinks get only lchown semantics: following their /proc handle would
+//! reach the link's target, so their mode and xattrs are never touched.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::fs::{
+    AtFlags, CWD, FileType, Mode, XattrFlags, chmodat, chownat, getxattr, listxattr, setxattr,
+};
+use rustix::fs::{Gid, Uid};
+use rustix::io::Errno;
+
+pub const CAPABILITY: &str = "security.capability";
+pub const ACL_ACCESS: &str = "system.posix_acl_access";
+pub const ACL_DEFAULT: &str = "system.posix_acl_default";
+
+/// Bits chown clears on a regular file, restored afterwards.
+pub const SET_ID_BITS: u32 = 0o6000;
+
+fn proc_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+pub fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY of intent, not memory: AT_EMPTY_PATH acts on the inode the
+    // descriptor holds (for an O_PATH symlink, the symlink itself).
+    chownat(
+        fd,
+        "",
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::EMPTY_PATH,
+    )
+}
+
+/// Sets the permission bits (including setuid/setgid/sticky).
+pub fn chmod(fd: &OwnedFd, kind: FileType, mode: u32) -> Result<(), Errno> {
+    let mode = Mode::from_raw_mode(mode & 0o7777);
+    match kind {
+        FileType::Symlink => Ok(()),
+        _ => chmodat(CWD, proc_path(fd), mode, AtFlags::empty()),
+    }
+}
+
+/// The names of the entry's extended attributes.
+pub fn list_xattrs(fd: &OwnedFd, kind: FileType) -> Result<Vec<String>, Errno> {
+    if kind == FileType::Symlink {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        let result = listxattr(proc_path(fd), &mut buf[..]);
+        match result {
+            Ok(n) => break n,
+            Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
+}
+
+pub fn get_xattr(fd: &OwnedFd, kind: FileType, name: &str) -> Result<Option<Vec<u8>>, Errno> {
+    if kind == FileType::Symlink {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let result = getxattr(proc_path(fd), name, &mut buf[..]);
+        match result {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+            Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn set_xattr(fd: &OwnedFd, kind: FileType, name: &str, value: &[u8]) -> Result<(), Errno> {
+    match kind {
+        FileType::Symlink => Ok(()),
+        _ => setxattr(proc_path(fd), name, value, XattrFlags::empty()),
+    }
+}
+
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP: u16 = 0x08;
+
+/// Remaps the named-user and named-group entries of a POSIX ACL in its
+/// xattr form (version 2, then {tag u16, perm u16, id u32} little-endian).
+/// `None` when nothing changes or the value is not an ACL we understand.
+pub fn remap_acl(
+    value: &[u8],
+    map_uid: &dyn Fn(u32) -> Option<u32>,
+    map_gid: &dyn Fn(u32) -> Option<u32>,
+) -> Option<Vec<u8>> {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
+        return None;
+    }
+    if u32::from_le_bytes([value[0], value[1], value[2], value[3]]) != 2 {
+        return None;
+    }
+    let mut out = value.to_vec();
+    let mut changed = false;
+    for entry in out[4..].chunks_exact_mut(8) {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let mapped = match tag {
+            ACL_USER => map_uid(id),
+            ACL_GROUP => map_gid(id),
+            _ => None,
+        };
+        if let Some(new) = mapped.filter(|n| *n != id) {
+            entry[4..8].copy_from_slice(&new.to_le_bytes());
+            changed = true;
+        }
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaps_named_acl_entries_only() {
+        // user::rw-, user:1000:rw-, group::r--, group:999:r--, mask::rw-, other::r--
+        let acl: Vec<u8> = [
+            2u32.to_le_bytes().to_vec(),
+            [1u16.to_le_bytes(), 6u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [2u16.to_le_bytes(), 6u16.to_le_bytes()].concat(),
+            1000u32.to_le_bytes().to_vec(),
+            [4u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [8u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            999u32.to_le_bytes().to_vec(),
+            [0x10u16.to_le_bytes(), 6u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [0x20u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+        ]
+        .concat();
+        let mapped = remap_acl(&acl, &|u| (u == 1000).then_some(2000), &|g| {
+            (g == 999).then_some(2999)
+        })
+        .unwrap();
+        assert_eq!(&mapped[4 + 8 + 4..4 + 8 + 8], &2000u32.to_le_bytes());
+        assert_eq!(&mapped[4 + 24 + 4..4 + 24 + 8], &2999u32.to_le_bytes());
+        assert_eq!(mapped.len(), acl.len());
+        assert!(
+            remap_acl(&acl, &|_| None, &|_| None).is_none(),
+            "nothing to change"
+        );
+        assert!(remap_acl(b"junk", &|_| Some(1), &|_| Some(1)).is_none());
+    }
+}

@@ -1,0 +1,303 @@
+//! The ownership remap on real files as root: every rule of the issue, and
+//! invariant 1 (an undo restores every owner, mode, capability and ACL).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_agent::remap::{IdMapping, RemapError, RemapOptions, remap, undo};
+use support::{acl_for, build_tree, net_bind_capability, snapshot};
+
+fn mapping(pairs: &[(u32, u32)]) -> IdMapping {
+    let map: BTreeMap<u32, u32> = pairs.iter().copied().collect();
+    IdMapping {
+        uids: map.clone(),
+        gids: map,
+        everything: None,
+    }
+}
+
+fn options(mapping: IdMapping) -> RemapOptions {
+    RemapOptions {
+        mapping,
+        allow_protected_hardlinks: false,
+        skip_if_root_owned_by: None,
+        batch: 7,
+    }
+}
+
+#[test]
+fn remap_then_undo_restores_everything_byte_for_byte() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    let outside = base.path().join("host");
+    build_tree(&root, &outside);
+    let before = snapshot(&root);
+    let outside_before = snapshot(&outside);
+    let manifest = base.path().join("manifest.jsonl");
+
+    let report = remap(
+        &root,
+        &manifest,
+        &options(mapping(&[(0, 2000), (999, 2999)])),
+        &mut |_| {},
+    )
+    .unwrap();
+    let after = snapshot(&root);
+
+    // Remap, not flatten: 0 → 2000, 999 → 2999, 1000 untouched.
+    assert_eq!(
+        (after["data/root-file"].uid, after["data/root-file"].gid),
+        (2000, 2000)
+    );
+    assert_eq!(
+        (after["data/pg-file"].uid, after["data/pg-file"].gid),
+        (2999, 2999)
+    );
+    assert_eq!(
+        (after["data/app-file"].uid, after["data/app-file"].gid),
+        (1000, 1000)
+    );
+    assert_eq!(after[""].uid, 2000, "the tree's root changes too");
+    // chown clears setuid/setgid and file capabilities: they were put back.
+    assert_eq!(after["data/setuid-bin"].mode & 0o7777, 0o4755);
+    assert_eq!(after["data/setgid-bin"].mode & 0o7777, 0o2755);
+    assert_eq!(after["data/sticky-dir"].mode & 0o7777, 0o1777);
+    assert_eq!(
+        after["data/capped-bin"].xattrs["security.capability"],
+        net_bind_capability()
+    );
+    // ACL entries naming a remapped id are remapped.
+    assert_eq!(
+        after["data/acl-file"].xattrs["system.posix_acl_access"],
+        acl_for(2999)
+    );
+    // Symlinks are changed themselves (lchown), their targets never.
+    assert_eq!(after["data/abs-link-outside"].uid, 2000);
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "nothing outside the tree changed"
+    );
+    // A device node is never handed to a service user.
+    assert_eq!(after["data/null-device"].uid, 0);
+    assert_eq!(report.devices_left, vec!["data/null-device".to_string()]);
+    // A hard link whose other name is outside is refused; one inside is fine.
+    assert_eq!(after["data/host-hardlink"].uid, 0);
+    assert_eq!(report.refused_hardlinks.len(), 1);
+    assert!(
+        report.refused_hardlinks[0].starts_with("data/host-hardlink (1 of its 2 names"),
+        "{report:?}"
+    );
+    assert_eq!(after["data/inner-hardlink"].uid, 2000);
+    // FIFOs and sockets change (through O_PATH: never opened).
+    assert_eq!(after["data/fifo"].uid, 2000);
+    assert_eq!(after["data/socket"].uid, 2000);
+    // Contents are untouched.
+    for (path, snap) in &before {
+        assert_eq!(snap.content, after[path].content, "{path}");
+    }
+
+    let undone = undo(&root, &manifest).unwrap();
+    assert!(undone.missing.is_empty(), "{undone:?}");
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "the undo restores every owner, mode, xattr exactly"
+    );
+    assert_eq!(snapshot(&outside), outside_before);
+    // Undo is safe to repeat.
+    undo(&root, &manifest).unwrap();
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn an_interrupted_walk_resumes_without_remapping_twice() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    std::fs::create_dir(&root).unwrap();
+    for i in 0..50 {
+        let p = root.join(format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        std::os::unix::fs::chown(&p, Some(999), Some(999)).unwrap();
+    }
+    std::os::unix::fs::chown(&root, Some(999), Some(999)).unwrap();
+    let before = snapshot(&root);
+    let manifest = base.path().join("m.jsonl");
+    // A chain: 999 → 1000 and 1000 → 1001. Remapping anything twice would
+    // send a 999 file to 1001.
+    let chain = mapping(&[(999, 1000), (1000, 1001)]);
+    remap(&root, &manifest, &options(chain.clone()), &mut |_| {}).unwrap();
+    // Pretend the crash came after the manifest was synced but before half
+    // of the changes were made.
+    for i in 0..25 {
+        std::os::unix::fs::chown(root.join(format!("f{i}")), Some(999), Some(999)).unwrap();
+    }
+    let report = remap(&root, &manifest, &options(chain), &mut |_| {}).unwrap();
+    assert_eq!(report.resumed, 51);
+    let after = snapshot(&root);
+    for (path, snap) in &after {
+        assert_eq!(
+            (snap.uid, snap.gid),
+            (1000, 1000),
+            "{path} remapped exactly once"
+        );
+    }
+    undo(&root, &manifest).unwrap();
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn root_mismatch_shortcut_and_mapping_validation() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("f"), b"x").unwrap();
+    std::os::unix::fs::chown(&root, Some(2000), Some(2000)).unwrap();
+    let mut opts = options(mapping(&[(0, 2000)]));
+    opts.skip_if_root_owned_by = Some((2000, 2000));
+    let report = remap(&root, &base.path().join("m"), &opts, &mut |_| {}).unwrap();
+    assert!(report.skipped_root_already_owned);
+    assert_eq!(snapshot(&root)["f"].uid, 0, "nothing walked");
+
+    let err = remap(
+        &root,
+        &base.path().join("m2"),
+        &options(mapping(&[(1000, 0)])),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemapError::InvalidMapping(_)), "{err}");
+}
+
+fn mount(args: &[&str]) {
+    let status = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {args:?}");
+}
+
+fn umount(path: &Path) {
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .status();
+}
+
+#[test]
+fn never_crosses_into_another_filesystem() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    std::fs::create_dir_all(root.join("mnt")).unwrap();
+    mount(&["-t", "tmpfs", "tmpfs", root.join("mnt").to_str().unwrap()]);
+    std::fs::write(root.join("mnt/inner"), b"x").unwrap();
+    let result = remap(
+        &root,
+        &base.path().join("m"),
+        &options(mapping(&[(0, 2000)])),
+        &mut |_| {},
+    );
+    let inner_uid =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(root.join("mnt/inner")).unwrap());
+    umount(&root.join("mnt"));
+    let report = result.unwrap();
+    assert_eq!(report.other_filesystems, vec!["mnt".to_string()]);
+    assert_eq!(inner_uid, 0);
+}
+
+#[test]
+fn read_only_trees_are_refused_before_anything_changes() {
+    let base = tempfile::tempdir().unwrap();
+    let source = base.path().join("src");
+    let root = base.path().join("ro");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(source.join("f"), b"x").unwrap();
+    mount(&["--bind", source.to_str().unwrap(), root.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro", root.to_str().unwrap()]);
+    let manifest = base.path().join("m");
+    let result = remap(
+        &root,
+        &manifest,
+        &options(mapping(&[(0, 2000)])),
+        &mut |_| {},
+    );
+    umount(&root);
+    let err = result.unwrap_err();
+    assert!(matches!(err, RemapError::ReadOnly { .. }), "{err}");
+    assert!(err.to_string().contains("nothing was changed"));
+    assert!(!manifest.exists(), "not even a manifest");
+}
+
+#[test]
+fn a_racing_process_swapping_directories_for_symlinks_cannot_lead_the_walk_out() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    let outside = base.path().join("host");
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..200 {
+        std::fs::write(outside.join(format!("canary{i}")), b"host").unwrap();
+    }
+    for d in 0..40 {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            std::fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let outside_before = snapshot(&outside);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The attacker: swap each directory with a symlink to the host tree and back.
+    let attacker = {
+        let root = root.clone();
+        let outside = outside.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in 0..40 {
+                    let dir = root.join(format!("d{d}"));
+                    let parked = root.join(format!(".p{d}"));
+                    if std::fs::rename(&dir, &parked).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&outside, &dir);
+                        std::thread::yield_now();
+                        let _ = std::fs::remove_file(&dir);
+                        let _ = std::fs::rename(&parked, &dir);
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    };
+    for round in 0..20 {
+        let manifest = base.path().join(format!("m{round}"));
+        let (from, to) = if round % 2 == 0 { (0, 2000) } else { (2000, 0) };
+        // Undo-style remap back to 0 is not allowed; use undo instead.
+        if from == 0 {
+            remap(
+                &root,
+                &manifest,
+                &options(mapping(&[(from, to)])),
+                &mut |_| {},
+            )
+            .unwrap();
+        } else {
+            undo(&root, &base.path().join(format!("m{}", round - 1))).unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = attacker.join().unwrap();
+    assert!(swaps > 10, "the race really ran ({swaps} swaps)");
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "nothing outside the tree changed owner"
+    );
+    let _ = Duration::ZERO;
+}
