@@ -27,6 +27,7 @@ fn options(mapping: IdMapping) -> RemapOptions {
         allow_protected_hardlinks: false,
         skip_if_root_owned_by: None,
         batch: 7,
+        threads: 0,
     }
 }
 
@@ -44,7 +45,7 @@ fn remap_then_undo_restores_everything_byte_for_byte() {
         &root,
         &manifest,
         &options(mapping(&[(0, 2000), (999, 2999)])),
-        &mut |_| {},
+        &|_| {},
     )
     .unwrap();
     let after = snapshot(&root);
@@ -131,13 +132,13 @@ fn an_interrupted_walk_resumes_without_remapping_twice() {
     // A chain: 999 → 1000 and 1000 → 1001. Remapping anything twice would
     // send a 999 file to 1001.
     let chain = mapping(&[(999, 1000), (1000, 1001)]);
-    remap(&root, &manifest, &options(chain.clone()), &mut |_| {}).unwrap();
+    remap(&root, &manifest, &options(chain.clone()), &|_| {}).unwrap();
     // Pretend the crash came after the manifest was synced but before half
     // of the changes were made.
     for i in 0..25 {
         std::os::unix::fs::chown(root.join(format!("f{i}")), Some(999), Some(999)).unwrap();
     }
-    let report = remap(&root, &manifest, &options(chain), &mut |_| {}).unwrap();
+    let report = remap(&root, &manifest, &options(chain), &|_| {}).unwrap();
     assert_eq!(report.resumed, 51);
     let after = snapshot(&root);
     for (path, snap) in &after {
@@ -160,7 +161,7 @@ fn root_mismatch_shortcut_and_mapping_validation() {
     std::os::unix::fs::chown(&root, Some(2000), Some(2000)).unwrap();
     let mut opts = options(mapping(&[(0, 2000)]));
     opts.skip_if_root_owned_by = Some((2000, 2000));
-    let report = remap(&root, &base.path().join("m"), &opts, &mut |_| {}).unwrap();
+    let report = remap(&root, &base.path().join("m"), &opts, &|_| {}).unwrap();
     assert!(report.skipped_root_already_owned);
     assert_eq!(snapshot(&root)["f"].uid, 0, "nothing walked");
 
@@ -168,7 +169,7 @@ fn root_mismatch_shortcut_and_mapping_validation() {
         &root,
         &base.path().join("m2"),
         &options(mapping(&[(1000, 0)])),
-        &mut |_| {},
+        &|_| {},
     )
     .unwrap_err();
     assert!(matches!(err, RemapError::InvalidMapping(_)), "{err}");
@@ -200,7 +201,7 @@ fn never_crosses_into_another_filesystem() {
         &root,
         &base.path().join("m"),
         &options(mapping(&[(0, 2000)])),
-        &mut |_| {},
+        &|_| {},
     );
     let inner_uid =
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(root.join("mnt/inner")).unwrap());
@@ -221,12 +222,7 @@ fn read_only_trees_are_refused_before_anything_changes() {
     mount(&["--bind", source.to_str().unwrap(), root.to_str().unwrap()]);
     mount(&["-o", "remount,bind,ro", root.to_str().unwrap()]);
     let manifest = base.path().join("m");
-    let result = remap(
-        &root,
-        &manifest,
-        &options(mapping(&[(0, 2000)])),
-        &mut |_| {},
-    );
+    let result = remap(&root, &manifest, &options(mapping(&[(0, 2000)])), &|_| {});
     umount(&root);
     let err = result.unwrap_err();
     assert!(matches!(err, RemapError::ReadOnly { .. }), "{err}");
@@ -280,13 +276,7 @@ fn a_racing_process_swapping_directories_for_symlinks_cannot_lead_the_walk_out()
         let (from, to) = if round % 2 == 0 { (0, 2000) } else { (2000, 0) };
         // Undo-style remap back to 0 is not allowed; use undo instead.
         if from == 0 {
-            remap(
-                &root,
-                &manifest,
-                &options(mapping(&[(from, to)])),
-                &mut |_| {},
-            )
-            .unwrap();
+            remap(&root, &manifest, &options(mapping(&[(from, to)])), &|_| {}).unwrap();
         } else {
             undo(&root, &base.path().join(format!("m{}", round - 1))).unwrap();
         }

@@ -13,6 +13,21 @@ pub fn init_tracing(default_level: &str) {
         .with_writer(std::io::stderr)
         .init();
     crate::tls::install_crypto_provider();
+    raise_descriptor_limit();
+}
+
+/// Raises the soft limit of open descriptors to the hard limit: an
+/// ownership walk holds a descriptor per pending change, and a fleet-wide
+/// audit one per agent connection.
+pub fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise RLIMIT_NOFILE");
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT (graceful shutdown).

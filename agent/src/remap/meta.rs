@@ -6,14 +6,24 @@
 //! `/proc/self/fd/N`, names exactly that inode (it cannot be swapped).
 //! Symlinks get only lchown semantics: following their /proc handle would
 //! reach the link's target, so their mode and xattrs are never touched.
+//!
+//! Reading xattrs through /proc costs more than the chown itself, so they
+//! are read by name relative to the verified parent directory, without
+//! following a symlink (`sys`), when the kernel can. If a racing container
+//! swaps the name at that instant, the values read are those of another
+//! entry of its own tree, which it could have set anyway; every *write*
+//! still goes through the descriptor of the inode that was checked.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use rustix::fs::{
     AtFlags, CWD, FileType, Mode, XattrFlags, chmodat, chownat, getxattr, listxattr, setxattr,
 };
 use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
+
+use super::sys;
+use super::walk::Entry;
 
 pub const CAPABILITY: &str = "security.capability";
 pub const ACL_ACCESS: &str = "system.posix_acl_access";
@@ -48,13 +58,22 @@ pub fn chmod(fd: &OwnedFd, kind: FileType, mode: u32) -> Result<(), Errno> {
 }
 
 /// The names of the entry's extended attributes.
-pub fn list_xattrs(fd: &OwnedFd, kind: FileType) -> Result<Vec<String>, Errno> {
+pub fn list_xattrs(entry: &Entry) -> Result<Vec<String>, Errno> {
+    let kind = entry.file_type();
     if kind == FileType::Symlink {
         return Ok(Vec::new());
     }
     let mut buf = vec![0u8; 4096];
     let n = loop {
-        let result = listxattr(proc_path(fd), &mut buf[..]);
+        let result = match &entry.parent {
+            Some((dir, name)) if !sys::unsupported() => {
+                match sys::list_at(dir.as_fd(), name, &mut buf[..]) {
+                    Err(Errno::NOSYS) => listxattr(proc_path(&entry.fd), &mut buf[..]),
+                    other => other,
+                }
+            }
+            _ => listxattr(proc_path(&entry.fd), &mut buf[..]),
+        };
         match result {
             Ok(n) => break n,
             Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
@@ -69,13 +88,22 @@ pub fn list_xattrs(fd: &OwnedFd, kind: FileType) -> Result<Vec<String>, Errno> {
         .collect())
 }
 
-pub fn get_xattr(fd: &OwnedFd, kind: FileType, name: &str) -> Result<Option<Vec<u8>>, Errno> {
-    if kind == FileType::Symlink {
+pub fn get_xattr(entry: &Entry, name: &str) -> Result<Option<Vec<u8>>, Errno> {
+    if entry.file_type() == FileType::Symlink {
         return Ok(None);
     }
+    let attr = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let result = getxattr(proc_path(fd), name, &mut buf[..]);
+        let result = match &entry.parent {
+            Some((dir, file)) if !sys::unsupported() => {
+                match sys::get_at(dir.as_fd(), file, &attr, &mut buf[..]) {
+                    Err(Errno::NOSYS) => getxattr(proc_path(&entry.fd), name, &mut buf[..]),
+                    other => other,
+                }
+            }
+            _ => getxattr(proc_path(&entry.fd), name, &mut buf[..]),
+        };
         match result {
             Ok(n) => {
                 buf.truncate(n);

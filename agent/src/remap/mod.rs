@@ -13,11 +13,14 @@
 pub mod guard;
 pub mod manifest;
 pub mod meta;
+mod sys;
 pub mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rustix::fs::{CWD, FileType, Mode, OFlags, StatVfsMountFlags, fstat, fstatvfs, openat};
@@ -100,6 +103,8 @@ pub struct RemapOptions {
     pub skip_if_root_owned_by: Option<(u32, u32)>,
     /// Changes recorded and synced per commit.
     pub batch: usize,
+    /// Walk threads; 0 means one per core.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +127,8 @@ pub struct RemapReport {
     pub raced: Vec<String>,
     pub refused_hardlinks: Vec<String>,
     pub devices_left: Vec<String>,
-    pub unreadable: Vec<String>,
+    /// Names that disappeared while the walk ran.
+    pub vanished: Vec<String>,
     pub millis: u64,
 }
 
@@ -229,18 +235,22 @@ struct HardLink {
     nlink: u64,
 }
 
-struct Remapper<'a> {
+/// What every remap thread shares.
+struct Shared<'a> {
     options: &'a RemapOptions,
     root: String,
-    writer: ManifestWriter,
+    writer: Mutex<ManifestWriter>,
     recorded: HashMap<(u64, u64), Change>,
-    batch: Vec<Pending>,
-    hardlinks: HashMap<(u64, u64), HardLink>,
-    report: RemapReport,
-    progress: &'a mut dyn FnMut(&Progress),
+    entries: AtomicU64,
+    changed: AtomicU64,
+    bytes: AtomicU64,
+    progress: &'a (dyn Fn(&Progress) + Sync),
+    /// Changes per commit per thread: each pending change holds a
+    /// descriptor, so this stays within the process's descriptor budget.
+    batch: usize,
 }
 
-impl Remapper<'_> {
+impl Shared<'_> {
     fn io(&self, what: &str, errno: Errno) -> RemapError {
         RemapError::Io {
             what: what.to_string(),
@@ -248,28 +258,52 @@ impl Remapper<'_> {
             errno,
         }
     }
+}
+
+/// One thread's share of a remap.
+struct Worker<'s, 'a> {
+    shared: &'s Shared<'a>,
+    batch: Vec<Pending>,
+    report: RemapReport,
+    hardlinks: HashMap<(u64, u64), HardLink>,
+    failure: Option<RemapError>,
+}
+
+impl<'s, 'a> Worker<'s, 'a> {
+    fn new(shared: &'s Shared<'a>) -> Self {
+        Worker {
+            shared,
+            batch: Vec::new(),
+            report: RemapReport::default(),
+            hardlinks: HashMap::new(),
+            failure: None,
+        }
+    }
 
     fn consider(&mut self, entry: Entry) -> Result<(), RemapError> {
-        self.report.entries += 1;
+        let shared = self.shared;
         let kind = entry.file_type();
+        let entries = shared.entries.fetch_add(1, Ordering::Relaxed) + 1;
         if kind == FileType::RegularFile {
-            self.report.bytes += entry.stat.st_size as u64;
+            shared
+                .bytes
+                .fetch_add(entry.stat.st_size as u64, Ordering::Relaxed);
         }
-        if self.report.entries.is_multiple_of(4096) {
-            (self.progress)(&Progress {
-                entries: self.report.entries,
-                changed: self.report.changed,
-                bytes: self.report.bytes,
+        if entries.is_multiple_of(4096) {
+            (shared.progress)(&Progress {
+                entries,
+                changed: shared.changed.load(Ordering::Relaxed),
+                bytes: shared.bytes.load(Ordering::Relaxed),
             });
         }
         let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
-        if let Some(previous) = self.recorded.get(&entry.key()) {
+        if let Some(previous) = shared.recorded.get(&entry.key()) {
             // Resuming: recorded before the crash. Finish it only if it
             // still has its old owner; never remap a remapped entry.
             self.report.resumed += 1;
             if (uid, gid) == (previous.uid, previous.gid) {
                 let change = previous.clone();
-                let (new_acl, new_dacl) = self.remapped_acls(&entry, kind)?;
+                let (new_acl, new_dacl) = self.remapped_acls(&entry)?;
                 self.push(Pending {
                     entry,
                     change,
@@ -282,14 +316,13 @@ impl Remapper<'_> {
         }
         match kind {
             FileType::BlockDevice | FileType::CharacterDevice => {
-                if self.options.mapping.target(uid, gid).is_some() {
+                if shared.options.mapping.target(uid, gid).is_some() {
                     self.report.devices_left.push(display(&entry.path));
                 }
                 return Ok(());
             }
             FileType::RegularFile if entry.stat.st_nlink > 1 => {
-                let key = entry.key();
-                let link = self.hardlinks.entry(key).or_insert(HardLink {
+                let link = self.hardlinks.entry(entry.key()).or_insert(HardLink {
                     path: entry.path.clone(),
                     seen: 0,
                     nlink: entry.stat.st_nlink,
@@ -299,40 +332,54 @@ impl Remapper<'_> {
             }
             _ => {}
         }
-        self.prepare(entry, kind)
+        self.prepare(entry)
     }
 
-    fn remapped_acls(
+    fn read_xattr(
         &self,
         entry: &Entry,
-        kind: FileType,
-    ) -> Result<RemappedAcls, RemapError> {
-        if kind == FileType::Symlink {
-            return Ok((None, None));
+        names: &[String],
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, RemapError> {
+        if names.iter().any(|n| n == name) {
+            meta::get_xattr(entry, name).map_err(|e| self.shared.io("getxattr", e))
+        } else {
+            Ok(None)
         }
-        let names = meta::list_xattrs(&entry.fd, kind).map_err(|e| self.io("listxattr", e))?;
-        let mapping = &self.options.mapping;
-        let remap = |name: &str| -> Result<Option<Vec<u8>>, RemapError> {
-            if !names.iter().any(|n| n == name) {
-                return Ok(None);
-            }
-            let value =
-                meta::get_xattr(&entry.fd, kind, name).map_err(|e| self.io("getxattr", e))?;
-            Ok(value.and_then(|v| {
-                meta::remap_acl(&v, &|u| mapping.map_uid(u), &|g| mapping.map_gid(g))
-            }))
-        };
-        Ok((remap(meta::ACL_ACCESS)?, remap(meta::ACL_DEFAULT)?))
     }
 
-    fn prepare(&mut self, entry: Entry, kind: FileType) -> Result<(), RemapError> {
+    fn remap_acl(&self, old: &Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let mapping = &self.shared.options.mapping;
+        old.as_ref()
+            .and_then(|v| meta::remap_acl(v, &|u| mapping.map_uid(u), &|g| mapping.map_gid(g)))
+    }
+
+    fn remapped_acls(&self, entry: &Entry) -> Result<RemappedAcls, RemapError> {
+        let names = meta::list_xattrs(entry).map_err(|e| self.shared.io("listxattr", e))?;
+        Ok((
+            self.remap_acl(&self.read_xattr(entry, &names, meta::ACL_ACCESS)?),
+            self.remap_acl(&self.read_xattr(entry, &names, meta::ACL_DEFAULT)?),
+        ))
+    }
+
+    fn prepare(&mut self, entry: Entry) -> Result<(), RemapError> {
+        let kind = entry.file_type();
         let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
-        let target = self.options.mapping.target(uid, gid);
-        let (new_acl, new_dacl) = self.remapped_acls(&entry, kind)?;
+        let target = self.shared.options.mapping.target(uid, gid);
+        // Even an entry whose owner stays may carry an ACL naming a remapped id.
+        let names = meta::list_xattrs(&entry).map_err(|e| self.shared.io("listxattr", e))?;
+        let old_acl = self.read_xattr(&entry, &names, meta::ACL_ACCESS)?;
+        let old_dacl = self.read_xattr(&entry, &names, meta::ACL_DEFAULT)?;
+        let (new_acl, new_dacl) = (self.remap_acl(&old_acl), self.remap_acl(&old_dacl));
         if target.is_none() && new_acl.is_none() && new_dacl.is_none() {
             return Ok(());
         }
         let (new_uid, new_gid) = target.unwrap_or((uid, gid));
+        let cap = if kind == FileType::RegularFile {
+            self.read_xattr(&entry, &names, meta::CAPABILITY)?
+        } else {
+            None
+        };
         let mut change = Change {
             p: None,
             px: None,
@@ -343,26 +390,11 @@ impl Remapper<'_> {
             mode: entry.stat.st_mode,
             new_uid,
             new_gid,
-            cap: None,
-            acl: None,
-            dacl: None,
+            cap: cap.map(hex::encode),
+            acl: new_acl.as_ref().and(old_acl.as_ref()).map(hex::encode),
+            dacl: new_dacl.as_ref().and(old_dacl.as_ref()).map(hex::encode),
         };
         change.set_path(&entry.path);
-        if kind == FileType::RegularFile {
-            change.cap = meta::get_xattr(&entry.fd, kind, meta::CAPABILITY)
-                .map_err(|e| self.io("getxattr security.capability", e))?
-                .map(hex::encode);
-        }
-        if new_acl.is_some() {
-            change.acl = meta::get_xattr(&entry.fd, kind, meta::ACL_ACCESS)
-                .map_err(|e| self.io("getxattr ACL", e))?
-                .map(hex::encode);
-        }
-        if new_dacl.is_some() {
-            change.dacl = meta::get_xattr(&entry.fd, kind, meta::ACL_DEFAULT)
-                .map_err(|e| self.io("getxattr default ACL", e))?
-                .map(hex::encode);
-        }
         self.push(Pending {
             entry,
             change,
@@ -374,7 +406,7 @@ impl Remapper<'_> {
 
     fn push(&mut self, pending: Pending) -> Result<(), RemapError> {
         self.batch.push(pending);
-        if self.batch.len() >= self.options.batch.max(1) {
+        if self.batch.len() >= self.shared.batch {
             self.commit()?;
         }
         Ok(())
@@ -385,18 +417,19 @@ impl Remapper<'_> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let manifest_error = |w: &ManifestWriter, source| RemapError::Manifest {
-            path: w.path().display().to_string(),
-            source,
-        };
-        for pending in self.batch.iter().filter(|p| !p.recorded) {
-            self.writer
-                .record(&pending.change)
-                .map_err(|e| manifest_error(&self.writer, e))?;
+        {
+            let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let manifest_error = |w: &ManifestWriter, source| RemapError::Manifest {
+                path: w.path().display().to_string(),
+                source,
+            };
+            for pending in self.batch.iter().filter(|p| !p.recorded) {
+                writer
+                    .record(&pending.change)
+                    .map_err(|e| manifest_error(&writer, e))?;
+            }
+            writer.commit().map_err(|e| manifest_error(&writer, e))?;
         }
-        self.writer
-            .commit()
-            .map_err(|e| manifest_error(&self.writer, e))?;
         for pending in std::mem::take(&mut self.batch) {
             self.apply(&pending)?;
         }
@@ -404,79 +437,76 @@ impl Remapper<'_> {
     }
 
     fn apply(&mut self, pending: &Pending) -> Result<(), RemapError> {
+        let io = |what: &str, e| self.shared.io(what, e);
         let fd = &pending.entry.fd;
         let kind = pending.entry.file_type();
         let c = &pending.change;
         if (c.new_uid, c.new_gid) != (c.uid, c.gid) {
-            meta::chown(fd, c.new_uid, c.new_gid).map_err(|e| self.io("chown", e))?;
+            meta::chown(fd, c.new_uid, c.new_gid).map_err(|e| io("chown", e))?;
             // chown cleared these: put them back, as recorded.
             if kind == FileType::RegularFile && c.mode & meta::SET_ID_BITS != 0 {
-                meta::chmod(fd, kind, c.mode).map_err(|e| self.io("chmod", e))?;
+                meta::chmod(fd, kind, c.mode).map_err(|e| io("chmod", e))?;
             }
             if let Some(cap) = &c.cap {
                 let cap = hex::decode(cap).unwrap_or_default();
                 meta::set_xattr(fd, kind, meta::CAPABILITY, &cap)
-                    .map_err(|e| self.io("setxattr security.capability", e))?;
+                    .map_err(|e| io("setxattr security.capability", e))?;
             }
         }
         if let Some(acl) = &pending.new_acl {
-            meta::set_xattr(fd, kind, meta::ACL_ACCESS, acl)
-                .map_err(|e| self.io("setxattr ACL", e))?;
+            meta::set_xattr(fd, kind, meta::ACL_ACCESS, acl).map_err(|e| io("setxattr ACL", e))?;
         }
         if let Some(dacl) = &pending.new_dacl {
             meta::set_xattr(fd, kind, meta::ACL_DEFAULT, dacl)
-                .map_err(|e| self.io("setxattr default ACL", e))?;
+                .map_err(|e| io("setxattr default ACL", e))?;
         }
-        self.report.changed += 1;
+        self.shared.changed.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl walk::Visitor for Worker<'_, '_> {
+    fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
+        let is_dir = entry.file_type() == FileType::Directory;
+        match self.consider(entry) {
+            Ok(()) => Ok(is_dir),
+            Err(e) => {
+                self.failure = Some(e);
+                Err(Errno::CANCELED)
+            }
+        }
     }
 
     fn skipped(&mut self, skipped: Skipped) {
         match skipped {
             Skipped::OtherFilesystem(p) => self.report.other_filesystems.push(display(&p)),
             Skipped::Raced(p) => self.report.raced.push(display(&p)),
-            Skipped::Unreadable(p, e) => {
-                self.report.unreadable.push(format!("{}: {e}", display(&p)))
-            }
+            Skipped::Vanished(p) => self.report.vanished.push(display(&p)),
         }
     }
+}
 
-    /// Hard-linked files, once every name in the tree has been seen.
-    fn finish_hardlinks(&mut self, root_dir: &OwnedFd) -> Result<(), RemapError> {
-        let protected = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
-        let allow_outside = protected && self.options.allow_protected_hardlinks;
-        let links: Vec<((u64, u64), HardLink)> = self.hardlinks.drain().collect();
-        for (key, link) in links {
-            if link.seen < link.nlink && !allow_outside {
-                self.report.refused_hardlinks.push(format!(
-                    "{} ({} of its {} names are in the tree; the others could be host files)",
-                    display(&link.path),
-                    link.seen,
-                    link.nlink
-                ));
-                continue;
-            }
-            let Some((fd, stat)) =
-                walk::open_under(root_dir, &link.path).map_err(|e| self.io("open", e))?
-            else {
-                self.report.raced.push(display(&link.path));
-                continue;
-            };
-            if (stat.st_dev, stat.st_ino) != key {
-                self.report.raced.push(display(&link.path));
-                continue;
-            }
-            let entry = Entry {
-                fd,
-                stat,
-                path: link.path,
-            };
-            self.prepare(entry, FileType::RegularFile)?;
-        }
-        Ok(())
+fn threads(options: &RemapOptions) -> usize {
+    if options.threads == 0 {
+        walk::threads()
+    } else {
+        options.threads
     }
+}
+
+/// A batch size that keeps every thread's held descriptors within half of
+/// the soft RLIMIT_NOFILE (the walk itself needs some too).
+fn batch_size(wanted: usize, threads: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024) as usize;
+    wanted.clamp(1, (limit / 2 / threads.max(1)).max(16))
+}
+
+fn protected_hardlinks() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false)
 }
 
 /// Remaps the tree at `root` (canonical; already cleared by `guard`),
@@ -486,7 +516,7 @@ pub fn remap(
     root: &Path,
     manifest_path: &Path,
     options: &RemapOptions,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<RemapReport, RemapError> {
     let started = Instant::now();
     options.mapping.validate()?;
@@ -519,71 +549,200 @@ pub fn remap(
         }
         recorded = changes.into_iter().map(|c| (c.key(), c)).collect();
     }
+    if recorded.is_empty()
+        && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
+    {
+        return Ok(RemapReport {
+            root: root_text,
+            skipped_root_already_owned: true,
+            ..Default::default()
+        });
+    }
+    let shared = Shared {
+        options,
+        root: root_text.clone(),
+        writer: Mutex::new(ManifestWriter::open(manifest_path, &header).map_err(manifest_err)?),
+        recorded,
+        entries: AtomicU64::new(0),
+        changed: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        progress,
+        batch: batch_size(options.batch, threads(options)),
+    };
+    let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
+    let root_for_links = root_fd
+        .try_clone()
+        .map_err(|e| shared.io("dup", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+    let mut workers: Vec<Worker<'_, '_>> = (0..if is_dir { threads(options) } else { 1 })
+        .map(|_| Worker::new(&shared))
+        .collect();
+    if is_dir {
+        let result = walk::walk(root_fd, &mut workers);
+        if let Some(failure) = workers.iter_mut().find_map(|w| w.failure.take()) {
+            // What was recorded stays recorded: the undo can use it.
+            for worker in &mut workers {
+                worker.commit().ok();
+            }
+            return Err(failure);
+        }
+        result.map_err(|e| shared.io("walk", e))?;
+    } else {
+        // A single-file mount (a config file, say).
+        workers[0].consider(Entry {
+            fd: root_fd,
+            stat: root_stat,
+            path: Vec::new(),
+            parent: None,
+        })?;
+    }
+    for worker in &mut workers {
+        worker.commit()?;
+    }
+    // Merge what the threads saw; hard-linked files are judged only now,
+    // once every name of theirs in the tree has been counted.
     let mut report = RemapReport {
         root: root_text.clone(),
         ..Default::default()
     };
-    if recorded.is_empty()
-        && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
-    {
-        report.skipped_root_already_owned = true;
-        return Ok(report);
-    }
-    let writer = ManifestWriter::open(manifest_path, &header).map_err(manifest_err)?;
-    let mut remapper = Remapper {
-        options,
-        root: root_text.clone(),
-        writer,
-        recorded,
-        batch: Vec::new(),
-        hardlinks: HashMap::new(),
-        report,
-        progress,
-    };
-    let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
-    if is_dir {
-        let root_for_links = root_fd
-            .try_clone()
-            .map_err(|e| remapper.io("dup", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
-        let mut failure: Option<RemapError> = None;
-        let cell = std::cell::RefCell::new(&mut remapper);
-        let result = walk::walk(
-            root_fd,
-            &mut |entry| {
-                let is_dir = entry.file_type() == FileType::Directory;
-                if let Err(e) = cell.borrow_mut().consider(entry) {
-                    failure = Some(e);
-                    return Err(Errno::CANCELED);
+    let mut hardlinks: HashMap<(u64, u64), HardLink> = HashMap::new();
+    for worker in workers {
+        let r = worker.report;
+        report.resumed += r.resumed;
+        report.other_filesystems.extend(r.other_filesystems);
+        report.raced.extend(r.raced);
+        report.devices_left.extend(r.devices_left);
+        report.vanished.extend(r.vanished);
+        for (key, link) in worker.hardlinks {
+            match hardlinks.get_mut(&key) {
+                Some(existing) => existing.seen += link.seen,
+                None => {
+                    hardlinks.insert(key, link);
                 }
-                Ok(is_dir)
-            },
-            &mut |skipped| cell.borrow_mut().skipped(skipped),
-        );
-        if let Some(e) = failure {
-            remapper.commit().ok();
-            return Err(e);
-        }
-        result.map_err(|e| remapper.io("walk", e))?;
-        remapper.finish_hardlinks(&root_for_links)?;
-    } else {
-        // A single-file mount (a config file, say).
-        remapper.consider(Entry {
-            fd: root_fd,
-            stat: root_stat,
-            path: Vec::new(),
-        })?;
-        let links: Vec<HardLink> = remapper.hardlinks.drain().map(|(_, l)| l).collect();
-        for link in links {
-            remapper.report.refused_hardlinks.push(format!(
-                "{} (a file with {} names; the others could be host files)",
-                root_text, link.nlink
-            ));
+            }
         }
     }
-    remapper.commit()?;
-    let mut report = remapper.report;
+    let allow_outside = protected_hardlinks() && options.allow_protected_hardlinks;
+    let mut finisher = Worker::new(&shared);
+    for (key, link) in hardlinks {
+        if link.seen < link.nlink && !allow_outside {
+            let what = if is_dir {
+                format!(
+                    "{} ({} of its {} names are in the tree; the others could be host files)",
+                    display(&link.path),
+                    link.seen,
+                    link.nlink
+                )
+            } else {
+                format!(
+                    "{root_text} (a file with {} names; the others could be host files)",
+                    link.nlink
+                )
+            };
+            report.refused_hardlinks.push(what);
+            continue;
+        }
+        let opened = if is_dir {
+            walk::open_under(&root_for_links, &link.path).map_err(|e| shared.io("open", e))?
+        } else {
+            Some((
+                root_for_links
+                    .try_clone()
+                    .map_err(|e| shared.io("dup", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?,
+                root_stat,
+            ))
+        };
+        match opened {
+            Some((fd, stat)) if (stat.st_dev, stat.st_ino) == key => {
+                finisher.prepare(Entry {
+                    fd,
+                    stat,
+                    path: link.path,
+                    parent: None,
+                })?;
+            }
+            _ => report.raced.push(display(&link.path)),
+        }
+    }
+    finisher.commit()?;
+    for list in [
+        &mut report.other_filesystems,
+        &mut report.raced,
+        &mut report.devices_left,
+        &mut report.vanished,
+        &mut report.refused_hardlinks,
+    ] {
+        list.sort();
+    }
+    report.entries = shared.entries.load(Ordering::Relaxed);
+    report.changed = shared.changed.load(Ordering::Relaxed);
+    report.bytes = shared.bytes.load(Ordering::Relaxed);
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Restores one recorded entry: owner, then the mode bits chown cleared,
+/// then the capability and ACLs.
+fn restore(
+    entry: &Entry,
+    change: &Change,
+    io: &dyn Fn(&str, Errno) -> RemapError,
+) -> Result<(), RemapError> {
+    let kind = entry.file_type();
+    let fd = &entry.fd;
+    let owner_changes = (entry.stat.st_uid, entry.stat.st_gid) != (change.uid, change.gid);
+    if owner_changes {
+        meta::chown(fd, change.uid, change.gid).map_err(|e| io("chown", e))?;
+    }
+    if kind != FileType::Symlink {
+        // chown clears setuid/setgid on regular files: then the mode must
+        // be set again even if it looked right before.
+        let cleared =
+            owner_changes && kind == FileType::RegularFile && change.mode & meta::SET_ID_BITS != 0;
+        if cleared || entry.stat.st_mode & 0o7777 != change.mode & 0o7777 {
+            meta::chmod(fd, kind, change.mode).map_err(|e| io("chmod", e))?;
+        }
+    }
+    for (name, value) in [
+        (meta::CAPABILITY, &change.cap),
+        (meta::ACL_ACCESS, &change.acl),
+        (meta::ACL_DEFAULT, &change.dacl),
+    ] {
+        if let Some(value) = value {
+            let value = hex::decode(value).unwrap_or_default();
+            meta::set_xattr(fd, kind, name, &value).map_err(|e| io("setxattr", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// One thread's share of an undo.
+struct UndoWorker<'a> {
+    wanted: &'a HashMap<(u64, u64), Change>,
+    root: &'a str,
+    restored: std::collections::HashSet<(u64, u64)>,
+    failure: Option<RemapError>,
+}
+
+impl walk::Visitor for UndoWorker<'_> {
+    fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
+        let is_dir = entry.file_type() == FileType::Directory;
+        if let Some(change) = self.wanted.get(&entry.key()) {
+            let root = self.root;
+            let io = |what: &str, errno: Errno| RemapError::Io {
+                what: what.to_string(),
+                root: root.to_string(),
+                errno,
+            };
+            if let Err(e) = restore(&entry, change, &io) {
+                self.failure = Some(e);
+                return Err(Errno::CANCELED);
+            }
+            self.restored.insert(entry.key());
+        }
+        Ok(is_dir)
+    }
+
+    fn skipped(&mut self, _: Skipped) {}
 }
 
 /// Puts back every recorded owner, group, mode, capability and ACL under
@@ -603,8 +762,7 @@ pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError>
     if changes.is_empty() {
         return Ok(report);
     }
-    let mut wanted: HashMap<(u64, u64), Change> =
-        changes.into_iter().map(|c| (c.key(), c)).collect();
+    let wanted: HashMap<(u64, u64), Change> = changes.into_iter().map(|c| (c.key(), c)).collect();
     let io = |what: &str, errno: Errno| RemapError::Io {
         what: what.to_string(),
         root: root_text.clone(),
@@ -612,61 +770,40 @@ pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError>
     };
     let root_fd = open_root(root)?;
     let root_stat = fstat(&root_fd).map_err(|e| io("stat", e))?;
-    let restore = |entry: &Entry, change: &Change| -> Result<(), RemapError> {
-        let kind = entry.file_type();
-        let fd = &entry.fd;
-        if (entry.stat.st_uid, entry.stat.st_gid) != (change.uid, change.gid) {
-            meta::chown(fd, change.uid, change.gid).map_err(|e| io("chown", e))?;
-        }
-        if kind != FileType::Symlink {
-            let current = fstat(fd).map_err(|e| io("stat", e))?.st_mode & 0o7777;
-            if current != change.mode & 0o7777 {
-                meta::chmod(fd, kind, change.mode).map_err(|e| io("chmod", e))?;
-            }
-        }
-        for (name, value) in [
-            (meta::CAPABILITY, &change.cap),
-            (meta::ACL_ACCESS, &change.acl),
-            (meta::ACL_DEFAULT, &change.dacl),
-        ] {
-            if let Some(value) = value {
-                let value = hex::decode(value).unwrap_or_default();
-                meta::set_xattr(fd, kind, name, &value).map_err(|e| io("setxattr", e))?;
-            }
-        }
-        Ok(())
-    };
+    let mut restored = std::collections::HashSet::new();
     if FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory {
-        let mut failure = None;
-        let result = walk::walk(
-            root_fd,
-            &mut |entry| {
-                let is_dir = entry.file_type() == FileType::Directory;
-                if let Some(change) = wanted.remove(&entry.key()) {
-                    if let Err(e) = restore(&entry, &change) {
-                        failure = Some(e);
-                        return Err(Errno::CANCELED);
-                    }
-                    report.restored += 1;
-                }
-                Ok(is_dir)
-            },
-            &mut |_| {},
-        );
-        if let Some(e) = failure {
+        let mut workers: Vec<UndoWorker<'_>> = (0..walk::threads())
+            .map(|_| UndoWorker {
+                wanted: &wanted,
+                root: &root_text,
+                restored: Default::default(),
+                failure: None,
+            })
+            .collect();
+        let result = walk::walk(root_fd, &mut workers);
+        if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
             return Err(e);
         }
         result.map_err(|e| io("walk", e))?;
-    } else if let Some(change) = wanted.remove(&(root_stat.st_dev, root_stat.st_ino)) {
+        for worker in workers {
+            restored.extend(worker.restored);
+        }
+    } else if let Some(change) = wanted.get(&(root_stat.st_dev, root_stat.st_ino)) {
         let entry = Entry {
             fd: root_fd,
             stat: root_stat,
             path: Vec::new(),
+            parent: None,
         };
-        restore(&entry, &change)?;
-        report.restored += 1;
+        restore(&entry, change, &io)?;
+        restored.insert(entry.key());
     }
-    let mut missing: Vec<String> = wanted.values().map(Change::path_display).collect();
+    report.restored = restored.len() as u64;
+    let mut missing: Vec<String> = wanted
+        .iter()
+        .filter(|(key, _)| !restored.contains(key))
+        .map(|(_, c)| c.path_display())
+        .collect();
     missing.sort();
     report.missing = missing;
     report.millis = started.elapsed().as_millis() as u64;

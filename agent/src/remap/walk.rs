@@ -5,21 +5,30 @@
 //! inode when their turn comes. It never crosses to another filesystem.
 //! The container whose tree this is may be root and may race the walk: a
 //! swapped entry is reported, not followed.
+//!
+//! Directories are shared out to several threads: ownership changes are
+//! bound by per-entry system calls, and one thread per core is what lets a
+//! safe walk keep up with `chown -R`.
 
+use std::collections::VecDeque;
+use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs::{Dir, FileType, Mode, OFlags, Stat, fstat, openat};
 use rustix::io::Errno;
 
-/// One entry, opened: `fd` is `O_PATH` for non-directories, and for
-/// directories a real directory descriptor.
+/// One entry, opened `O_PATH` (directories included).
 #[derive(Debug)]
 pub struct Entry {
     pub fd: OwnedFd,
     pub stat: Stat,
     /// Path relative to the walk's root, `/`-separated; empty for the root.
     pub path: Vec<u8>,
+    /// The verified directory holding it, and its name there (not for the
+    /// root): xattrs are read by name from there (see `meta`).
+    pub parent: Option<(Arc<OwnedFd>, CString)>,
 }
 
 impl Entry {
@@ -39,8 +48,16 @@ pub enum Skipped {
     OtherFilesystem(Vec<u8>),
     /// The entry changed between listing and opening (a racing container).
     Raced(Vec<u8>),
-    /// It vanished or could not be opened.
-    Unreadable(Vec<u8>, Errno),
+    /// It vanished between listing and opening.
+    Vanished(Vec<u8>),
+}
+
+/// What a walk does with what it finds; one per thread.
+pub trait Visitor: Send {
+    /// Sees every entry, a directory before its contents; `Ok(false)` for
+    /// a directory keeps the walk out of it; an error stops every thread.
+    fn visit(&mut self, entry: Entry) -> Result<bool, Errno>;
+    fn skipped(&mut self, skipped: Skipped);
 }
 
 const PATH_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
@@ -81,101 +98,183 @@ struct PendingDir {
     ino: u64,
 }
 
-/// Walks the tree under `root` (a directory descriptor). `visit` sees every
-/// entry, directories before their contents; returning `false` for a
-/// directory keeps the walk out of it. `skipped` hears of everything else.
-pub fn walk(
-    root: OwnedFd,
-    visit: &mut dyn FnMut(Entry) -> Result<bool, Errno>,
-    skipped: &mut dyn FnMut(Skipped),
-) -> Result<(), Errno> {
-    let root_stat = fstat(&root)?;
-    let device = root_stat.st_dev;
-    let listing = open_dir_from_path_fd(&root)?;
-    let root_entry = Entry {
-        fd: root,
-        stat: root_stat,
-        path: Vec::new(),
-    };
-    if !visit(root_entry)? {
-        return Ok(());
-    }
-    let mut stack: Vec<(Arc<OwnedFd>, Vec<u8>)> = vec![(Arc::new(listing), Vec::new())];
-    let mut pending: Vec<PendingDir> = Vec::new();
-    loop {
-        if let Some((dir, dir_path)) = stack.pop() {
-            list_directory(&dir, &dir_path, device, &mut pending, visit, skipped)?;
-            continue;
-        }
-        let Some(next) = pending.pop() else {
-            return Ok(());
-        };
-        // Re-open by name relative to the verified parent and make sure it
-        // is still the directory that was listed.
-        let fd = match open_path_nofollow(next.parent.as_ref(), &next.name) {
-            Ok(fd) => fd,
-            Err(e) => {
-                skipped(Skipped::Unreadable(next.path, e));
-                continue;
-            }
-        };
-        let stat = fstat(&fd)?;
-        if stat.st_ino != next.ino
-            || stat.st_dev != device
-            || FileType::from_raw_mode(stat.st_mode) != FileType::Directory
-        {
-            skipped(Skipped::Raced(next.path));
-            continue;
-        }
-        let listing = match open_dir_from_path_fd(&fd) {
-            Ok(l) => l,
-            Err(e) => {
-                skipped(Skipped::Unreadable(next.path, e));
-                continue;
-            }
-        };
-        let path = next.path.clone();
-        if visit(Entry {
-            fd,
-            stat,
-            path: next.path,
-        })? {
-            stack.push((Arc::new(listing), path));
-        }
+#[derive(Default)]
+struct Queue {
+    dirs: VecDeque<PendingDir>,
+    busy: usize,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    failed: AtomicBool,
+    device: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn list_directory(
+/// Walks the tree under `root` (an `O_PATH` directory descriptor) with one
+/// thread per visitor. The root itself goes to the first visitor.
+pub fn walk<V: Visitor>(root: OwnedFd, visitors: &mut [V]) -> Result<(), Errno> {
+    let Some(first) = visitors.first_mut() else {
+        return Ok(());
+    };
+    let root_stat = fstat(&root)?;
+    let listing = open_dir_from_path_fd(&root)?;
+    let descend = first.visit(Entry {
+        fd: root,
+        stat: root_stat,
+        path: Vec::new(),
+        parent: None,
+    })?;
+    if !descend {
+        return Ok(());
+    }
+    let shared = Shared {
+        queue: Mutex::new(Queue::default()),
+        ready: Condvar::new(),
+        failed: AtomicBool::new(false),
+        device: root_stat.st_dev,
+    };
+    // The root's own listing seeds the queue.
+    {
+        let mut seed = Vec::new();
+        list_directory(&Arc::new(listing), &[], &shared, &mut seed, first)?;
+        shared.lock().dirs.extend(seed);
+    }
+    let results: Vec<Result<(), Errno>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = visitors
+            .iter_mut()
+            .map(|visitor| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let result = work(shared, visitor);
+                    if result.is_err() {
+                        shared.failed.store(true, Ordering::SeqCst);
+                        shared.ready.notify_all();
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(Errno::IO)))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn work<V: Visitor>(shared: &Shared, visitor: &mut V) -> Result<(), Errno> {
+    let mut found = Vec::new();
+    loop {
+        let next = {
+            let mut queue = shared.lock();
+            loop {
+                if shared.failed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                if let Some(dir) = queue.dirs.pop_back() {
+                    queue.busy += 1;
+                    break dir;
+                }
+                if queue.busy == 0 {
+                    shared.ready.notify_all();
+                    return Ok(());
+                }
+                queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = enter(shared, next, &mut found, visitor);
+        let mut queue = shared.lock();
+        queue.busy -= 1;
+        queue.dirs.extend(found.drain(..));
+        shared.ready.notify_all();
+        drop(queue);
+        result?;
+    }
+}
+
+/// Re-opens a pending directory by name relative to its verified parent,
+/// checks it is still the directory that was listed, visits and lists it.
+fn enter<V: Visitor>(
+    shared: &Shared,
+    next: PendingDir,
+    found: &mut Vec<PendingDir>,
+    visitor: &mut V,
+) -> Result<(), Errno> {
+    let fd = match open_path_nofollow(next.parent.as_ref(), &next.name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            visitor.skipped(Skipped::Vanished(next.path));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let stat = fstat(&fd)?;
+    if stat.st_ino != next.ino
+        || stat.st_dev != shared.device
+        || FileType::from_raw_mode(stat.st_mode) != FileType::Directory
+    {
+        visitor.skipped(Skipped::Raced(next.path));
+        return Ok(());
+    }
+    let listing = open_dir_from_path_fd(&fd)?;
+    let path = next.path.clone();
+    let parent = CString::new(next.name)
+        .ok()
+        .map(|name| (next.parent.clone(), name));
+    if visitor.visit(Entry {
+        fd,
+        stat,
+        path: next.path,
+        parent,
+    })? {
+        list_directory(&Arc::new(listing), &path, shared, found, visitor)?;
+    }
+    Ok(())
+}
+
+fn list_directory<V: Visitor>(
     dir: &Arc<OwnedFd>,
     dir_path: &[u8],
-    device: u64,
-    pending: &mut Vec<PendingDir>,
-    visit: &mut dyn FnMut(Entry) -> Result<bool, Errno>,
-    skipped: &mut dyn FnMut(Skipped),
+    shared: &Shared,
+    found: &mut Vec<PendingDir>,
+    visitor: &mut V,
 ) -> Result<(), Errno> {
     let mut reader = Dir::read_from(dir.as_ref())?;
     while let Some(item) = reader.read() {
+        if shared.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let item = item?;
         let name = item.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
         }
         let path = join(dir_path, name);
+        // Only a name that vanished is passed over; anything else (out of
+        // descriptors, I/O errors) stops the walk rather than skip silently.
         let fd = match open_path_nofollow(dir.as_ref(), name) {
             Ok(fd) => fd,
-            Err(e) => {
-                skipped(Skipped::Unreadable(path, e));
+            Err(Errno::NOENT) => {
+                visitor.skipped(Skipped::Vanished(path));
                 continue;
             }
+            Err(e) => return Err(e),
         };
         let stat = fstat(&fd)?;
-        if stat.st_dev != device {
-            skipped(Skipped::OtherFilesystem(path));
+        if stat.st_dev != shared.device {
+            visitor.skipped(Skipped::OtherFilesystem(path));
             continue;
         }
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             // Visited when its turn comes, from a fresh verified open.
-            pending.push(PendingDir {
+            found.push(PendingDir {
                 parent: dir.clone(),
                 name: name.to_vec(),
                 path,
@@ -183,7 +282,13 @@ fn list_directory(
             });
             continue;
         }
-        visit(Entry { fd, stat, path })?;
+        let parent = CString::new(name).ok().map(|n| (dir.clone(), n));
+        visitor.visit(Entry {
+            fd,
+            stat,
+            path,
+            parent,
+        })?;
     }
     Ok(())
 }
@@ -218,4 +323,12 @@ pub fn open_under(root: &OwnedFd, path: &[u8]) -> Result<Option<(OwnedFd, Stat)>
         }
         None => Ok(None),
     }
+}
+
+/// How many threads a walk uses: one per core, at most four.
+pub fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
