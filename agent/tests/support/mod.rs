@@ -16,6 +16,7 @@ pub struct Snap {
     pub gid: u32,
     pub mode: u32,
     pub rdev: u64,
+    pub mtime: (i64, i64),
     pub content: String,
     pub target: String,
     pub xattrs: BTreeMap<String, Vec<u8>>,
@@ -88,6 +89,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Snap> {
                 gid: meta.gid(),
                 mode: meta.mode(),
                 rdev: meta.rdev(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
                 content,
                 target,
                 xattrs: if ft.is_symlink() {
