@@ -17,6 +17,7 @@ pub mod procfs;
 pub mod rawhttp;
 pub mod remap;
 pub mod service;
+pub mod users;
 
 use std::sync::Arc;
 

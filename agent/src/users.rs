@@ -1,0 +1,482 @@
+//! Dedicated service users, made with the host's own tools (groupadd,
+//! useradd, usermod, loginctl) so that NSS, locking and logs behave as an
+//! administrator expects. Idempotent: an existing user with the same ids is
+//! success; a name or id taken with other ids is a conflict, never a silent
+//! reuse. The undo removes only what the step created.
+//!
+//! Names derived from a service follow one documented rule
+//! (`derive_name`): `silly-tavern` → `svc-silly-tavern`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("invalid user name '{name}': {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no free id left in the range {0}-{1}: widen [users] uid_range in the agent's config")]
+    RangeExhausted(u32, u32),
+    #[error("`{command}` failed: {output}")]
+    Tool { command: String, output: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where ids and homes come from (agent configuration).
+#[derive(Debug, Clone)]
+pub struct UserSettings {
+    pub uid_range: (u32, u32),
+    pub home_root: PathBuf,
+    /// Subordinate id ranges for rootless targets start at or above this.
+    pub subid_base: u32,
+    pub subid_count: u32,
+    pub passwd: PathBuf,
+    pub group: PathBuf,
+    pub subuid: PathBuf,
+    pub subgid: PathBuf,
+}
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        UserSettings {
+            uid_range: (61000, 61999),
+            home_root: PathBuf::from("/var/lib/fleet-users"),
+            subid_base: 1_000_000,
+            subid_count: 65536,
+            passwd: "/etc/passwd".into(),
+            group: "/etc/group".into(),
+            subuid: "/etc/subuid".into(),
+            subgid: "/etc/subgid".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRequest {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Subordinate uid/gid ranges and linger, for a rootless Podman target.
+    pub rootless: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserOutcome {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub created_user: bool,
+    pub created_group: bool,
+    pub created_home: bool,
+    pub subuids: Option<(u32, u32)>,
+    pub subgids: Option<(u32, u32)>,
+    pub linger_enabled: bool,
+    pub notes: Vec<String>,
+}
+
+/// `svc-` + the service name lowercased, every other character than
+/// a-z 0-9 _ - made '-', repeats collapsed, '-' trimmed; longer than 32
+/// characters in all, it is cut and ends in '-' + 6 hex of its sha256.
+pub fn derive_name(service: &str) -> String {
+    let mut cleaned = String::new();
+    for c in service.to_lowercase().chars() {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && cleaned.ends_with('-')) {
+            cleaned.push(c);
+        }
+    }
+    let cleaned = cleaned.trim_matches('-');
+    let cleaned = if cleaned.is_empty() {
+        "service"
+    } else {
+        cleaned
+    };
+    let name = format!("svc-{cleaned}");
+    if name.len() <= 32 {
+        return name;
+    }
+    let digest = hex::encode(Sha256::digest(service.as_bytes()));
+    format!(
+        "svc-{}-{}",
+        &cleaned[..21].trim_end_matches('-'),
+        &digest[..6]
+    )
+}
+
+/// What useradd accepts (and Debian's default NAME_REGEX), at most 32 chars.
+pub fn validate_name(name: &str) -> Result<(), UserError> {
+    let bad = |reason: &str| UserError::InvalidName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() || name.len() > 32 {
+        return Err(bad("use 1 to 32 characters"));
+    }
+    let mut chars = name.chars();
+    let first = chars.next().unwrap_or('0');
+    if !(first.is_ascii_lowercase() || first == '_') {
+        return Err(bad("start with a lowercase letter or '_'"));
+    }
+    let body_ok = name
+        .trim_end_matches('$')
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !body_ok {
+        return Err(bad("use only a-z, 0-9, '_' and '-' (and a final '$')"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    name: String,
+    id: u32,
+    gid: u32,
+}
+
+fn read_accounts(path: &Path) -> Result<Vec<Account>, UserError> {
+    let text = std::fs::read_to_string(path).map_err(|source| UserError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?.to_string();
+            let _ = f.next()?;
+            let id = f.next()?.parse().ok()?;
+            let gid = f.next().and_then(|g| g.parse().ok()).unwrap_or(id);
+            Some(Account { name, id, gid })
+        })
+        .collect())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), UserError> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| UserError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            output: e.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(UserError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Ranges `start-end` in an /etc/subuid-style file.
+fn subordinate_ranges(path: &Path) -> Vec<(String, u32, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let owner = f.next()?.to_string();
+            let start: u32 = f.next()?.parse().ok()?;
+            let count: u32 = f.next()?.parse().ok()?;
+            Some((owner, start, start.saturating_add(count.saturating_sub(1))))
+        })
+        .collect()
+}
+
+/// The first `count` ids at or above `base` that overlap no existing range
+/// in either file.
+fn free_subordinate_range(settings: &UserSettings) -> (u32, u32) {
+    let mut taken: Vec<(u32, u32)> = subordinate_ranges(&settings.subuid)
+        .into_iter()
+        .chain(subordinate_ranges(&settings.subgid))
+        .map(|(_, s, e)| (s, e))
+        .collect();
+    taken.sort();
+    let mut start = settings.subid_base;
+    for (s, e) in taken {
+        let end = start + settings.subid_count - 1;
+        if e < start || s > end {
+            continue;
+        }
+        start = start.max(e + 1);
+    }
+    (start, start + settings.subid_count - 1)
+}
+
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").exists()
+}
+
+/// Makes sure the user exists with the requested ids; creates what is missing.
+pub fn ensure_user(
+    request: &UserRequest,
+    settings: &UserSettings,
+) -> Result<UserOutcome, UserError> {
+    validate_name(&request.name)?;
+    let users = read_accounts(&settings.passwd)?;
+    let groups = read_accounts(&settings.group)?;
+    let name = request.name.as_str();
+    let home = settings.home_root.join(name);
+    let mut outcome = UserOutcome {
+        name: name.to_string(),
+        uid: 0,
+        gid: 0,
+        home: home.display().to_string(),
+        created_user: false,
+        created_group: false,
+        created_home: false,
+        subuids: None,
+        subgids: None,
+        linger_enabled: false,
+        notes: Vec::new(),
+    };
+
+    if let Some(existing) = users.iter().find(|u| u.name == name) {
+        if request.uid.is_some_and(|uid| uid != existing.id)
+            || request.gid.is_some_and(|gid| gid != existing.gid)
+        {
+            return Err(UserError::Conflict(format!(
+                "user '{name}' exists with uid {} gid {}, not the requested {}:{}; choose another name or those ids",
+                existing.id,
+                existing.gid,
+                request.uid.map_or("-".into(), |u| u.to_string()),
+                request.gid.map_or("-".into(), |g| g.to_string()),
+            )));
+        }
+        outcome.uid = existing.id;
+        outcome.gid = existing.gid;
+        outcome.notes.push(format!(
+            "user '{name}' already exists with {}:{}",
+            existing.id, existing.gid
+        ));
+    } else {
+        let (uid, gid) = match (request.uid, request.gid) {
+            (Some(uid), gid) => (uid, gid.unwrap_or(uid)),
+            (None, Some(gid)) => (allocate(&users, &groups, settings)?, gid),
+            (None, None) => {
+                let id = allocate(&users, &groups, settings)?;
+                (id, id)
+            }
+        };
+        if uid == 0 || gid == 0 {
+            return Err(UserError::Conflict(
+                "a service user never gets uid or gid 0".into(),
+            ));
+        }
+        if let Some(other) = users.iter().find(|u| u.id == uid) {
+            return Err(UserError::Conflict(format!(
+                "uid {uid} already belongs to user '{}'; fleet never reuses another user's id",
+                other.name
+            )));
+        }
+        match groups.iter().find(|g| g.id == gid) {
+            Some(g) if g.name != name => {
+                return Err(UserError::Conflict(format!(
+                    "gid {gid} already belongs to group '{}'; fleet never reuses another group's id",
+                    g.name
+                )));
+            }
+            Some(_) => {}
+            None => {
+                if let Some(g) = groups.iter().find(|g| g.name == name) {
+                    return Err(UserError::Conflict(format!(
+                        "group '{name}' exists with gid {}, not {gid}",
+                        g.id
+                    )));
+                }
+                run("groupadd", &["--system", "--gid", &gid.to_string(), name])?;
+                outcome.created_group = true;
+            }
+        }
+        let created = run(
+            "useradd",
+            &[
+                "--system",
+                "--uid",
+                &uid.to_string(),
+                "--gid",
+                &gid.to_string(),
+                "--home-dir",
+                &home.display().to_string(),
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "fleet service user",
+                name,
+            ],
+        );
+        if let Err(e) = created {
+            if outcome.created_group {
+                let _ = run("groupdel", &[name]);
+            }
+            return Err(e);
+        }
+        outcome.created_user = true;
+        outcome.uid = uid;
+        outcome.gid = gid;
+    }
+
+    if !home.exists() {
+        std::fs::create_dir_all(&home).map_err(|source| UserError::Io {
+            path: home.display().to_string(),
+            source,
+        })?;
+        std::os::unix::fs::chown(&home, Some(outcome.uid), Some(outcome.gid)).map_err(
+            |source| UserError::Io {
+                path: home.display().to_string(),
+                source,
+            },
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750));
+        outcome.created_home = true;
+    }
+
+    if request.rootless {
+        let has = |path: &Path| {
+            subordinate_ranges(path)
+                .into_iter()
+                .any(|(owner, _, _)| owner == name)
+        };
+        if has(&settings.subuid) && has(&settings.subgid) {
+            outcome
+                .notes
+                .push(format!("'{name}' already has subordinate id ranges"));
+        } else {
+            let (start, end) = free_subordinate_range(settings);
+            let range = format!("{start}-{end}");
+            run(
+                "usermod",
+                &["--add-subuids", &range, "--add-subgids", &range, name],
+            )?;
+            outcome.subuids = Some((start, end));
+            outcome.subgids = Some((start, end));
+        }
+        if systemd_running() {
+            if Path::new("/var/lib/systemd/linger").join(name).exists() {
+                outcome.notes.push("linger already enabled".into());
+            } else {
+                run("loginctl", &["enable-linger", name])?;
+                outcome.linger_enabled = true;
+            }
+        } else {
+            outcome
+                .notes
+                .push("systemd is not running on this host: linger skipped (start the user's services another way)".into());
+        }
+    }
+    Ok(outcome)
+}
+
+fn allocate(
+    users: &[Account],
+    groups: &[Account],
+    settings: &UserSettings,
+) -> Result<u32, UserError> {
+    let (low, high) = settings.uid_range;
+    (low..=high)
+        .find(|id| !users.iter().any(|u| u.id == *id) && !groups.iter().any(|g| g.id == *id))
+        .ok_or(UserError::RangeExhausted(low, high))
+}
+
+/// Removes exactly what `outcome` says was created.
+pub fn undo_user(outcome: &UserOutcome) -> Result<(), UserError> {
+    let name = outcome.name.as_str();
+    if outcome.linger_enabled {
+        run("loginctl", &["disable-linger", name])?;
+    }
+    if let (Some((s, e)), Some((gs, ge))) = (outcome.subuids, outcome.subgids)
+        && !outcome.created_user
+    {
+        run(
+            "usermod",
+            &[
+                "--del-subuids",
+                &format!("{s}-{e}"),
+                "--del-subgids",
+                &format!("{gs}-{ge}"),
+                name,
+            ],
+        )?;
+    }
+    if outcome.created_user {
+        // userdel also drops the user's subordinate ranges.
+        match run("userdel", &[name]) {
+            Err(UserError::Tool { output, .. }) if output.contains("does not exist") => {}
+            other => other?,
+        }
+    }
+    if outcome.created_group {
+        // userdel may already have removed a same-named primary group.
+        match run("groupdel", &[name]) {
+            Err(UserError::Tool { output, .. }) if output.contains("does not exist") => {}
+            other => other?,
+        }
+    }
+    if outcome.created_home {
+        let _ = std::fs::remove_dir_all(&outcome.home);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_rule() {
+        assert_eq!(derive_name("silly-tavern"), "svc-silly-tavern");
+        assert_eq!(derive_name("My App_2!"), "svc-my-app_2");
+        assert_eq!(derive_name("--"), "svc-service");
+        let long = derive_name("a-very-long-service-name-that-goes-on-and-on");
+        assert!(
+            long.len() <= 32 && long.starts_with("svc-a-very-long-service"),
+            "{long}"
+        );
+        assert_eq!(
+            long,
+            derive_name("a-very-long-service-name-that-goes-on-and-on"),
+            "stable"
+        );
+        for name in ["svc-silly-tavern", "_x", "a1-b_c"] {
+            validate_name(name).unwrap();
+        }
+        for bad in ["", "1abc", "Root", "a b", "a/b", &"x".repeat(33)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subordinate_ranges_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let subuid = dir.path().join("subuid");
+        let subgid = dir.path().join("subgid");
+        std::fs::write(&subuid, "alice:1000000:65536\nbob:1100000:65536\n").unwrap();
+        std::fs::write(&subgid, "carol:1065536:10\n").unwrap();
+        let settings = UserSettings {
+            subuid,
+            subgid,
+            ..Default::default()
+        };
+        assert_eq!(
+            free_subordinate_range(&settings),
+            (1165536, 1165536 + 65535)
+        );
+    }
+}
