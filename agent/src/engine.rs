@@ -72,6 +72,10 @@ pub struct Connected {
     pub canonical_socket: PathBuf,
     /// Path prefix of Podman's own API (`/v4.3.1/libpod`).
     pub libpod_prefix: String,
+    /// Path prefix of the negotiated compat API (`/v1.41`).
+    pub api_prefix: String,
+    /// The negotiated compat API version, as (major, minor).
+    pub api_version: (u32, u32),
 }
 
 /// The engine, connected on first use and reconnected after a failure.
@@ -136,6 +140,11 @@ impl Engine {
                 message: "no answer within 10s".into(),
             })?
             .map_err(unreachable)?;
+        let negotiated = docker.client_version();
+        let api_version = (
+            negotiated.major_version as u32,
+            negotiated.minor_version as u32,
+        );
         let version = docker.version().await.map_err(unreachable)?;
         // Podman names itself in the components; its own (libpod) API is
         // versioned separately from the compat one.
@@ -200,6 +209,8 @@ impl Engine {
             root_host_uid,
             canonical_socket: std::fs::canonicalize(&socket).unwrap_or(socket),
             libpod_prefix,
+            api_prefix: format!("/v{}.{}", api_version.0, api_version.1),
+            api_version,
         })
     }
 }

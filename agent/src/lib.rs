@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod cache;
 pub mod config;
+pub mod container;
 pub mod engine;
 pub mod error;
 pub mod findings;
@@ -15,9 +16,11 @@ pub mod journal;
 pub mod ownership;
 pub mod procfs;
 pub mod rawhttp;
+pub mod recreate;
 pub mod remap;
 pub mod service;
 pub mod users;
+pub mod verify;
 
 use std::sync::Arc;
 

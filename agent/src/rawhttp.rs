@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// Responses larger than this are refused (the engine is trusted, but a
@@ -22,6 +22,28 @@ pub enum RawHttpError {
 }
 
 pub async fn get_json(socket: &Path, path: &str) -> Result<serde_json::Value, RawHttpError> {
+    let (status, body) = request(socket, http::Method::GET, path, None).await?;
+    if !(200..300).contains(&status) {
+        return Err(RawHttpError::Request {
+            path: path.to_string(),
+            message: format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| RawHttpError::Request {
+        path: path.to_string(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+/// One request with an optional JSON body; the status and raw body back.
+/// Used where the engine's documents must pass through untouched (a
+/// faithful recreate must not lose fields a typed model does not know).
+pub async fn request(
+    socket: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, bytes::Bytes), RawHttpError> {
     let fail = |message: String| RawHttpError::Request {
         path: path.to_string(),
         message,
@@ -38,26 +60,29 @@ pub async fn get_json(socket: &Path, path: &str) -> Result<serde_json::Value, Ra
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let request = http::Request::get(path)
+    let payload = match body {
+        Some(value) => {
+            bytes::Bytes::from(serde_json::to_vec(value).map_err(|e| fail(e.to_string()))?)
+        }
+        None => bytes::Bytes::new(),
+    };
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("Host", "engine")
-        .body(Empty::<bytes::Bytes>::new())
+        .header("Content-Type", "application/json")
+        .body(Full::new(payload))
         .map_err(|e| fail(e.to_string()))?;
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let status = response.status();
+    let status = response.status().as_u16();
     let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
     let body = limited
         .collect()
         .await
         .map_err(|e| fail(e.to_string()))?
         .to_bytes();
-    if !status.is_success() {
-        return Err(fail(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        )));
-    }
-    serde_json::from_slice(&body).map_err(|e| fail(format!("invalid JSON: {e}")))
+    Ok((status, body))
 }

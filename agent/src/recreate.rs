@@ -1,0 +1,511 @@
+//! The faithful recreate: the old container is stopped, renamed to a
+//! checkpoint name, its restart policy set to `no` and its static addresses
+//! released; a new one is created from the old inspect document with the
+//! same image ID and every configuration field, only `User` changed, and
+//! started. Nothing is removed: the old container is the way back.
+//! (FIELD-NOTES §6 is the checklist; watchtower's tracker is the reason.)
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::container::{Api, ContainerError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecreateRequest {
+    pub container: String,
+    /// The new `User`, always numeric.
+    pub uid: u32,
+    pub gid: u32,
+    pub run: String,
+    /// Recreate even when the writable layer holds changes that would be lost.
+    #[serde(default)]
+    pub allow_layer_loss: bool,
+}
+
+/// Everything decided before acting, written to the journal before any
+/// change, so an interrupted recreate can be undone from the real state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecreatePlan {
+    pub old_id: String,
+    pub name: String,
+    pub checkpoint_name: String,
+    pub was_running: bool,
+    pub stop_timeout: Option<i64>,
+    pub restart_policy: Value,
+    /// Networks where the old container holds a static address: released
+    /// before the new one is created, given back on undo.
+    pub static_networks: Vec<(String, Value)>,
+    pub create_body: Value,
+    /// Networks to connect after create (engines below API 1.44 take one
+    /// network at create time).
+    pub extra_networks: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecreateOutcome {
+    pub plan: RecreatePlan,
+    pub new_id: String,
+    pub stopped_at_ms: u64,
+    pub started_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
+    v.pointer(pointer)
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+}
+
+/// Paths whose changes in the writable layer are runtime noise, not content.
+const EPHEMERAL: &[&str] = &[
+    "/tmp",
+    "/run",
+    "/var/run",
+    "/var/tmp",
+    "/var/cache",
+    "/var/log",
+    "/dev",
+    "/proc",
+    "/sys",
+];
+
+fn is_ephemeral(path: &str, mounts: &[String]) -> bool {
+    let under =
+        |root: &str| path == root || path.starts_with(&format!("{}/", root.trim_end_matches('/')));
+    // The engine creates mount points (and their parents) in the layer.
+    let above_mount = |mount: &str| mount.starts_with(&format!("{}/", path.trim_end_matches('/')));
+    EPHEMERAL.iter().any(|r| under(r)) || mounts.iter().any(|m| under(m) || above_mount(m))
+}
+
+/// Decides the recreate, refusing what cannot be done faithfully.
+pub async fn plan(
+    api: &Api<'_>,
+    request: &RecreateRequest,
+) -> Result<RecreatePlan, ContainerError> {
+    let old = api.inspect(&request.container).await?;
+    let old_id = str_at(&old, "/Id").to_string();
+    let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
+    let mut refusals = Vec::new();
+    if old
+        .pointer("/HostConfig/AutoRemove")
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        refusals.push(format!(
+            "{name} has AutoRemove: it vanishes when stopped, and with it the only way back"
+        ));
+    }
+    // Containers that share this one's namespaces or volumes break if it is recreated.
+    for other in api.list().await? {
+        let other_id = str_at(&other, "/Id");
+        if other_id == old_id {
+            continue;
+        }
+        let Ok(doc) = api.inspect(other_id).await else {
+            continue;
+        };
+        let other_name = str_at(&doc, "/Name").trim_start_matches('/');
+        let points_here = |mode: &str| {
+            mode.strip_prefix("container:")
+                .is_some_and(|target| target == name || old_id.starts_with(target))
+        };
+        for field in ["NetworkMode", "IpcMode", "PidMode"] {
+            if points_here(str_at(&doc, &format!("/HostConfig/{field}"))) {
+                refusals.push(format!(
+                    "{other_name} uses {name} through {field}=container:; migrate them together"
+                ));
+            }
+        }
+        let volumes_from = doc
+            .pointer("/HostConfig/VolumesFrom")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for source in volumes_from.iter().filter_map(|v| v.as_str()) {
+            let source = source.split(':').next().unwrap_or_default();
+            if source == name || (!source.is_empty() && old_id.starts_with(source)) {
+                refusals.push(format!(
+                    "{other_name} mounts the volumes of {name} (VolumesFrom); migrate them together"
+                ));
+            }
+        }
+    }
+    if !request.allow_layer_loss {
+        let mut mounts: Vec<String> = old
+            .pointer("/Mounts")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("Destination")?.as_str().map(String::from))
+            .collect();
+        mounts.extend(
+            old.pointer("/HostConfig/Tmpfs")
+                .and_then(|t| t.as_object())
+                .into_iter()
+                .flat_map(|t| t.keys().cloned()),
+        );
+        let lost: Vec<String> = api
+            .changes(&old_id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(path, kind)| *kind != 2 && !is_ephemeral(path, &mounts))
+            .map(|(path, _)| path)
+            .collect();
+        if !lost.is_empty() {
+            let shown: Vec<&str> = lost.iter().take(8).map(String::as_str).collect();
+            refusals.push(format!(
+                "{name} has content in its writable layer that a recreate loses ({}{}): move it to a volume, or allow the loss explicitly",
+                shown.join(", "),
+                if lost.len() > 8 { ", ..." } else { "" }
+            ));
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(ContainerError::Refused(refusals));
+    }
+    let user = format!("{}:{}", request.uid, request.gid);
+    // The image the old container ran, by ID; its tag only if the tag
+    // still names that very image (a moved tag would change the software).
+    let image_id = str_at(&old, "/Image").to_string();
+    let tag = str_at(&old, "/Config/Image").to_string();
+    let image = match api.image_id(&tag).await {
+        Ok(id) if id == image_id => tag,
+        _ => image_id,
+    };
+    let (create_body, extra_networks, static_networks) = create_body(&old, &user, &image, api);
+    Ok(RecreatePlan {
+        checkpoint_name: format!("{name}.fleet-pre-{}", request.run),
+        was_running: old.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true),
+        stop_timeout: old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64()),
+        restart_policy: old
+            .pointer("/HostConfig/RestartPolicy")
+            .cloned()
+            .unwrap_or(json!({"Name": "no"})),
+        static_networks,
+        create_body,
+        extra_networks,
+        old_id,
+        name,
+    })
+}
+
+type Networks = Vec<(String, Value)>;
+
+/// The create request: the old configuration, verbatim but for `User`,
+/// the image (its ID, not a tag that may have moved), the hostname rules,
+/// anonymous volumes by name, and each network endpoint's user settings.
+fn create_body(old: &Value, user: &str, image: &str, api: &Api<'_>) -> (Value, Networks, Networks) {
+    let conn = api.connected();
+    let per_endpoint_mac = conn.api_version >= (1, 44);
+    let podman = conn.facts.kind == fleet_core::audit::EngineKind::Podman;
+    let old_id = str_at(old, "/Id");
+    let short_id = &old_id[..old_id.len().min(12)];
+
+    let mut config: Map<String, Value> = old
+        .get("Config")
+        .and_then(|c| c.as_object())
+        .cloned()
+        .unwrap_or_default();
+    config.insert("User".into(), json!(user));
+    config.insert("Image".into(), json!(image));
+    let mut host: Map<String, Value> = old
+        .get("HostConfig")
+        .and_then(|c| c.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let network_mode = host
+        .get("NetworkMode")
+        .and_then(|m| m.as_str())
+        .unwrap_or("default")
+        .to_string();
+    let shares_uts = network_mode.starts_with("container:")
+        || host.get("UTSMode").and_then(|m| m.as_str()) == Some("host");
+    let default_hostname = config.get("Hostname").and_then(|h| h.as_str()) == Some(short_id);
+    if shares_uts || default_hostname {
+        // The engine sets these itself; sending them conflicts (#188) or
+        // freezes the old container's id as the new one's hostname.
+        config.remove("Hostname");
+        if shares_uts {
+            config.remove("Domainname");
+        }
+    }
+    if per_endpoint_mac {
+        config.remove("MacAddress");
+    }
+
+    // Anonymous volumes keep their data only if named explicitly.
+    let mut binds: Vec<Value> = host
+        .get("Binds")
+        .and_then(|b| b.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut covered: Vec<String> = binds
+        .iter()
+        .filter_map(|b| b.as_str()?.split(':').nth(1).map(String::from))
+        .collect();
+    covered.extend(
+        host.get("Mounts")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("Target")?.as_str().map(String::from)),
+    );
+    for mount in old
+        .get("Mounts")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let destination = str_at(mount, "/Destination");
+        if mount.get("Type").and_then(|t| t.as_str()) == Some("volume")
+            && !covered.iter().any(|c| c == destination)
+        {
+            let name = str_at(mount, "/Name");
+            let ro = if mount.get("RW").and_then(|r| r.as_bool()) == Some(false) {
+                ":ro"
+            } else {
+                ""
+            };
+            binds.push(json!(format!("{name}:{destination}{ro}")));
+            covered.push(destination.to_string());
+        }
+    }
+    if !binds.is_empty() {
+        host.insert("Binds".into(), Value::Array(binds));
+    }
+    if podman {
+        adapt_for_podman(&mut host, &mut config);
+    }
+
+    // Networks, per endpoint: what the user set, never what the engine assigned.
+    let mut endpoints: Vec<(String, Value)> = Vec::new();
+    let mut static_networks = Vec::new();
+    let default_network = matches!(network_mode.as_str(), "default" | "bridge");
+    for (net, endpoint) in old
+        .pointer("/NetworkSettings/Networks")
+        .and_then(|n| n.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let mut out = Map::new();
+        let ipam = endpoint.get("IPAMConfig").filter(|v| {
+            v.as_object().is_some_and(|o| {
+                o.values()
+                    .any(|x| !x.is_null() && x != "" && x != &json!([]))
+            })
+        });
+        if let Some(ipam) = ipam {
+            out.insert("IPAMConfig".into(), ipam.clone());
+            static_networks.push((net.clone(), Value::Null));
+        }
+        let user_defined = !matches!(net.as_str(), "bridge" | "host" | "none" | "podman");
+        if user_defined {
+            let aliases: Vec<Value> = endpoint
+                .get("Aliases")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+                .filter(|a| {
+                    a.as_str()
+                        .is_some_and(|a| a != short_id && !old_id.starts_with(a))
+                })
+                .cloned()
+                .collect();
+            if !aliases.is_empty() {
+                out.insert("Aliases".into(), Value::Array(aliases));
+            }
+        }
+        if let Some(links) = endpoint.get("Links").filter(|l| !l.is_null())
+            && !podman
+        {
+            out.insert("Links".into(), links.clone());
+        }
+        if let Some(opts) = endpoint.get("DriverOpts").filter(|o| !o.is_null()) {
+            out.insert("DriverOpts".into(), opts.clone());
+        }
+        if per_endpoint_mac
+            && let Some(mac) = endpoint
+                .get("MacAddress")
+                .filter(|m| m.as_str().is_some_and(|s| !s.is_empty()))
+        {
+            out.insert("MacAddress".into(), mac.clone());
+        }
+        let value = Value::Object(out);
+        for (name, slot) in static_networks.iter_mut() {
+            if name == net {
+                *slot = value.clone();
+            }
+        }
+        endpoints.push((net.clone(), value));
+    }
+    // The network named by NetworkMode goes into the create request; below
+    // API 1.44 the others are connected afterwards.
+    let primary = if default_network {
+        "bridge".to_string()
+    } else {
+        network_mode.clone()
+    };
+    endpoints.sort_by_key(|(net, _)| *net != primary);
+    let takes_endpoints = !(network_mode.starts_with("container:")
+        || network_mode == "host"
+        || network_mode == "none");
+    let (at_create, extra): (Networks, Networks) = if !takes_endpoints {
+        (Vec::new(), Vec::new())
+    } else if conn.api_version >= (1, 44) {
+        (endpoints, Vec::new())
+    } else {
+        let mut rest = endpoints;
+        let first = if rest.is_empty() {
+            Vec::new()
+        } else {
+            vec![rest.remove(0)]
+        };
+        (first, rest)
+    };
+    let endpoints_config: Map<String, Value> = at_create.into_iter().collect();
+    let mut body = config;
+    body.insert("HostConfig".into(), Value::Object(host));
+    body.insert(
+        "NetworkingConfig".into(),
+        json!({ "EndpointsConfig": endpoints_config }),
+    );
+    (Value::Object(body), extra, static_networks)
+}
+
+/// What Podman's compat API rejects in an inspect document sent back
+/// (FIELD-NOTES §6): links, NanoCpus next to CpuPeriod/Quota, the swappiness
+/// cgroup v2 refuses, empty device permissions, and `private` user namespaces.
+fn adapt_for_podman(host: &mut Map<String, Value>, config: &mut Map<String, Value>) {
+    host.remove("Links");
+    let nano = host.get("NanoCpus").and_then(|v| v.as_i64()).unwrap_or(0);
+    if nano > 0 {
+        host.remove("CpuPeriod");
+        host.remove("CpuQuota");
+    }
+    host.remove("MemorySwappiness");
+    if let Some(devices) = host.get_mut("Devices").and_then(|d| d.as_array_mut()) {
+        for device in devices {
+            if device
+                .get("CgroupPermissions")
+                .and_then(|p| p.as_str())
+                .is_none_or(|p| p.is_empty())
+                && let Some(obj) = device.as_object_mut()
+            {
+                obj.insert("CgroupPermissions".into(), json!("rwm"));
+            }
+        }
+    }
+    if host.get("UsernsMode").and_then(|m| m.as_str()) == Some("private") {
+        host.remove("UsernsMode");
+    }
+    // Binds and Mounts naming the same destination: "duplicate mount destination".
+    let bind_targets: Vec<String> = host
+        .get("Binds")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str()?.split(':').nth(1).map(String::from))
+        .collect();
+    if let Some(mounts) = host.get_mut("Mounts").and_then(|m| m.as_array_mut()) {
+        mounts.retain(|m| {
+            !m.get("Target")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| bind_targets.iter().any(|b| b == t))
+        });
+    }
+    config.remove("MacAddress");
+}
+
+/// Carries out a plan. On any failure the steps taken are undone before
+/// the error is returned.
+pub async fn execute(
+    api: &Api<'_>,
+    plan: &RecreatePlan,
+) -> Result<RecreateOutcome, ContainerError> {
+    let stopped_at_ms = now_ms();
+    let result = async {
+        if plan.was_running {
+            api.stop(&plan.old_id, plan.stop_timeout).await?;
+        }
+        api.rename(&plan.old_id, &plan.checkpoint_name).await?;
+        api.set_restart_policy(&plan.old_id, &json!({"Name": "no"}))
+            .await?;
+        for (net, _) in &plan.static_networks {
+            api.disconnect(net, &plan.old_id).await?;
+        }
+        let new_id = api.create(&plan.name, &plan.create_body).await?;
+        for (net, endpoint) in &plan.extra_networks {
+            api.connect(net, &new_id, endpoint).await?;
+        }
+        api.start(&new_id).await?;
+        Ok::<String, ContainerError>(new_id)
+    }
+    .await;
+    match result {
+        Ok(new_id) => Ok(RecreateOutcome {
+            plan: plan.clone(),
+            new_id,
+            stopped_at_ms,
+            started_at_ms: now_ms(),
+        }),
+        Err(e) => {
+            if let Err(undo) = undo(api, plan).await {
+                tracing::error!(error = %undo, "undoing a failed recreate failed too");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Puts the old container back, from whatever state the recreate reached:
+/// removes a new container holding the name, renames the old one back,
+/// restores its restart policy and static addresses, and starts it if it
+/// was running. Safe to repeat.
+pub async fn undo(api: &Api<'_>, plan: &RecreatePlan) -> Result<(), ContainerError> {
+    match api.inspect(&plan.name).await {
+        Ok(current) if str_at(&current, "/Id") != plan.old_id => {
+            api.remove(str_at(&current, "/Id")).await?;
+        }
+        Ok(_) | Err(ContainerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let old = match api.inspect(&plan.old_id).await {
+        Ok(old) => old,
+        Err(ContainerError::NotFound(_)) => {
+            return Err(ContainerError::NotFound(format!(
+                "{} (the old container of {}) is gone: restore it from its checkpoint backup",
+                plan.old_id, plan.name
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if str_at(&old, "/Name").trim_start_matches('/') != plan.name {
+        api.rename(&plan.old_id, &plan.name).await?;
+    }
+    if old.pointer("/HostConfig/RestartPolicy") != Some(&plan.restart_policy) {
+        api.set_restart_policy(&plan.old_id, &plan.restart_policy)
+            .await?;
+    }
+    let connected = old
+        .pointer("/NetworkSettings/Networks")
+        .and_then(|n| n.as_object())
+        .cloned()
+        .unwrap_or_default();
+    for (net, endpoint) in &plan.static_networks {
+        if !connected.contains_key(net) {
+            api.connect(net, &plan.old_id, endpoint).await?;
+        }
+    }
+    let running = old.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true);
+    if plan.was_running && !running {
+        api.start(&plan.old_id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The health gate after a recreate: the engine's healthcheck reaches
+//! `healthy` within the deadline and is never `unhealthy`; without one, the
+//! container keeps running for a minimum time without restarting; then an
+//! optional TCP, HTTP or exec probe; then the audit's own identity check:
+//! no process of the container holds uid 0.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::container::{Api, ContainerError};
+use crate::inspect::{InspectOptions, Inspector};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    Tcp { address: String },
+    Http { url: String },
+    Exec { argv: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    pub container: String,
+    pub deadline_secs: u64,
+    pub min_running_secs: u64,
+    pub probe: Option<Probe>,
+    /// When the service went down (the stop), for the downtime figure.
+    pub stopped_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyOutcome {
+    pub container_id: String,
+    /// "healthy" (engine healthcheck) or "running" (no healthcheck).
+    pub gate: String,
+    pub healthy_at_ms: u64,
+    pub downtime_ms: Option<u64>,
+    pub verdict: String,
+    pub probe: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fail(message: String) -> ContainerError {
+    ContainerError::Verify(message)
+}
+
+pub async fn verify(
+    api: &Api<'_>,
+    inspector: &Inspector,
+    request: &VerifyRequest,
+) -> Result<VerifyOutcome, ContainerError> {
+    let deadline = Instant::now() + Duration::from_secs(request.deadline_secs.max(1));
+    let first = api.inspect(&request.container).await?;
+    let id = first
+        .get("Id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let has_healthcheck = first
+        .pointer("/Config/Healthcheck/Test")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+    let restarts_at_start = restart_count(&first);
+    let min_running = Duration::from_secs(request.min_running_secs);
+    let running_since = Instant::now();
+    let gate = loop {
+        let doc = api.inspect(&id).await?;
+        let running = doc.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true);
+        if !running {
+            let code = doc
+                .pointer("/State/ExitCode")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(-1);
+            let logs = api.logs_tail(&id, 10).await;
+            return Err(fail(format!(
+                "the new container exited (code {code}); last output: {logs}"
+            )));
+        }
+        if restart_count(&doc) > restarts_at_start {
+            return Err(fail(format!(
+                "the new container restarted {} times",
+                restart_count(&doc) - restarts_at_start
+            )));
+        }
+        if has_healthcheck {
+            match doc.pointer("/State/Health/Status").and_then(|s| s.as_str()) {
+                Some("healthy") => break "healthy",
+                Some("unhealthy") => {
+                    let log = doc
+                        .pointer("/State/Health/Log")
+                        .and_then(|l| l.as_array())
+                        .and_then(|l| l.last())
+                        .and_then(|l| l.get("Output"))
+                        .and_then(|o| o.as_str())
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    return Err(fail(format!(
+                        "the new container's healthcheck reports unhealthy: {log}"
+                    )));
+                }
+                _ => {}
+            }
+        } else if running_since.elapsed() >= min_running {
+            break "running";
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "the new container was not {} within {} s",
+                if has_healthcheck {
+                    "healthy"
+                } else {
+                    "steadily running"
+                },
+                request.deadline_secs
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let healthy_at_ms = now_ms();
+    let probe = match &request.probe {
+        None => None,
+        Some(probe) => Some(run_probe(api, &id, probe).await?),
+    };
+    let report = inspector
+        .inspect_ids(
+            vec![id.clone()],
+            &InspectOptions {
+                containers: Vec::new(),
+                skip_ownership: true,
+            },
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let container = report
+        .containers
+        .first()
+        .ok_or_else(|| fail("the new container vanished during verification".into()))?;
+    if let Some(root) = container.identity.processes.iter().find(|p| p.is_root()) {
+        return Err(fail(format!(
+            "process {} ({}) of the new container still holds uid 0 (uids {:?})",
+            root.pid, root.command, root.uids
+        )));
+    }
+    Ok(VerifyOutcome {
+        container_id: id,
+        gate: gate.to_string(),
+        healthy_at_ms,
+        downtime_ms: request
+            .stopped_at_ms
+            .map(|s| healthy_at_ms.saturating_sub(s)),
+        verdict: container.identity.verdict.to_string(),
+        probe,
+    })
+}
+
+fn restart_count(doc: &Value) -> i64 {
+    doc.get("RestartCount")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0)
+}
+
+async fn run_probe(api: &Api<'_>, id: &str, probe: &Probe) -> Result<String, ContainerError> {
+    let timeout = Duration::from_secs(5);
+    match probe {
+        Probe::Tcp { address } => {
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
+                .await
+                .map_err(|_| fail(format!("TCP probe to {address} timed out")))?
+                .map_err(|e| fail(format!("TCP probe to {address} failed: {e}")))?;
+            Ok(format!("tcp {address} ok"))
+        }
+        Probe::Http { url } => {
+            let status = http_get_status(url, timeout)
+                .await
+                .map_err(|e| fail(format!("HTTP probe {url} failed: {e}")))?;
+            if (200..400).contains(&status) {
+                Ok(format!("http {url} {status}"))
+            } else {
+                Err(fail(format!("HTTP probe {url} answered {status}")))
+            }
+        }
+        Probe::Exec { argv } => {
+            let (code, output) = api.exec(id, argv).await?;
+            if code == 0 {
+                Ok(format!("exec {} ok", argv.join(" ")))
+            } else {
+                Err(fail(format!(
+                    "exec probe `{}` exited {code}: {}",
+                    argv.join(" "),
+                    output.trim()
+                )))
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET (http:// only): the status code.
+async fn http_get_status(url: &str, timeout: Duration) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are probed")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&head[..n]).to_string();
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {line:?}"))
+    };
+    tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
