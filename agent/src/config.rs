@@ -28,6 +28,8 @@ pub struct AgentConfig {
     /// Keep inspect documents warm from the engine's event stream.
     pub inspect_cache: bool,
     pub ownership_cache_ttl: Duration,
+    /// Where dedicated users' ids and homes come from.
+    pub users: crate::users::UserSettings,
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -46,6 +48,9 @@ pub struct AgentFile {
     pub ownership_max_time_ms: Option<u64>,
     pub ownership_cache_ttl_secs: Option<u64>,
     pub inspect_cache: Option<bool>,
+    pub user_uid_min: Option<u32>,
+    pub user_uid_max: Option<u32>,
+    pub user_home_root: Option<PathBuf>,
 }
 
 /// Settings from flags and environment (clap fills these).
@@ -128,6 +133,22 @@ impl AgentFlags {
             },
             inspect_cache: !self.no_inspect_cache && file.inspect_cache.unwrap_or(true),
             ownership_cache_ttl: Duration::from_secs(file.ownership_cache_ttl_secs.unwrap_or(30)),
+            users: {
+                let defaults = crate::users::UserSettings::default();
+                crate::users::UserSettings {
+                    uid_range: match (file.user_uid_min, file.user_uid_max) {
+                        (Some(min), Some(max)) if min <= max && min > 0 => (min, max),
+                        (None, None) => defaults.uid_range,
+                        _ => {
+                            return Err(ConfigError::Invalid(
+                                "user_uid_min and user_uid_max must both be set, above 0, min <= max".into(),
+                            ));
+                        }
+                    },
+                    home_root: file.user_home_root.unwrap_or(defaults.home_root.clone()),
+                    ..defaults
+                }
+            },
         })
     }
 }

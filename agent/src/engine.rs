@@ -74,6 +74,8 @@ pub struct Connected {
     pub libpod_prefix: String,
     /// Path prefix of the negotiated compat API (`/v1.41`).
     pub api_prefix: String,
+    /// The engine's data root (DockerRootDir, Podman's graph root).
+    pub data_root: Option<PathBuf>,
     /// The negotiated compat API version, as (major, minor).
     pub api_version: (u32, u32),
 }
@@ -171,6 +173,11 @@ impl Engine {
         };
         let libpod_prefix = format!("/v{}/libpod", libpod_version.as_deref().unwrap_or("4.0.0"));
         let info = docker.info().await.map_err(unreachable)?;
+        let data_root = info
+            .docker_root_dir
+            .clone()
+            .filter(|d| !d.is_empty())
+            .map(|d| std::fs::canonicalize(&d).unwrap_or_else(|_| PathBuf::from(d)));
         let security = info.security_options.unwrap_or_default();
         let mut rootless = security.iter().any(|o| o.contains("name=rootless"));
         let userns_remap = security.iter().any(|o| o.contains("name=userns"));
@@ -210,6 +217,7 @@ impl Engine {
             canonical_socket: std::fs::canonicalize(&socket).unwrap_or(socket),
             libpod_prefix,
             api_prefix: format!("/v{}.{}", api_version.0, api_version.1),
+            data_root,
             api_version,
         })
     }

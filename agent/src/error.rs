@@ -52,3 +52,39 @@ impl From<EngineError> for tonic::Status {
         }
     }
 }
+
+impl From<crate::steps::StepError> for tonic::Status {
+    fn from(error: crate::steps::StepError) -> Self {
+        use crate::backup::BackupError;
+        use crate::container::ContainerError;
+        use crate::journal::JournalError;
+        use crate::remap::RemapError;
+        use crate::steps::StepError as E;
+        use crate::users::UserError;
+        let message = error.to_string();
+        match error {
+            E::Engine(e) => e.into(),
+            E::Invalid(_)
+            | E::KindMismatch { .. }
+            | E::Journal(JournalError::InvalidId { .. })
+            | E::Remap(RemapError::InvalidMapping(_))
+            | E::User(UserError::InvalidName { .. }) => tonic::Status::invalid_argument(message),
+            E::NoSuchStep { .. }
+            | E::Journal(JournalError::NoSuchRun(_))
+            | E::Container(ContainerError::NotFound(_))
+            | E::Backup(BackupError::NotFound(_)) => tonic::Status::not_found(message),
+            E::AlreadyUndone { .. }
+            | E::Container(ContainerError::Refused(_))
+            | E::Container(ContainerError::CreateFailed { .. })
+            | E::Container(ContainerError::Verify(_))
+            | E::Remap(RemapError::ReadOnly { .. })
+            | E::Remap(RemapError::NotPermitted { .. })
+            | E::Remap(RemapError::ManifestMismatch { .. })
+            | E::User(UserError::Conflict(_))
+            | E::User(UserError::RangeExhausted(..)) => tonic::Status::failed_precondition(message),
+            E::Backup(BackupError::NoSpace { .. }) => tonic::Status::resource_exhausted(message),
+            E::Container(ContainerError::Unreachable(_)) => tonic::Status::unavailable(message),
+            _ => tonic::Status::internal(message),
+        }
+    }
+}

@@ -77,6 +77,10 @@ impl Inspector {
     /// one to start: a result computed after a request arrived is as fresh
     /// as that request can ask for, and a fleet-wide audit that reaches many
     /// agents on one engine costs the engine one inspection, not hundreds.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
     pub async fn inspect(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
         if !options.containers.is_empty() {
             return self.inspect_now(options).await;

@@ -19,6 +19,7 @@ pub mod rawhttp;
 pub mod recreate;
 pub mod remap;
 pub mod service;
+pub mod steps;
 pub mod users;
 pub mod verify;
 
@@ -89,13 +90,20 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let tls = server_tls(&config.tls)?;
     let inspector = start_inspector(&config, &shutdown);
-    serve(inspector, tls, listener, shutdown).await
+    let steps = Arc::new(steps::StepRunner::new(
+        &config.state_dir,
+        inspector.engine(),
+        inspector.clone(),
+        config.users.clone(),
+    ));
+    serve(inspector, steps, tls, listener, shutdown).await
 }
 
 /// Serves one inspector on one listener (several servers may share one
 /// inspector, as the fan-out benchmark does).
 pub async fn serve(
     inspector: Arc<Inspector>,
+    steps: Arc<steps::StepRunner>,
     tls: Arc<ServerConfig>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -106,7 +114,10 @@ pub async fn serve(
     let incoming = tls::incoming(listener, tls, shutdown.clone());
     tonic::transport::Server::builder()
         .layer(AuthLayer::new(fleet_proto::AGENT_SERVICE, service::decide))
-        .add_service(AgentServer::new(service::AgentService::new(inspector)))
+        .add_service(
+            AgentServer::new(service::AgentService::new(inspector, steps))
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())

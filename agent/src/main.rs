@@ -27,6 +27,25 @@ enum Command {
         #[arg(long)]
         skip_ownership: bool,
     },
+    /// Break-glass: undo a run's steps on this host from the local journal,
+    /// newest first, with no controller. Safe to repeat.
+    Rollback {
+        #[command(flatten)]
+        flags: AgentFlags,
+        /// The run id (see `fleet-agent runs`).
+        #[arg(long)]
+        run: String,
+    },
+    /// The runs this host has journaled, and where each step stands.
+    Runs {
+        #[command(flatten)]
+        flags: AgentFlags,
+    },
+    /// The checkpoint backups kept on this host.
+    Backups {
+        #[command(flatten)]
+        flags: AgentFlags,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +60,33 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Local commands need no certificates and no network.
+fn local_config(mut flags: AgentFlags) -> anyhow::Result<fleet_agent::AgentConfig> {
+    flags.ca = flags.ca.or_else(|| Some("-".into()));
+    flags.cert = flags.cert.or_else(|| Some("-".into()));
+    flags.key = flags.key.or_else(|| Some("-".into()));
+    flags.no_inspect_cache = true;
+    Ok(flags.resolve()?)
+}
+
+fn local_steps(
+    flags: AgentFlags,
+) -> anyhow::Result<(
+    std::sync::Arc<fleet_agent::steps::StepRunner>,
+    CancellationToken,
+)> {
+    let config = local_config(flags)?;
+    let shutdown = CancellationToken::new();
+    let inspector = fleet_agent::start_inspector(&config, &shutdown);
+    let steps = std::sync::Arc::new(fleet_agent::steps::StepRunner::new(
+        &config.state_dir,
+        inspector.engine(),
+        inspector,
+        config.users.clone(),
+    ));
+    Ok((steps, shutdown))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(flags) => {
@@ -53,16 +99,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fleet_agent::run(config, listener, shutdown).await?;
             Ok(())
         }
+        Command::Rollback { flags, run } => {
+            let (steps, shutdown) = local_steps(flags)?;
+            let results = steps.rollback(&run, None).await;
+            shutdown.cancel();
+            let results = results?;
+            for result in &results {
+                println!(
+                    "undone {} ({}): {}",
+                    result.step,
+                    result.kind.as_str(),
+                    result.outcome
+                );
+            }
+            println!("run {run}: {} steps undone on this host", results.len());
+            Ok(())
+        }
+        Command::Runs { flags } => {
+            let (steps, shutdown) = local_steps(flags)?;
+            shutdown.cancel();
+            println!("{}", serde_json::to_string_pretty(&steps.runs())?);
+            Ok(())
+        }
+        Command::Backups { flags } => {
+            let (steps, shutdown) = local_steps(flags)?;
+            shutdown.cancel();
+            println!("{}", serde_json::to_string_pretty(&steps.backups().list())?);
+            Ok(())
+        }
         Command::Inspect {
-            mut flags,
+            flags,
             skip_ownership,
         } => {
-            // Local inspection needs no certificates.
-            flags.ca = flags.ca.or_else(|| Some("-".into()));
-            flags.cert = flags.cert.or_else(|| Some("-".into()));
-            flags.key = flags.key.or_else(|| Some("-".into()));
-            flags.no_inspect_cache = true;
-            let config = flags.resolve()?;
+            let config = local_config(flags)?;
             let shutdown = CancellationToken::new();
             let inspector = fleet_agent::start_inspector(&config, &shutdown);
             let report = inspector

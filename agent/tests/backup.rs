@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../tests/src/tree.rs"]
 mod support;
 
 use fleet_agent::backup::archive::{read_manifest, restore_mount, verify_mount, write_mount};

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../tests/src/tree.rs"]
 mod support;
 
 use std::collections::BTreeMap;

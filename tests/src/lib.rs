@@ -2,11 +2,13 @@
 //! with every kind of certificate, locally built images, containers that
 //! clean up after themselves, and real servers on 127.0.0.1:0.
 
+pub mod agent_client;
 pub mod cli;
 pub mod engine;
 pub mod pki;
 pub mod podman;
 pub mod servers;
+pub mod tree;
 
 /// The label every container, image, volume and network the tests create
 /// carries, so `scripts/test.sh` can remove leftovers even after a crash.

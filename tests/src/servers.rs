@@ -58,6 +58,7 @@ pub fn agent_config(tls: TlsFiles, options: &AgentOptions, state_dir: PathBuf) -
         inspect_cache: options.inspect_cache,
         // Tests change files between audits: never serve an old summary.
         ownership_cache_ttl: Duration::ZERO,
+        users: Default::default(),
     }
 }
 

@@ -186,6 +186,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let inspector = fleet_agent::start_inspector(&config, &shutdown);
     let server_tls = fleet_agent::server_tls(&pki.files("agent"))?;
+    let steps = std::sync::Arc::new(fleet_agent::steps::StepRunner::new(
+        state.path(),
+        inspector.engine(),
+        inspector.clone(),
+        Default::default(),
+    ));
     let mut hosts = String::new();
     for i in 0..args.agents {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -195,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         ));
         tokio::spawn(fleet_agent::serve(
             inspector.clone(),
+            steps.clone(),
             server_tls.clone(),
             listener,
             shutdown.clone(),

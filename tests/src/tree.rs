@@ -1,5 +1,6 @@
-//! Test support: a full metadata + content snapshot of a tree, and a tree
-//! with every kind of entry the remap rules talk about.
+//! A full metadata + content snapshot of a tree, and a tree with every
+//! kind of entry the remap rules talk about. (Also compiled into the
+//! agent's own tests, by path.)
 
 #![allow(dead_code, clippy::unwrap_used)]
 
