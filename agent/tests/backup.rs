@@ -83,3 +83,38 @@ fn hex_sha(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+#[test]
+fn a_backup_that_would_not_fit_is_refused_with_the_numbers() {
+    use fleet_agent::backup::{BackupError, BackupStore, MountSpec};
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("big"), vec![1u8; 4 << 20]).unwrap();
+    let state = base.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let result = BackupStore::new(&state).preflight(&[MountSpec {
+        kind: "bind".into(),
+        source: data.clone(),
+        destination: "/data".into(),
+    }]);
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&state)
+        .status();
+    match result {
+        Err(BackupError::NoSpace {
+            needed, available, ..
+        }) => {
+            assert_eq!(needed, 4 << 20);
+            assert!(available <= 1 << 20);
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+}

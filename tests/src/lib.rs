@@ -3,6 +3,7 @@
 //! clean up after themselves, and real servers on 127.0.0.1:0.
 
 pub mod agent_client;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod pki;

@@ -187,6 +187,9 @@ fn reopen_for_read(fd: &OwnedFd) -> Result<File, Errno> {
 struct Archiver<W: Write> {
     tar: tar::Builder<W>,
     manifest: BufWriter<File>,
+    hashing: Hashing,
+    items: Vec<Item>,
+    awaiting_hash: Vec<usize>,
     outcome: ArchiveOutcome,
     first_names: HashMap<(u64, u64), Vec<u8>>,
     failure: Option<ArchiveError>,
@@ -202,13 +205,57 @@ fn tar_path(path: &[u8]) -> std::path::PathBuf {
     }
 }
 
-/// Reads exactly `size` bytes (short files padded with zeros), hashing
-/// what goes into the archive.
+/// SHA-256 of each file, on a thread of its own and in archive order, so
+/// the archive's writer never waits on hashing (on two cores the writer,
+/// not the compressor, is what a backup waits for).
+struct Hashing {
+    tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Hashing {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(64);
+        let thread = std::thread::spawn(move || {
+            let mut digests = Vec::new();
+            let mut hasher = Sha256::new();
+            while let Ok(message) = rx.recv() {
+                match message {
+                    Some(chunk) => hasher.update(&chunk),
+                    None => digests.push(hex::encode(std::mem::take(&mut hasher).finalize())),
+                }
+            }
+            digests
+        });
+        Hashing { tx, thread }
+    }
+
+    fn digests(self) -> Vec<String> {
+        drop(self.tx);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+const HASH_CHUNK: usize = 256 * 1024;
+
+/// Reads exactly `size` bytes (short files padded with zeros), passing
+/// what goes into the archive on to the hashing thread.
 struct Exact<'h, R: Read> {
     inner: R,
     left: u64,
-    hasher: &'h mut Sha256,
+    hashing: &'h std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    staged: Vec<u8>,
     short: bool,
+}
+
+impl<R: Read> Exact<'_, R> {
+    fn finish(mut self) -> (R, bool) {
+        if !self.staged.is_empty() {
+            let _ = self.hashing.send(Some(std::mem::take(&mut self.staged)));
+        }
+        let _ = self.hashing.send(None);
+        (self.inner, self.short)
+    }
 }
 
 impl<R: Read> Read for Exact<'_, R> {
@@ -227,7 +274,11 @@ impl<R: Read> Read for Exact<'_, R> {
             buf[..want].fill(0);
             n = want;
         }
-        self.hasher.update(&buf[..n]);
+        self.staged.extend_from_slice(&buf[..n]);
+        if self.staged.len() >= HASH_CHUNK {
+            let chunk = std::mem::replace(&mut self.staged, Vec::with_capacity(HASH_CHUNK));
+            let _ = self.hashing.send(Some(chunk));
+        }
         self.left -= n as u64;
         Ok(n)
     }
@@ -294,34 +345,30 @@ impl<W: Write> Archiver<W> {
                 }
                 let file = reopen_for_read(&entry.fd).map_err(|e| sys_err("open", e))?;
                 let size = stat.st_size as u64;
-                let mut hasher = Sha256::new();
                 let mut reader = Exact {
-                    inner: BufReader::with_capacity(256 * 1024, file),
+                    inner: BufReader::with_capacity(HASH_CHUNK, file),
                     left: size,
-                    hasher: &mut hasher,
+                    hashing: &self.hashing.tx,
+                    staged: Vec::with_capacity((size as usize).min(HASH_CHUNK)),
                     short: false,
                 };
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(size);
-                self.tar
-                    .append_data(&mut header, &path, &mut reader)
-                    .map_err(tar_err)?;
+                let appended = self.tar.append_data(&mut header, &path, &mut reader);
+                let (mut inner, short) = reader.finish();
+                appended.map_err(tar_err)?;
                 let grew = {
                     let mut probe = [0u8; 1];
-                    !reader.short
-                        && reader
-                            .inner
-                            .read(&mut probe)
-                            .map(|n| n > 0)
-                            .unwrap_or(false)
+                    !short && inner.read(&mut probe).map(|n| n > 0).unwrap_or(false)
                 };
-                if reader.short || grew {
+                if short || grew {
                     self.outcome
                         .changed_while_read
                         .push(String::from_utf8_lossy(&entry.path).into_owned());
                 }
                 item.size = size;
-                item.sha256 = Some(hex::encode(hasher.finalize()));
+                // Filled in, in order, when the hashing thread is done.
+                self.awaiting_hash.push(self.items.len());
                 self.outcome.bytes += size;
             }
             FileType::Symlink => {
@@ -366,19 +413,16 @@ impl<W: Write> Archiver<W> {
             }
             FileType::Unknown => return Ok(()),
         }
-        self.write_item(&item)
+        self.items.push(item);
+        self.outcome.entries += 1;
+        Ok(())
     }
 
+    /// Kept until the hashes are in; the manifest is written at the end.
     fn write_item(&mut self, item: &Item) -> Result<(), ArchiveError> {
         self.outcome.entries += 1;
-        let err = |e: std::io::Error| ArchiveError::Io {
-            what: "write manifest",
-            path: self.root.clone(),
-            source: e,
-        };
-        serde_json::to_writer(&mut self.manifest, item)
-            .map_err(|e| err(std::io::Error::other(e)))?;
-        self.manifest.write_all(b"\n").map_err(err)
+        self.items.push(item.clone());
+        Ok(())
     }
 }
 
@@ -431,6 +475,9 @@ pub fn write_mount(
     let mut archivers = vec![Archiver {
         tar,
         manifest: BufWriter::with_capacity(1 << 20, manifest_file),
+        hashing: Hashing::start(),
+        items: Vec::new(),
+        awaiting_hash: Vec::new(),
         outcome: ArchiveOutcome::default(),
         first_names: HashMap::new(),
         failure: None,
@@ -459,6 +506,28 @@ pub fn write_mount(
         });
     };
     let mut manifest_out = archiver.manifest;
+    let mut items = archiver.items;
+    let digests = archiver.hashing.digests();
+    if digests.len() != archiver.awaiting_hash.len() {
+        return Err(ArchiveError::Manifest {
+            path: manifest.display().to_string(),
+            reason: format!(
+                "{} files archived, {} hashed",
+                archiver.awaiting_hash.len(),
+                digests.len()
+            ),
+        });
+    }
+    for (index, digest) in archiver.awaiting_hash.into_iter().zip(digests) {
+        items[index].sha256 = Some(digest);
+    }
+    for item in &items {
+        serde_json::to_writer(&mut manifest_out, item)
+            .map_err(|e| io_err("write", manifest)(std::io::Error::other(e)))?;
+        manifest_out
+            .write_all(b"\n")
+            .map_err(io_err("write", manifest))?;
+    }
     manifest_out.flush().map_err(io_err("write", manifest))?;
     manifest_out
         .get_ref()

@@ -4,7 +4,7 @@
 //! and a walk interrupted by a crash can be resumed or undone.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -133,24 +133,60 @@ fn truncate_torn_tail(path: &Path) -> std::io::Result<()> {
 }
 
 /// Reads a manifest; a torn last line (crash mid-write) is ignored: its
-/// change was never made, since changes follow a synced commit.
+/// change was never made, since changes follow a synced commit. Large
+/// manifests are parsed on every core (an undo of a million entries would
+/// otherwise spend a good part of its time in JSON).
 pub fn read(path: &Path) -> std::io::Result<(Option<Header>, Vec<Change>)> {
-    let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let mut header = None;
-    let mut changes = Vec::new();
-    for line in reader.lines() {
-        let line = line?;
-        if line.starts_with("{\"version\"") {
-            match serde_json::from_str::<Header>(&line) {
-                Ok(h) => header = Some(h),
-                Err(_) => break,
-            }
-        } else {
-            match serde_json::from_str::<Change>(&line) {
-                Ok(c) => changes.push(c),
-                Err(_) => break,
-            }
+    let bytes = std::fs::read(path)?;
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let text = &bytes[..end];
+    let (header, body) = match text.iter().position(|b| *b == b'\n') {
+        Some(first) if text.starts_with(b"{\"version\"") => (
+            serde_json::from_slice::<Header>(&text[..first]).ok(),
+            &text[first + 1..],
+        ),
+        _ => (None, text),
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let target = body.len() / threads + 1;
+    while start < body.len() {
+        let mut stop = (start + target).min(body.len());
+        while stop < body.len() && body[stop - 1] != b'\n' {
+            stop += 1;
         }
+        chunks.push(&body[start..stop]);
+        start = stop;
+    }
+    let parsed: Vec<Result<Vec<Change>, std::io::Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .split(|b| *b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .map(|line| {
+                            serde_json::from_slice::<Change>(line).map_err(std::io::Error::other)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("manifest parser panicked")))
+            })
+            .collect()
+    });
+    let mut changes = Vec::new();
+    for part in parsed {
+        changes.extend(part?);
     }
     Ok((header, changes))
 }

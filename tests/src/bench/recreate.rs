@@ -1,0 +1,129 @@
+//! Recreate downtime (issue 3): from the stop until the new container is
+//! healthy, fleet's stop + recreate + verify against `docker stop && docker
+//! rm && docker run` of the same container, waiting for the same health.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleet_agent::container::Api;
+use fleet_agent::engine::{Engine, EngineChoice};
+use fleet_agent::recreate::{self, RecreateRequest};
+
+use super::median;
+use crate::engine::{docker, engine_socket, test_image};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+/// A service that stops promptly on SIGTERM and has a fast healthcheck.
+fn docker_run(name: &str, image: &str, user: Option<&str>) -> anyhow::Result<()> {
+    let mut command = Command::new("docker");
+    command.args([
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        "fleet-test=1",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+    ]);
+    if let Some(user) = user {
+        command.args(["--user", user]);
+    }
+    command.args([image, "sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]);
+    let out = command.output()?;
+    if !out.status.success() {
+        bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn healthy(name: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Health.Status}}", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "healthy")
+        .unwrap_or(false)
+}
+
+fn wait_healthy(name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy(name) {
+        if Instant::now() > deadline {
+            bail!("{name} never became healthy");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn remove(name: &str) {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let engine = Engine::new(EngineChoice::Auto, Some(engine_socket()));
+    let api = Api::new(engine.connected().await.context("engine")?);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..args.runs {
+        // Reference: what an operator types.
+        let name = format!("fleet-bench-ref-{}-{i}", std::process::id());
+        docker_run(&name, &image, None)?;
+        wait_healthy(&name)?;
+        let started = Instant::now();
+        let stop = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker stop {name} >/dev/null && docker rm {name} >/dev/null"
+            ))
+            .status()?;
+        if !stop.success() {
+            bail!("docker stop && rm failed");
+        }
+        docker_run(&name, &image, Some("1000:1000"))?;
+        wait_healthy(&name)?;
+        theirs.push(started.elapsed());
+        remove(&name);
+
+        // fleet: the same container, recreated faithfully with a new user.
+        let name = format!("fleet-bench-ours-{}-{i}", std::process::id());
+        docker_run(&name, &image, None)?;
+        wait_healthy(&name)?;
+        let request = RecreateRequest {
+            container: name.clone(),
+            uid: 1000,
+            gid: 1000,
+            run: format!("bench{i}"),
+            allow_layer_loss: false,
+        };
+        let plan = recreate::plan(&api, &request).await?;
+        let started = Instant::now();
+        let outcome = recreate::execute(&api, &plan).await?;
+        wait_healthy(&name)?;
+        ours.push(started.elapsed());
+        remove(&outcome.new_id);
+        remove(&plan.old_id);
+    }
+    let (f, d) = (median(ours), median(theirs));
+    println!(
+        "## recreate downtime (stop → healthy), median of {}",
+        args.runs
+    );
+    println!(
+        "- fleet {:.0} ms / docker stop && docker rm && docker run {:.0} ms = **{:.2}**",
+        f.as_secs_f64() * 1000.0,
+        d.as_secs_f64() * 1000.0,
+        f.as_secs_f64() / d.as_secs_f64()
+    );
+    Ok(())
+}
