@@ -68,7 +68,11 @@ pub fn list_xattrs(entry: &Entry) -> Result<Vec<String>, Errno> {
         let result = match &entry.parent {
             Some((dir, name)) if !sys::unsupported() => {
                 match sys::list_at(dir.as_fd(), name, &mut buf[..]) {
-                    Err(Errno::NOSYS) => listxattr(proc_path(&entry.fd), &mut buf[..]),
+                    // Not supported, or the name moved under a racing
+                    // container: ask the inode itself.
+                    Err(Errno::NOSYS | Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                        listxattr(proc_path(&entry.fd), &mut buf[..])
+                    }
                     other => other,
                 }
             }
@@ -98,7 +102,9 @@ pub fn get_xattr(entry: &Entry, name: &str) -> Result<Option<Vec<u8>>, Errno> {
         let result = match &entry.parent {
             Some((dir, file)) if !sys::unsupported() => {
                 match sys::get_at(dir.as_fd(), file, &attr, &mut buf[..]) {
-                    Err(Errno::NOSYS) => getxattr(proc_path(&entry.fd), name, &mut buf[..]),
+                    Err(Errno::NOSYS | Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                        getxattr(proc_path(&entry.fd), name, &mut buf[..])
+                    }
                     other => other,
                 }
             }

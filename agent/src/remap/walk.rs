@@ -223,7 +223,15 @@ fn enter<V: Visitor>(
         visitor.skipped(Skipped::Raced(next.path));
         return Ok(());
     }
-    let listing = open_dir_from_path_fd(&fd)?;
+    let listing = match open_dir_from_path_fd(&fd) {
+        Ok(listing) => listing,
+        // Removed between the check and the listing.
+        Err(Errno::NOENT) => {
+            visitor.skipped(Skipped::Vanished(next.path));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let path = next.path.clone();
     let parent = CString::new(next.name)
         .ok()
