@@ -317,9 +317,14 @@ pub fn list_runs(runs_dir: &Path) -> Vec<String> {
     runs
 }
 
-/// Cuts a torn last line (a crash mid-write) so the next record starts on
-/// a line of its own. Nothing acted on a record that was not fully synced.
-fn truncate_torn_tail(path: &Path) -> std::io::Result<()> {
+/// Cuts a torn last line (a crash mid-write) of an append-only JSON-lines
+/// file so the next record starts on a line of its own. Nothing acted on a
+/// record that was not fully synced. (The journal and the ownership
+/// manifests both rely on this.)
+pub(crate) fn truncate_torn_tail(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
     let bytes = std::fs::read(path)?;
     if bytes.is_empty() || bytes.ends_with(b"\n") {
         return Ok(());

@@ -23,6 +23,7 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::remap::manifest::{decode_path, encode_path};
 use crate::remap::meta;
 use crate::remap::walk::{self, Entry, Skipped, Visitor};
 
@@ -79,13 +80,6 @@ pub struct Item {
     pub xattrs: BTreeMap<String, String>,
 }
 
-pub fn encode_bytes(bytes: &[u8]) -> (Option<String>, Option<String>) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) if !s.contains('\n') => (Some(s.to_string()), None),
-        _ => (None, Some(hex::encode(bytes))),
-    }
-}
-
 fn decode_link(link: &str) -> Vec<u8> {
     link.strip_prefix("hex:")
         .and_then(|h| hex::decode(h).ok())
@@ -101,11 +95,7 @@ fn encode_link(bytes: &[u8]) -> String {
 
 impl Item {
     pub fn path(&self) -> Vec<u8> {
-        match (&self.p, &self.px) {
-            (Some(p), _) => p.as_bytes().to_vec(),
-            (None, Some(px)) => hex::decode(px).unwrap_or_default(),
-            _ => Vec::new(),
-        }
+        decode_path(&self.p, &self.px)
     }
 }
 
@@ -293,7 +283,7 @@ impl<W: Write> Archiver<W> {
             root: self.root.clone(),
             errno,
         };
-        let (p, px) = encode_bytes(&entry.path);
+        let (p, px) = encode_path(&entry.path);
         let mut item = Item {
             p,
             px,

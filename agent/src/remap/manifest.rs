@@ -19,6 +19,23 @@ pub struct Header {
     pub mapping: IdMapping,
 }
 
+/// A path in a JSON record: as a string when it is UTF-8 (and has no
+/// newline), else its bytes in hex (`(p, px)`).
+pub fn encode_path(path: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(path) {
+        Ok(s) if !s.contains('\n') => (Some(s.to_string()), None),
+        _ => (None, Some(hex::encode(path))),
+    }
+}
+
+pub fn decode_path(p: &Option<String>, px: &Option<String>) -> Vec<u8> {
+    match (p, px) {
+        (Some(p), _) => p.as_bytes().to_vec(),
+        (None, Some(px)) => hex::decode(px).unwrap_or_default(),
+        (None, None) => Vec::new(),
+    }
+}
+
 /// One changed entry, as it was before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -48,18 +65,11 @@ pub struct Change {
 
 impl Change {
     pub fn set_path(&mut self, path: &[u8]) {
-        match std::str::from_utf8(path) {
-            Ok(p) if !p.contains('\n') => self.p = Some(p.to_string()),
-            _ => self.px = Some(hex::encode(path)),
-        }
+        (self.p, self.px) = encode_path(path);
     }
 
     pub fn path(&self) -> Vec<u8> {
-        match (&self.p, &self.px) {
-            (Some(p), _) => p.as_bytes().to_vec(),
-            (None, Some(px)) => hex::decode(px).unwrap_or_default(),
-            (None, None) => Vec::new(),
-        }
+        decode_path(&self.p, &self.px)
     }
 
     pub fn path_display(&self) -> String {
@@ -84,7 +94,7 @@ impl ManifestWriter {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        truncate_torn_tail(path)?;
+        crate::journal::truncate_torn_tail(path)?;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let mut writer = ManifestWriter {
             path: path.to_path_buf(),
@@ -116,20 +126,6 @@ impl ManifestWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-fn truncate_torn_tail(path: &Path) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(path)?;
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let file = OpenOptions::new().write(true).open(path)?;
-    file.set_len(keep as u64)?;
-    file.sync_all()
 }
 
 /// Reads a manifest; a torn last line (crash mid-write) is ignored: its
