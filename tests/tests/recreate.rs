@@ -320,6 +320,38 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
         "{err}"
     );
 
+    let shared = unique("shared");
+    scope
+        .run(
+            &shared,
+            ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    volumes_from: Some(vec![format!("{base}:ro")]),
+                    ..Default::default()
+                }),
+                ..body(&image, &["sleep", "3600"])
+            },
+        )
+        .await;
+    let err = recreate::plan(
+        &api,
+        &RecreateRequest {
+            container: base.clone(),
+            uid: 1000,
+            gid: 1000,
+            run: "r".into(),
+            allow_layer_loss: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "{shared} mounts the volumes of {base} (VolumesFrom)"
+        )),
+        "{err}"
+    );
+
     let layered = unique("layered");
     let layered_id = scope
         .run(

@@ -628,3 +628,105 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
     );
     let _ = Duration::ZERO;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
+    let mut h = host().await;
+    let port = 30000 + std::process::id() % 20000;
+    let name = unique("probed");
+    let make = ContainerCreateBody {
+        exposed_ports: Some(vec!["8080/tcp".into()]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(
+                "8080/tcp".to_string(),
+                Some(vec![bollard::models::PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(port.to_string()),
+                }]),
+            )])),
+            ..Default::default()
+        }),
+        ..body(&h.image, &["httpd", "-f", "-p", "8080", "-h", "/etc"])
+    };
+    h.scope.run(&name, make).await;
+    let c = &mut h.client;
+    let run = unique("run");
+    collect(
+        c.recreate(pb::RecreateRequest {
+            key: key(&run, "recreate"),
+            container: name.clone(),
+            uid: 1000,
+            gid: 1000,
+            allow_layer_loss: false,
+        })
+        .await,
+    )
+    .await
+    .unwrap();
+    let http = pb::Probe {
+        kind: Some(pb::probe::Kind::HttpUrl(format!(
+            "http://127.0.0.1:{port}/passwd"
+        ))),
+    };
+    let ok = collect(
+        c.verify(pb::VerifyRequest {
+            key: key(&run, "verify-http"),
+            container: name.clone(),
+            deadline_secs: 20,
+            min_running_secs: 1,
+            probe: Some(http),
+        })
+        .await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.json()["probe"],
+        format!("http http://127.0.0.1:{port}/passwd 200")
+    );
+    let exec = pb::Probe {
+        kind: Some(pb::probe::Kind::Exec(pb::ExecProbe {
+            argv: vec!["sh".into(), "-c".into(), "id -u; exit 4".into()],
+        })),
+    };
+    let failed = collect(
+        c.verify(pb::VerifyRequest {
+            key: key(&run, "verify-exec"),
+            container: name.clone(),
+            deadline_secs: 20,
+            min_running_secs: 1,
+            probe: Some(exec),
+        })
+        .await,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        failed.message().contains("exited 4") && failed.message().contains("1000"),
+        "{}",
+        failed.message()
+    );
+    let missing = pb::Probe {
+        kind: Some(pb::probe::Kind::TcpAddress("127.0.0.1:1".into())),
+    };
+    let failed = collect(
+        c.verify(pb::VerifyRequest {
+            key: key(&run, "verify-tcp"),
+            container: name.clone(),
+            deadline_secs: 20,
+            min_running_secs: 1,
+            probe: Some(missing),
+        })
+        .await,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        failed.message().contains("TCP probe to 127.0.0.1:1 failed"),
+        "{}",
+        failed.message()
+    );
+    collect_all(c.rollback(pb::RollbackRequest { run_id: run }).await)
+        .await
+        .unwrap();
+}
