@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub ownership_cache_ttl: Duration,
     /// Where dedicated users' ids and homes come from.
     pub users: crate::users::UserSettings,
+    /// Only containers with this `key=value` label are this agent's (for
+    /// several agents sharing one engine); all containers when unset.
+    pub scope: Option<(String, String)>,
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -51,6 +54,7 @@ pub struct AgentFile {
     pub user_uid_min: Option<u32>,
     pub user_uid_max: Option<u32>,
     pub user_home_root: Option<PathBuf>,
+    pub scope_label: Option<String>,
 }
 
 /// Settings from flags and environment (clap fills these).
@@ -133,6 +137,17 @@ impl AgentFlags {
             },
             inspect_cache: !self.no_inspect_cache && file.inspect_cache.unwrap_or(true),
             ownership_cache_ttl: Duration::from_secs(file.ownership_cache_ttl_secs.unwrap_or(30)),
+            scope: file
+                .scope_label
+                .map(|label| {
+                    label
+                        .split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| {
+                            ConfigError::Invalid(format!("scope_label '{label}' is not key=value"))
+                        })
+                })
+                .transpose()?,
             users: {
                 let defaults = crate::users::UserSettings::default();
                 crate::users::UserSettings {

@@ -40,6 +40,8 @@ pub struct InspectOptions {
     /// Names or id prefixes; empty means all.
     pub containers: Vec<String>,
     pub skip_ownership: bool,
+    /// Also list each container's own non-root users (planning needs them).
+    pub with_users: bool,
 }
 
 #[derive(Debug)]
@@ -49,6 +51,8 @@ pub struct Inspector {
     bounds: WalkBounds,
     hostname: String,
     proc_root: PathBuf,
+    /// `key=value` label a container must carry to be this agent's.
+    scope: Option<(String, String)>,
     /// One inspection of everything at a time; see `inspect`.
     flight: tokio::sync::Mutex<()>,
     last_flight: std::sync::Mutex<Option<(Instant, bool, Arc<HostReport>)>>,
@@ -60,6 +64,7 @@ impl Inspector {
         cache: Arc<Cache>,
         bounds: WalkBounds,
         hostname: String,
+        scope: Option<(String, String)>,
     ) -> Self {
         Inspector {
             engine,
@@ -67,6 +72,7 @@ impl Inspector {
             bounds,
             hostname,
             proc_root: PathBuf::from("/proc"),
+            scope,
             flight: tokio::sync::Mutex::new(()),
             last_flight: std::sync::Mutex::new(None),
         }
@@ -81,6 +87,24 @@ impl Inspector {
         self.engine.clone()
     }
 
+    /// The `key=value` label that makes a container this agent's, if any.
+    pub fn scope(&self) -> Option<&(String, String)> {
+        self.scope.as_ref()
+    }
+
+    /// Only containers carrying the configured label are this agent's
+    /// (several agents may share one engine, each with its own set).
+    pub fn in_scope(&self, doc: &ContainerInspectResponse) -> bool {
+        let Some((key, value)) = &self.scope else {
+            return true;
+        };
+        doc.config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(key))
+            .is_some_and(|v| v == value)
+    }
+
     pub async fn inspect(&self, options: &InspectOptions) -> Result<HostReport, EngineError> {
         if !options.containers.is_empty() {
             return self.inspect_now(options).await;
@@ -91,6 +115,7 @@ impl Inspector {
             &*self.last_flight.lock().unwrap_or_else(|p| p.into_inner())
             && *started >= requested_at
             && *skip == options.skip_ownership
+            && !options.with_users
         {
             return Ok((**report).clone());
         }
@@ -168,6 +193,7 @@ impl Inspector {
         let mut selected = Vec::new();
         for doc in docs {
             match doc {
+                Ok(doc) if !self.in_scope(&doc) => {}
                 Ok(doc) => selected.push(doc),
                 Err((id, EngineError::NoSuchContainer(_))) => {
                     self.cache.forget(&id);
@@ -187,6 +213,7 @@ impl Inspector {
             }
             selected.retain(|d| options.containers.iter().any(|w| matches_name(d, w)));
         }
+        let linked = links(&selected);
         let pods = self.pod_names(conn).await;
         let proc_root = self.proc_root.clone();
         let main_pids: Vec<i32> = selected
@@ -204,7 +231,12 @@ impl Inspector {
             .map(|doc| {
                 let table = table.clone();
                 let pods = &pods;
-                async move { self.report(conn, &doc, &table, pods, options).await }
+                let linked = &linked;
+                async move {
+                    let mut report = self.report(conn, &doc, &table, pods, options).await;
+                    report.linked = linked.get(&report.id).cloned().unwrap_or_default();
+                    report
+                }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -340,6 +372,11 @@ impl Inspector {
             mounts.push(self.mount_report(mount, options.skip_ownership).await);
         }
         let labels = config.labels.clone().unwrap_or_default();
+        let users = if options.with_users {
+            self.users_of(conn, &id).await
+        } else {
+            Vec::new()
+        };
         let (uid, gid, resolution) = match &resolved {
             Ok(r) => (Some(r.uid), Some(r.gid), r.how.clone()),
             Err(e) => (None, None, e.clone()),
@@ -371,8 +408,34 @@ impl Inspector {
             compose_service: labels.get("com.docker.compose.service").cloned(),
             pod: pods.get(&id).cloned(),
             errors,
+            config_fingerprint: fingerprint(doc),
+            users,
+            linked: Vec::new(),
+            auto_remove: doc.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true),
+            stop_timeout_secs: config.stop_timeout.unwrap_or(10),
             id,
         }
+    }
+
+    /// The container's own non-root users, from its passwd.
+    async fn users_of(&self, conn: &Connected, id: &str) -> Vec<fleet_core::audit::ImageUser> {
+        let db = match self.cache.user_db(id) {
+            Some(db) => db,
+            None => match read_user_db(conn, id).await {
+                Ok(db) => Arc::new(db),
+                Err(_) => return Vec::new(),
+            },
+        };
+        db.passwd
+            .iter()
+            .flatten()
+            .filter(|e| e.uid != 0 && e.uid < 65534)
+            .map(|e| fleet_core::audit::ImageUser {
+                name: e.name.clone(),
+                uid: e.uid,
+                gid: e.gid,
+            })
+            .collect()
     }
 
     async fn resolve_user(
@@ -435,6 +498,71 @@ impl Inspector {
             ownership,
         }
     }
+}
+
+/// A digest of what a migration plan depends on: the configuration, the
+/// host configuration, the image and the name (JSON objects serialize with
+/// sorted keys, so the digest is stable).
+fn fingerprint(doc: &ContainerInspectResponse) -> String {
+    use sha2::Digest;
+    let value = serde_json::json!({
+        "config": doc.config,
+        "host_config": doc.host_config,
+        "image": doc.image,
+        "name": doc.name,
+    });
+    hex::encode(sha2::Sha256::digest(value.to_string().as_bytes()))[..16].to_string()
+}
+
+/// Which containers share a namespace or volumes, both ways, by name.
+fn links(docs: &[Arc<ContainerInspectResponse>]) -> HashMap<String, Vec<String>> {
+    let name_of = |d: &ContainerInspectResponse| {
+        d.name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let find = |target: &str| {
+        docs.iter().find(|d| {
+            name_of(d) == target
+                || d.id
+                    .as_deref()
+                    .is_some_and(|id| !target.is_empty() && id.starts_with(target))
+        })
+    };
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for doc in docs {
+        let Some(host) = doc.host_config.as_ref() else {
+            continue;
+        };
+        let mut targets: Vec<String> = [&host.network_mode, &host.ipc_mode, &host.pid_mode]
+            .into_iter()
+            .flatten()
+            .filter_map(|mode| mode.strip_prefix("container:").map(String::from))
+            .collect();
+        targets.extend(
+            host.volumes_from
+                .iter()
+                .flatten()
+                .map(|v| v.split(':').next().unwrap_or_default().to_string()),
+        );
+        for target in targets {
+            if let Some(other) = find(&target) {
+                let (a, b) = (
+                    doc.id.clone().unwrap_or_default(),
+                    other.id.clone().unwrap_or_default(),
+                );
+                out.entry(a).or_default().push(name_of(other));
+                out.entry(b).or_default().push(name_of(doc));
+            }
+        }
+    }
+    for names in out.values_mut() {
+        names.sort();
+        names.dedup();
+    }
+    out
 }
 
 fn short(id: &str) -> &str {

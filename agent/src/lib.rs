@@ -56,6 +56,7 @@ pub fn start_inspector(config: &AgentConfig, shutdown: &CancellationToken) -> Ar
         cache,
         config.walk,
         config.hostname.clone(),
+        config.scope.clone(),
     ))
 }
 

@@ -138,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .inspect(&InspectOptions {
                     containers: Vec::new(),
                     skip_ownership,
+                    with_users: true,
                 })
                 .await?;
             shutdown.cancel();

@@ -145,6 +145,7 @@ impl pb::agent_server::Agent for AgentService {
         let options = InspectOptions {
             containers: request.containers,
             skip_ownership: request.skip_ownership,
+            with_users: request.with_users,
         };
         let report = self.inspector.inspect(&options).instrument(span).await?;
         Ok(Response::new(report.into()))

@@ -346,6 +346,24 @@ impl StepRunner {
         }
     }
 
+    /// The container's inspect document, if it is one of this agent's.
+    async fn scoped(&self, api: &Api<'_>, container: &str) -> Result<Value, StepError> {
+        let doc = api.inspect(container).await?;
+        if let Some((key, value)) = self.inspector.scope() {
+            let label = doc
+                .pointer("/Config/Labels")
+                .and_then(|l| l.get(key))
+                .and_then(|v| v.as_str());
+            if label != Some(value.as_str()) {
+                return Err(ContainerError::NotFound(format!(
+                    "{container} is not one of this agent's containers (label {key}={value})"
+                ))
+                .into());
+            }
+        }
+        Ok(doc)
+    }
+
     /// Everything decided before acting, for the intent record.
     async fn prepare(
         &self,
@@ -357,7 +375,7 @@ impl StepRunner {
         let api = Api::new(conn);
         Ok(match spec {
             StepSpec::Stop { container } => {
-                let doc = api.inspect(container).await?;
+                let doc = self.scoped(&api, container).await?;
                 to_value(&StopIntent {
                     container_id: doc["Id"].as_str().unwrap_or_default().to_string(),
                     was_running: doc.pointer("/State/Running").and_then(|r| r.as_bool())
@@ -366,6 +384,7 @@ impl StepRunner {
                 })
             }
             StepSpec::Recreate(request) => {
+                self.scoped(&api, &request.container).await?;
                 let mut request = request.clone();
                 request.run = journal.run().to_string();
                 to_value(&recreate::plan(&api, &request).await?)
@@ -394,7 +413,7 @@ impl StepRunner {
                 mounts,
             } => {
                 mapping.validate()?;
-                let doc = api.inspect(container).await?;
+                let doc = self.scoped(&api, container).await?;
                 let (owned, refusals) =
                     self.mounts_of(conn, &doc, mounts, &journal.dir().join(step))?;
                 let target = mapping.everything.or_else(|| {
@@ -416,7 +435,7 @@ impl StepRunner {
                 hooks,
                 retention_days,
             } => {
-                let doc = api.inspect(container).await?;
+                let doc = self.scoped(&api, container).await?;
                 let (owned, refusals) =
                     self.mounts_of(conn, &doc, &[], &journal.dir().join(step))?;
                 let specs: Vec<MountSpec> = owned
@@ -454,6 +473,7 @@ impl StepRunner {
                 min_running_secs,
                 probe,
             } => {
+                self.scoped(&api, container).await?;
                 let stopped_at_ms =
                     journal
                         .steps()

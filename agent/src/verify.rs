@@ -136,6 +136,7 @@ pub async fn verify(
             &InspectOptions {
                 containers: Vec::new(),
                 skip_ownership: true,
+                with_users: false,
             },
         )
         .await

@@ -35,6 +35,7 @@ async fn the_agent_binary_rolls_a_run_back_on_its_own() {
         inspect_cache: false,
         ownership_cache_ttl: Default::default(),
         users: users.clone(),
+        scope: None,
     };
     let shutdown = fleet_core::CancellationToken::new();
     let inspector = fleet_agent::start_inspector(&config, &shutdown);

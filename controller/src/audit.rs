@@ -36,6 +36,7 @@ async fn audit_one(
             let mut request = tonic::Request::new(agent_pb::InspectRequest {
                 containers: Vec::new(),
                 skip_ownership,
+                with_users: false,
             });
             request.set_timeout(timeout);
             match tokio::time::timeout(timeout, client.inspect(request)).await {

@@ -65,6 +65,26 @@ pub struct ContainerReport {
     pub pod: Option<String>,
     /// Problems with this container that did not stop the inspection.
     pub errors: Vec<String>,
+    /// A digest of the configuration (a saved plan against another is stale).
+    #[serde(default)]
+    pub config_fingerprint: String,
+    /// The container's own users, when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<ImageUser>,
+    /// Containers it shares a namespace or volumes with, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<String>,
+    #[serde(default)]
+    pub auto_remove: bool,
+    #[serde(default)]
+    pub stop_timeout_secs: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl ContainerReport {

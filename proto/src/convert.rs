@@ -86,6 +86,19 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             compose_service: c.compose_service.unwrap_or_default(),
             pod: c.pod.unwrap_or_default(),
             errors: c.errors,
+            config_fingerprint: c.config_fingerprint,
+            users: c
+                .users
+                .into_iter()
+                .map(|u| pb::ImageUser {
+                    name: u.name,
+                    uid: u.uid,
+                    gid: u.gid,
+                })
+                .collect(),
+            linked: c.linked,
+            auto_remove: c.auto_remove,
+            stop_timeout_secs: c.stop_timeout_secs,
         }
     }
 }
@@ -105,6 +118,19 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             compose_service: non_empty(c.compose_service),
             pod: non_empty(c.pod),
             errors: c.errors,
+            config_fingerprint: c.config_fingerprint,
+            users: c
+                .users
+                .into_iter()
+                .map(|u| domain::ImageUser {
+                    name: u.name,
+                    uid: u.uid,
+                    gid: u.gid,
+                })
+                .collect(),
+            linked: c.linked,
+            auto_remove: c.auto_remove,
+            stop_timeout_secs: c.stop_timeout_secs,
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct AgentOptions {
     pub engine_socket: PathBuf,
     pub inspect_cache: bool,
     pub hostname: String,
+    /// Only containers with this label are the agent's.
+    pub scope: Option<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -42,6 +44,7 @@ impl Default for AgentOptions {
             engine_socket: engine_socket(),
             inspect_cache: true,
             hostname: "test-host".into(),
+            scope: None,
         }
     }
 }
@@ -59,6 +62,7 @@ pub fn agent_config(tls: TlsFiles, options: &AgentOptions, state_dir: PathBuf) -
         // Tests change files between audits: never serve an old summary.
         ownership_cache_ttl: Duration::ZERO,
         users: Default::default(),
+        scope: options.scope.clone(),
     }
 }
 

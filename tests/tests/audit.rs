@@ -779,3 +779,89 @@ async fn the_cache_catches_up_with_the_engine_without_the_event_stream() {
     let ids = cache.current_ids(conn).await.expect("warm");
     assert!(!ids.contains(&id), "a removed container is gone");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planning_facts_scope_users_links_and_a_fingerprint_that_notices_changes() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let host_label = unique("h");
+    let labelled = |cmd: &[&str]| ContainerCreateBody {
+        labels: Some(HashMap::from([(
+            "fleet.test.host".to_string(),
+            host_label.clone(),
+        )])),
+        ..body(&image, cmd)
+    };
+    let (mine, sidecar, other) = (unique("mine"), unique("sidecar"), unique("other"));
+    let mine_id = scope.run(&mine, labelled(&["sleep", "1000"])).await;
+    scope
+        .run(
+            &sidecar,
+            ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    network_mode: Some(format!("container:{mine_id}")),
+                    ..Default::default()
+                }),
+                ..labelled(&["sleep", "1000"])
+            },
+        )
+        .await;
+    scope.run(&other, body(&image, &["sleep", "1000"])).await;
+    let pki = TestPki::new();
+    let state = tempfile::tempdir().unwrap();
+    let options = AgentOptions {
+        scope: Some(("fleet.test.host".into(), host_label.clone())),
+        ..Default::default()
+    };
+    let config =
+        fleet_tests::servers::agent_config(pki.files("agent"), &options, state.path().into());
+    let shutdown = fleet_core::CancellationToken::new();
+    let inspector = fleet_agent::start_inspector(&config, &shutdown);
+    let opts = fleet_agent::inspect::InspectOptions {
+        with_users: true,
+        skip_ownership: true,
+        ..Default::default()
+    };
+    let report = inspector.inspect(&opts).await.unwrap();
+    let names: Vec<&str> = report.containers.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&mine.as_str()) && names.contains(&sidecar.as_str()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&other.as_str()),
+        "another agent's container is not seen"
+    );
+    let c = report.containers.iter().find(|c| c.name == mine).unwrap();
+    let users: Vec<(String, u32)> = c.users.iter().map(|u| (u.name.clone(), u.uid)).collect();
+    assert_eq!(users, [("svc".to_string(), 999), ("app".to_string(), 1000)]);
+    assert_eq!(c.linked, vec![sidecar.clone()]);
+    let before = c.config_fingerprint.clone();
+    assert_eq!(before.len(), 16);
+    docker
+        .update_container(
+            &mine_id,
+            bollard::models::ContainerUpdateBody {
+                restart_policy: Some(bollard::models::RestartPolicy {
+                    name: Some(bollard::models::RestartPolicyNameEnum::ALWAYS),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let after = inspector.inspect(&opts).await.unwrap();
+    let changed = &after
+        .containers
+        .iter()
+        .find(|c| c.name == mine)
+        .unwrap()
+        .config_fingerprint;
+    assert_ne!(
+        changed, &before,
+        "a changed configuration changes the fingerprint"
+    );
+    shutdown.cancel();
+}
