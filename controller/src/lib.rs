@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod error;
 pub mod inventory;
+pub mod policy;
 pub mod service;
 pub mod store;
 
