@@ -283,7 +283,8 @@ impl RunJournal {
                     other => other,
                 },
                 (Event::Undone { .. }, Some(state)) => StepState::Undone { kind: state.kind() },
-                // An undo that failed leaves the step as it was before the undo.
+                // An undo that failed leaves the step undoing; undoing it
+                // again is safe (every undo is idempotent).
                 (Event::UndoFailed { .. }, Some(state)) => state,
                 (_, Some(state)) => state,
                 (_, None) => continue,
@@ -335,19 +336,21 @@ pub(crate) fn truncate_torn_tail(path: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Reads records; a torn last line (a crash mid-write) is dropped, which is
-/// safe because nothing acts on a record before it is fully synced.
+/// Reads records. The torn tail was cut already, so a line that does not
+/// parse is damage in the middle: refuse rather than silently lose a
+/// step (an unreadable intent would be invisible to a rollback).
 fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
     let reader = BufReader::new(File::open(path)?);
     let mut records = Vec::new();
-    for line in reader.lines() {
+    for (n, line) in reader.lines().enumerate() {
         let line = line?;
-        match serde_json::from_str::<Record>(&line) {
-            Ok(record) => records.push(record),
-            Err(e) => {
-                tracing::warn!(journal = %path.display(), error = %e, "ignoring a torn journal line");
-            }
-        }
+        let record = serde_json::from_str::<Record>(&line).map_err(|e| {
+            std::io::Error::other(format!(
+                "line {} is damaged ({e}); repair or move the journal aside",
+                n + 1
+            ))
+        })?;
+        records.push(record);
     }
     Ok(records)
 }

@@ -430,6 +430,7 @@ pub async fn execute(
     plan: &RecreatePlan,
 ) -> Result<RecreateOutcome, ContainerError> {
     let stopped_at_ms = now_ms();
+    let mut created: Option<String> = None;
     let result = async {
         if plan.was_running {
             api.stop(&plan.old_id, plan.stop_timeout).await?;
@@ -441,6 +442,7 @@ pub async fn execute(
             api.disconnect(net, &plan.old_id).await?;
         }
         let new_id = api.create(&plan.name, &plan.create_body).await?;
+        created = Some(new_id.clone());
         for (net, endpoint) in &plan.extra_networks {
             api.connect(net, &new_id, endpoint).await?;
         }
@@ -456,25 +458,50 @@ pub async fn execute(
             started_at_ms: now_ms(),
         }),
         Err(e) => {
-            if let Err(undo) = undo(api, plan).await {
+            if let Err(undo) = undo(api, plan, created.as_deref()).await {
                 tracing::error!(error = %undo, "undoing a failed recreate failed too");
+                return Err(ContainerError::Verify(format!(
+                    "{e}; and putting the old container back failed: {undo} (fleet-agent rollback retries)"
+                )));
             }
             Err(e)
         }
     }
 }
 
+/// Whether `doc` is the container this plan created: when its id was not
+/// recorded (a crash right after create), it is recognised by what the
+/// plan gave it, so a container someone else made under the name since is
+/// never removed.
+fn made_by(plan: &RecreatePlan, doc: &Value) -> bool {
+    str_at(doc, "/Id") != plan.old_id
+        && doc.pointer("/Config/User") == plan.create_body.get("User")
+        && doc.pointer("/Config/Image") == plan.create_body.get("Image")
+}
+
 /// Puts the old container back, from whatever state the recreate reached:
 /// removes a new container holding the name, renames the old one back,
 /// restores its restart policy and static addresses, and starts it if it
 /// was running. Safe to repeat.
-pub async fn undo(api: &Api<'_>, plan: &RecreatePlan) -> Result<(), ContainerError> {
-    match api.inspect(&plan.name).await {
-        Ok(current) if str_at(&current, "/Id") != plan.old_id => {
-            api.remove(str_at(&current, "/Id")).await?;
-        }
-        Ok(_) | Err(ContainerError::NotFound(_)) => {}
-        Err(e) => return Err(e),
+pub async fn undo(
+    api: &Api<'_>,
+    plan: &RecreatePlan,
+    new_id: Option<&str>,
+) -> Result<(), ContainerError> {
+    match new_id {
+        Some(new_id) => api.remove(new_id).await?,
+        None => match api.inspect(&plan.name).await {
+            Ok(current) if made_by(plan, &current) => api.remove(str_at(&current, "/Id")).await?,
+            Ok(current) if str_at(&current, "/Id") != plan.old_id => {
+                return Err(ContainerError::Refused(vec![format!(
+                    "the name {} is held by container {}, which this recreate did not make; rename or remove it, then roll back again",
+                    plan.name,
+                    str_at(&current, "/Id")
+                )]));
+            }
+            Ok(_) | Err(ContainerError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        },
     }
     let old = match api.inspect(&plan.old_id).await {
         Ok(old) => old,

@@ -128,6 +128,9 @@ pub struct OwnedMount {
     pub root: String,
     pub destination: String,
     pub manifest: String,
+    /// The root's (device, inode) when the step was decided.
+    #[serde(default)]
+    pub identity: Option<(u64, u64)>,
 }
 
 /// Intents: what each step decided before acting.
@@ -297,7 +300,16 @@ impl StepRunner {
                 }
                 self.undo_recorded(recorded, &request, None).await?;
             }
-            Some(StepState::Failed { .. }) | None => {}
+            // A failed attempt put back what it had done, unless that
+            // failed too: make sure before trying again.
+            Some(StepState::Failed {
+                kind: recorded,
+                request,
+                ..
+            }) => {
+                self.undo_recorded(recorded, &request, None).await?;
+            }
+            None => {}
         }
         let intent = self.prepare(&journal, step, &spec).await?;
         journal.append(
@@ -563,8 +575,19 @@ impl StepRunner {
                 .get("Source")
                 .and_then(|s| s.as_str())
                 .unwrap_or_default();
-            let canonical = match std::fs::canonicalize(source) {
-                Ok(p) => p,
+            let path = PathBuf::from(source);
+            // The path as the engine has it, with no symlink anywhere in it:
+            // a container able to write a parent of it could have planted one.
+            let opened =
+                crate::remap::walk::open_mount_root(&path).and_then(|fd| rustix::fs::fstat(&fd));
+            let identity = match opened {
+                Ok(stat) => (stat.st_dev, stat.st_ino),
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => {
+                    refusals.push(format!(
+                        "{destination}: host path {source} has a symbolic link in it; fleet never follows one (point the mount at the real directory)"
+                    ));
+                    continue;
+                }
                 Err(e) => {
                     refusals.push(format!(
                         "{destination}: host path {source} is not usable: {e}"
@@ -572,21 +595,19 @@ impl StepRunner {
                     continue;
                 }
             };
-            if let Some(reason) = guard.refusal(&canonical) {
-                refusals.push(format!(
-                    "{destination}: {} is refused: {reason}",
-                    canonical.display()
-                ));
+            if let Some(reason) = guard.refusal(&path) {
+                refusals.push(format!("{destination}: {source} is refused: {reason}"));
                 continue;
             }
             let index = owned.len();
             owned.push(OwnedMount {
-                root: canonical.display().to_string(),
+                root: source.to_string(),
                 destination,
                 manifest: step_dir
                     .join(format!("mount-{index}.jsonl"))
                     .display()
                     .to_string(),
+                identity: Some(identity),
             });
         }
         Ok((owned, refusals))
@@ -730,6 +751,7 @@ impl StepRunner {
                 skip_if_root_owned_by: intent.skip_if_root_matches,
                 batch: 8192,
                 threads: 0,
+                expect_root: mount.identity,
             };
             let mount_for_walk = mount.clone();
             let tx = progress.clone();
@@ -811,7 +833,10 @@ impl StepRunner {
             }
             StepKind::Recreate => {
                 let plan: RecreatePlan = from_value(intent)?;
-                recreate::undo(&api, &plan).await?;
+                let new_id = outcome
+                    .and_then(|o| o.get("new_id"))
+                    .and_then(|v| v.as_str());
+                recreate::undo(&api, &plan, new_id).await?;
                 Ok(json!({ "restored": plan.old_id }))
             }
             StepKind::Ownership => {
@@ -885,22 +910,9 @@ impl StepRunner {
                     undone: true,
                 });
             }
-            StepState::Failed { .. } => {
-                journal.append(step, Event::UndoIntent)?;
-                journal.append(
-                    step,
-                    Event::Undone {
-                        note: "the step failed and had put things back itself".into(),
-                    },
-                )?;
-                return Ok(StepResult {
-                    step: step.into(),
-                    kind,
-                    replayed: false,
-                    outcome: json!("nothing to undo"),
-                    undone: true,
-                });
-            }
+            // A failed step put back what it had done, unless that failed
+            // too: its undo (idempotent) runs anyway.
+            StepState::Failed { request, .. } => (request, None),
             StepState::Done {
                 request, outcome, ..
             } => (request, Some(outcome)),

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -83,61 +82,16 @@ pub struct UserOutcome {
     pub notes: Vec<String>,
 }
 
-/// `svc-` + the service name lowercased, every other character than
-/// a-z 0-9 _ - made '-', repeats collapsed, '-' trimmed; longer than 32
-/// characters in all, it is cut and ends in '-' + 6 hex of its sha256.
-pub fn derive_name(service: &str) -> String {
-    let mut cleaned = String::new();
-    for c in service.to_lowercase().chars() {
-        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-            c
-        } else {
-            '-'
-        };
-        if !(c == '-' && cleaned.ends_with('-')) {
-            cleaned.push(c);
-        }
-    }
-    let cleaned = cleaned.trim_matches('-');
-    let cleaned = if cleaned.is_empty() {
-        "service"
-    } else {
-        cleaned
-    };
-    let name = format!("svc-{cleaned}");
-    if name.len() <= 32 {
-        return name;
-    }
-    let digest = hex::encode(Sha256::digest(service.as_bytes()));
-    format!(
-        "svc-{}-{}",
-        &cleaned[..21].trim_end_matches('-'),
-        &digest[..6]
-    )
-}
+/// The one naming rule for dedicated users (shared with the controller's
+/// planner): see `fleet_core::names`.
+pub use fleet_core::names::derive_user_name as derive_name;
 
 /// What useradd accepts (and Debian's default NAME_REGEX), at most 32 chars.
 pub fn validate_name(name: &str) -> Result<(), UserError> {
-    let bad = |reason: &str| UserError::InvalidName {
+    fleet_core::names::validate_user_name(name).map_err(|reason| UserError::InvalidName {
         name: name.to_string(),
-        reason: reason.to_string(),
-    };
-    if name.is_empty() || name.len() > 32 {
-        return Err(bad("use 1 to 32 characters"));
-    }
-    let mut chars = name.chars();
-    let first = chars.next().unwrap_or('0');
-    if !(first.is_ascii_lowercase() || first == '_') {
-        return Err(bad("start with a lowercase letter or '_'"));
-    }
-    let body_ok = name
-        .trim_end_matches('$')
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !body_ok {
-        return Err(bad("use only a-z, 0-9, '_' and '-' (and a final '$')"));
-    }
-    Ok(())
+        reason,
+    })
 }
 
 #[derive(Debug, Clone)]

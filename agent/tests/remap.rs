@@ -29,6 +29,7 @@ fn options(mapping: IdMapping) -> RemapOptions {
         skip_if_root_owned_by: None,
         batch: 7,
         threads: 0,
+        expect_root: None,
     }
 }
 
@@ -92,7 +93,8 @@ fn remap_then_undo_restores_everything_byte_for_byte() {
     assert_eq!(after["data/host-hardlink"].uid, 0);
     assert_eq!(report.refused_hardlinks.len(), 1);
     assert!(
-        report.refused_hardlinks[0].starts_with("data/host-hardlink (1 of its 2 names"),
+        report.refused_hardlinks[0]
+            .starts_with("data/host-hardlink (not all of its names are in the tree"),
         "{report:?}"
     );
     assert_eq!(after["data/inner-hardlink"].uid, 2000);
@@ -291,4 +293,176 @@ fn a_racing_process_swapping_directories_for_symlinks_cannot_lead_the_walk_out()
         "nothing outside the tree changed owner"
     );
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn a_symlink_anywhere_in_the_mount_path_is_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let real = base.path().join("real/data");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("f"), b"x").unwrap();
+    // What a container that can write a mount's parent could plant.
+    std::os::unix::fs::symlink(base.path().join("real"), base.path().join("planted")).unwrap();
+    let via_link = base.path().join("planted/data");
+    let err = remap(
+        &via_link,
+        &base.path().join("m"),
+        &options(mapping(&[(0, 2000)])),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemapError::SymlinkInPath { .. }), "{err}");
+    assert_eq!(snapshot(&real)["f"].uid, 0, "nothing changed");
+}
+
+#[test]
+fn a_single_setuid_file_mount_keeps_its_bits_and_comes_back_exactly() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("tool");
+    std::fs::write(&file, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    rustix::fs::setxattr(
+        &file,
+        "security.capability",
+        &support::net_bind_capability(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let before = std::fs::symlink_metadata(&file).unwrap();
+    let manifest = base.path().join("m");
+    remap(&file, &manifest, &options(mapping(&[(0, 2000)])), &|_| {}).unwrap();
+    let after = std::fs::symlink_metadata(&file).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((after.uid(), after.mode() & 0o7777), (2000, 0o4755));
+    undo(&file, &manifest).unwrap();
+    let back = std::fs::symlink_metadata(&file).unwrap();
+    assert_eq!((back.uid(), back.mode()), (before.uid(), before.mode()));
+    let mut cap = [0u8; 64];
+    let n = rustix::fs::getxattr(&file, "security.capability", &mut cap[..]).unwrap();
+    assert_eq!(
+        &cap[..n],
+        support::net_bind_capability().as_slice(),
+        "the capability survived the probe and the round trip"
+    );
+}
+
+#[test]
+fn a_fifo_linked_from_outside_is_refused_too() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    let outside = base.path().join("host");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        outside.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    std::fs::hard_link(outside.join("pipe"), root.join("pipe")).unwrap();
+    let report = remap(
+        &root,
+        &base.path().join("m"),
+        &options(mapping(&[(0, 2000)])),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(report.refused_hardlinks.len(), 1, "{report:?}");
+    assert_eq!(snapshot(&outside)["pipe"].uid, 0);
+}
+
+#[test]
+fn undo_never_touches_a_file_that_took_a_recorded_inode_number() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("old"), b"x").unwrap();
+    let manifest = base.path().join("m");
+    remap(&root, &manifest, &options(mapping(&[(0, 2000)])), &|_| {}).unwrap();
+    // A file made after the remap, owned by the service user; pretend the
+    // manifest's record of `old` points at its inode (a reused number).
+    std::fs::write(root.join("new"), b"y").unwrap();
+    std::os::unix::fs::chown(root.join("new"), Some(2000), Some(2000)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let (old_ino, new_ino) = (
+        std::fs::metadata(root.join("old")).unwrap().ino(),
+        std::fs::metadata(root.join("new")).unwrap().ino(),
+    );
+    std::fs::remove_file(root.join("old")).unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            &format!("\"ino\":{old_ino},"),
+            &format!("\"ino\":{new_ino},"),
+        ),
+    )
+    .unwrap();
+    let report = undo(&root, &manifest).unwrap();
+    assert_eq!(report.impostors, vec!["new".to_string()], "{report:?}");
+    assert_eq!(
+        snapshot(&root)["new"].uid,
+        2000,
+        "the new file keeps its owner"
+    );
+}
+
+#[test]
+fn undo_restores_the_first_record_of_an_entry() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f"), b"x").unwrap();
+    let before = snapshot(&root);
+    let manifest = base.path().join("m");
+    remap(
+        &root,
+        &manifest,
+        &options(mapping(&[(0, 1000), (1000, 1001)])),
+        &|_| {},
+    )
+    .unwrap();
+    // A later record of the same entry (as a walk that saw it twice would
+    // write) must not win over the first.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let record = text
+        .lines()
+        .find(|l| l.contains("\"p\":\"f\""))
+        .unwrap()
+        .to_string();
+    let later = record.replace("\"uid\":0,", "\"uid\":1000,");
+    std::fs::write(&manifest, format!("{text}{later}\n")).unwrap();
+    undo(&root, &manifest).unwrap();
+    assert_eq!(snapshot(&root), before);
+}
+
+#[test]
+fn a_bind_mount_of_the_same_filesystem_inside_the_tree_is_not_entered() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    let elsewhere = base.path().join("elsewhere");
+    std::fs::create_dir_all(root.join("mnt")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("host-file"), b"x").unwrap();
+    mount(&[
+        "--bind",
+        elsewhere.to_str().unwrap(),
+        root.join("mnt").to_str().unwrap(),
+    ]);
+    let result = remap(
+        &root,
+        &base.path().join("m"),
+        &options(mapping(&[(0, 2000)])),
+        &|_| {},
+    );
+    let uid = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(elsewhere.join("host-file")).unwrap(),
+    );
+    umount(&root.join("mnt"));
+    let report = result.unwrap();
+    assert_eq!(report.other_filesystems, vec!["mnt".to_string()]);
+    assert_eq!(uid, 0, "same device number, other mount: not entered");
 }

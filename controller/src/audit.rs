@@ -15,11 +15,11 @@ pub async fn audit_hosts(
     pool: &AgentPool,
     hosts: Vec<Host>,
     timeout: Duration,
-    skip_ownership: bool,
+    ask: agent_pb::InspectRequest,
 ) -> Vec<pb::HostAudit> {
     let audits = hosts
         .into_iter()
-        .map(|host| audit_one(pool, host, timeout, skip_ownership));
+        .map(|host| audit_one(pool, host, timeout, ask.clone()));
     futures::future::join_all(audits).await
 }
 
@@ -27,17 +27,13 @@ async fn audit_one(
     pool: &AgentPool,
     host: Host,
     timeout: Duration,
-    skip_ownership: bool,
+    ask: agent_pb::InspectRequest,
 ) -> pb::HostAudit {
     let started = Instant::now();
     let outcome = match pool.client(&host) {
         Err(e) => host_error(Kind::Unreachable, e.to_string()),
         Ok(mut client) => {
-            let mut request = tonic::Request::new(agent_pb::InspectRequest {
-                containers: Vec::new(),
-                skip_ownership,
-                with_users: false,
-            });
+            let mut request = tonic::Request::new(ask);
             request.set_timeout(timeout);
             match tokio::time::timeout(timeout, client.inspect(request)).await {
                 Ok(Ok(response)) => pb::host_audit::Outcome::Report(response.into_inner()),

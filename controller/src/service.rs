@@ -218,7 +218,12 @@ impl pb::controller_server::Controller for ControllerService {
             self.state.audit_timeout
         };
         let span = tracing::info_span!("audit", caller = %caller.name, hosts = hosts.len());
-        let hosts = audit_hosts(&self.state.pool, hosts, timeout, request.skip_ownership)
+        let ask = fleet_proto::agent::v1::InspectRequest {
+            containers: Vec::new(),
+            skip_ownership: request.skip_ownership,
+            with_users: false,
+        };
+        let hosts = audit_hosts(&self.state.pool, hosts, timeout, ask)
             .instrument(span)
             .await;
         Ok(Response::new(pb::FleetAudit { hosts }))

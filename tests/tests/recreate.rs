@@ -220,7 +220,9 @@ async fn recreate_preserves_every_field_but_user_and_undo_brings_back_the_same_c
         "the checkpoint never comes back by itself"
     );
 
-    recreate::undo(&api, &plan).await.unwrap();
+    recreate::undo(&api, &plan, Some(&outcome.new_id))
+        .await
+        .unwrap();
     let restored = api.inspect(&name).await.unwrap();
     assert_eq!(
         restored["Id"],
@@ -243,7 +245,48 @@ async fn recreate_preserves_every_field_but_user_and_undo_brings_back_the_same_c
         "the new container is gone"
     );
     // Undo is safe to repeat.
-    recreate::undo(&api, &plan).await.unwrap();
+    recreate::undo(&api, &plan, Some(&outcome.new_id))
+        .await
+        .unwrap();
+
+    // A crash right after create leaves no new id in the journal: the undo
+    // then removes the container holding the name only if it is the one
+    // the plan made, never one someone else created since.
+    let again = recreate::execute(&api, &plan).await.unwrap();
+    scope
+        .docker()
+        .remove_container(
+            &again.new_id,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let foreign = scope.create(&name, body(&image, &["sleep", "3600"])).await;
+    let err = recreate::undo(&api, &plan, None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("which this recreate did not make"),
+        "{err}"
+    );
+    assert!(
+        api.inspect(&foreign).await.is_ok(),
+        "the foreign container is untouched"
+    );
+    scope
+        .docker()
+        .remove_container(
+            &foreign,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    recreate::undo(&api, &plan, None).await.unwrap();
+    assert_eq!(api.inspect(&name).await.unwrap()["Id"], old_id.as_str());
 }
 
 fn scope_track(_scope: &Scope, _id: &str) {

@@ -141,14 +141,10 @@ fn sys<'a>(what: &'static str, root: &'a Path) -> impl Fn(Errno) -> ArchiveError
     }
 }
 
+/// A mount's root, refusing a symlink anywhere in its path (see
+/// `walk::open_mount_root`).
 fn open_root(root: &Path) -> Result<OwnedFd, ArchiveError> {
-    openat(
-        CWD,
-        root,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("open", root))
+    walk::open_mount_root(root).map_err(sys("open (no symlink may be in the path)", root))
 }
 
 /// Every xattr of an entry (none for symlinks).
@@ -753,7 +749,14 @@ pub fn restore_mount(
                 let target = decode_link(item.link.as_deref().unwrap_or_default());
                 let (tparent, tname) = parent_of(&target);
                 let Some(tdir) = dirs.get(&tparent) else {
-                    continue;
+                    return Err(ArchiveError::Manifest {
+                        path: manifest.display().to_string(),
+                        reason: format!(
+                            "{} links to {}, which the archive never made",
+                            String::from_utf8_lossy(&path),
+                            String::from_utf8_lossy(&target)
+                        ),
+                    });
                 };
                 linkat(
                     tdir,
@@ -825,11 +828,16 @@ pub fn restore_mount(
             continue;
         }
         let Some(dir) = dirs.get(&parent) else {
-            continue;
+            return Err(ArchiveError::Manifest {
+                path: manifest.display().to_string(),
+                reason: format!(
+                    "{}: its directory was never restored",
+                    String::from_utf8_lossy(&path)
+                ),
+            });
         };
-        let Ok(fd) = walk::open_path_nofollow(dir, &name) else {
-            continue;
-        };
+        let fd =
+            walk::open_path_nofollow(dir, &name).map_err(sys("reopen restored entry", root))?;
         apply_metadata(&fd, Some((dir, &name)), item).map_err(sys("set metadata", root))?;
     }
     if let Some(listing) = dirs.get(&Vec::new()) {
@@ -845,12 +853,23 @@ fn restore_single_file(
 ) -> Result<RestoreOutcome, ArchiveError> {
     let mut tar = archive_reader(archive)?;
     let mut outcome = RestoreOutcome::default();
+    // Only ever a regular file, reopened through the descriptor that was
+    // checked: a FIFO would hang the restore, a device would be opened.
+    let path_fd = open_root(root)?;
+    let stat = fstat(&path_fd).map_err(sys("stat", root))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(ArchiveError::Manifest {
+            path: root.display().to_string(),
+            reason: "the mount is no longer a regular file; nothing was restored".into(),
+        });
+    }
     if let Some(entry) = tar.entries().map_err(io_err("read", archive))?.next() {
         let mut entry = entry.map_err(io_err("read", archive))?;
+        let proc_path = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
         let fd = openat(
             CWD,
-            root,
-            OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            proc_path.as_str(),
+            OFlags::WRONLY | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOCTTY,
             Mode::empty(),
         )
         .map_err(sys("open", root))?;
@@ -860,8 +879,7 @@ fn restore_single_file(
         outcome.entries = 1;
     }
     if let Some(item) = items.first() {
-        let fd = open_root(root)?;
-        apply_metadata(&fd, None, item).map_err(sys("set metadata", root))?;
+        apply_metadata(&path_fd, None, item).map_err(sys("set metadata", root))?;
     }
     Ok(outcome)
 }

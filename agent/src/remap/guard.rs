@@ -6,8 +6,27 @@
 use std::path::{Path, PathBuf};
 
 const SENSITIVE: &[&str] = &[
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
-    "/sys", "/usr",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/spool",
+    "/var/mail",
+];
+
+/// Directories that hold other people's trees: refused themselves (a
+/// project under them is fine).
+const SHARED_PARENTS: &[&str] = &[
+    "/home", "/var", "/var/lib", "/srv", "/opt", "/mnt", "/media", "/tmp", "/var/tmp",
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -26,6 +45,12 @@ impl MountGuard {
     pub fn refusal(&self, path: &Path) -> Option<String> {
         if path == Path::new("/") {
             return Some("it is the host's root directory".into());
+        }
+        if SHARED_PARENTS.iter().any(|p| path == Path::new(p)) {
+            return Some(format!(
+                "{} holds other users' or services' files",
+                path.display()
+            ));
         }
         let mut protected: Vec<PathBuf> = SENSITIVE.iter().map(PathBuf::from).collect();
         protected.extend(self.engine_socket.iter().cloned());

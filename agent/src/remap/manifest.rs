@@ -16,6 +16,9 @@ pub struct Header {
     pub version: u32,
     pub root: String,
     pub device: u64,
+    /// The root's inode: an undo refuses a root that is not this one.
+    #[serde(default)]
+    pub ino: u64,
     pub mapping: IdMapping,
 }
 
@@ -61,6 +64,11 @@ pub struct Change {
     /// system.posix_acl_default, hex, when the remap rewrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dacl: Option<String>,
+    /// Birth time (ns), where the filesystem keeps one: with the file type
+    /// (in `mode`), it tells the recorded inode from a new one that reused
+    /// its number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<i128>,
 }
 
 impl Change {
@@ -90,11 +98,15 @@ pub struct ManifestWriter {
 impl ManifestWriter {
     /// Opens for appending; writes `header` if the file is new.
     pub fn open(path: &Path, header: &Header) -> std::io::Result<Self> {
-        let fresh = !path.exists() || std::fs::metadata(path)?.len() == 0;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+            // The step directory's own name must survive a crash too.
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
         }
         crate::journal::truncate_torn_tail(path)?;
+        let fresh = !path.exists() || std::fs::metadata(path)?.len() == 0;
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let mut writer = ManifestWriter {
             path: path.to_path_buf(),

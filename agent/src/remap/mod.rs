@@ -16,14 +16,14 @@ pub mod meta;
 mod sys;
 pub mod walk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rustix::fs::{CWD, FileType, Mode, OFlags, StatVfsMountFlags, fstat, fstatvfs, openat};
+use rustix::fs::{FileType, StatVfsMountFlags, fstat, fstatvfs};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,9 @@ pub struct RemapOptions {
     pub batch: usize,
     /// Walk threads; 0 means one per core.
     pub threads: usize,
+    /// The (device, inode) the root had when the step was decided: a root
+    /// that is now another directory is refused.
+    pub expect_root: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +141,10 @@ pub struct UndoReport {
     pub restored: u64,
     /// Entries of the manifest no longer in the tree (deleted since).
     pub missing: Vec<String>,
+    /// Recorded inode numbers now held by other files (the recorded file
+    /// was deleted and its number reused): left untouched.
+    #[serde(default)]
+    pub impostors: Vec<String>,
     pub millis: u64,
 }
 
@@ -166,6 +173,24 @@ pub enum RemapError {
     },
     #[error("the manifest {path} belongs to another tree or mapping; refusing to mix them")]
     ManifestMismatch { path: String },
+    #[error(
+        "{root} has a symbolic link in its path: fleet never follows one (a container could have planted it); point the mount at the real directory"
+    )]
+    SymlinkInPath { root: String },
+    #[error("{root} is a device node: its ownership is never changed")]
+    DeviceRoot { root: String },
+    #[error(
+        "{root} is no longer the directory the step was decided on (it was replaced); nothing was changed"
+    )]
+    RootReplaced { root: String },
+    #[error(
+        "{count} entries under {root} kept changing while they were walked (a racing container?): {first}"
+    )]
+    KeptRacing {
+        root: String,
+        count: usize,
+        first: String,
+    },
 }
 
 fn display(path: &[u8]) -> String {
@@ -177,37 +202,36 @@ fn display(path: &[u8]) -> String {
 }
 
 fn open_root(root: &Path) -> Result<OwnedFd, RemapError> {
-    openat(
-        CWD,
-        root,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| RemapError::Open {
-        root: root.display().to_string(),
-        errno,
+    walk::open_mount_root(root).map_err(|errno| match errno {
+        Errno::LOOP | Errno::XDEV => RemapError::SymlinkInPath {
+            root: root.display().to_string(),
+        },
+        errno => RemapError::Open {
+            root: root.display().to_string(),
+            errno,
+        },
     })
 }
 
 /// Refuses, before anything changes, a tree that cannot be changed.
-fn preflight(root_fd: &OwnedFd, root: &Path) -> Result<(), RemapError> {
+fn preflight(root_fd: &OwnedFd, root: &Path, stat: &rustix::fs::Stat) -> Result<(), RemapError> {
     let root_text = root.display().to_string();
-    let probe = walk::open_dir_from_path_fd(root_fd).or_else(|_| {
-        // A single-file mount: statvfs through the O_PATH descriptor's inode.
-        rustix::fs::openat(root_fd, "", OFlags::PATH, Mode::empty())
-    });
-    if let Ok(fd) = probe
-        && let Ok(vfs) = fstatvfs(&fd)
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if matches!(kind, FileType::BlockDevice | FileType::CharacterDevice) {
+        return Err(RemapError::DeviceRoot { root: root_text });
+    }
+    if let Ok(vfs) = fstatvfs(root_fd)
         && vfs.f_flag.contains(StatVfsMountFlags::RDONLY)
     {
         return Err(RemapError::ReadOnly { root: root_text });
     }
-    let stat = fstat(root_fd).map_err(|errno| RemapError::Open {
-        root: root_text.clone(),
-        errno,
-    })?;
-    // A no-op chown: root_squash and friends refuse it, and then nothing
-    // has been touched yet.
+    if kind != FileType::Directory {
+        // A chown of a file, even to its own owner, clears its setuid bits
+        // and capabilities: no probe before they are recorded.
+        return Ok(());
+    }
+    // A no-op chown of the directory: root_squash and friends refuse it,
+    // and then nothing has been touched yet.
     match meta::chown(root_fd, stat.st_uid, stat.st_gid) {
         Ok(()) => Ok(()),
         Err(Errno::ROFS) => Err(RemapError::ReadOnly { root: root_text }),
@@ -218,8 +242,29 @@ fn preflight(root_fd: &OwnedFd, root: &Path) -> Result<(), RemapError> {
     }
 }
 
-/// The access and default ACLs rewritten for the new ids, where they change.
-type RemappedAcls = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// The birth time of an entry, where the filesystem keeps one.
+fn birth_time(fd: &OwnedFd) -> Option<i128> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let stx = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
+    StatxFlags::from_bits_retain(stx.stx_mask)
+        .contains(StatxFlags::BTIME)
+        .then(|| {
+            i128::from(stx.stx_btime.tv_sec) * 1_000_000_000 + i128::from(stx.stx_btime.tv_nsec)
+        })
+}
+
+/// Whether `entry` is the inode `change` recorded, not another that
+/// reused its number since: same type, same birth time where known.
+fn same_inode(entry: &Entry, change: &Change) -> bool {
+    const TYPE_MASK: u32 = 0o170000;
+    if entry.stat.st_mode & TYPE_MASK != change.mode & TYPE_MASK {
+        return false;
+    }
+    match change.btime {
+        Some(recorded) => birth_time(&entry.fd) == Some(recorded),
+        None => true,
+    }
+}
 
 struct Pending {
     entry: Entry,
@@ -229,10 +274,11 @@ struct Pending {
     recorded: bool,
 }
 
+/// A non-directory with more than one name: changed only if, just before
+/// the change, every one of its names is a verified name inside the tree.
 struct HardLink {
     path: Vec<u8>,
-    seen: u64,
-    nlink: u64,
+    names: Vec<(std::sync::Arc<OwnedFd>, std::ffi::CString)>,
 }
 
 /// What every remap thread shares.
@@ -241,6 +287,9 @@ struct Shared<'a> {
     root: String,
     writer: Mutex<ManifestWriter>,
     recorded: HashMap<(u64, u64), Change>,
+    /// Entries handled in this walk: one seen twice (renamed across
+    /// directories while the walk ran) is never remapped twice.
+    handled: Mutex<HashSet<(u64, u64)>>,
     entries: AtomicU64,
     changed: AtomicU64,
     bytes: AtomicU64,
@@ -257,6 +306,13 @@ impl Shared<'_> {
             root: self.root.clone(),
             errno,
         }
+    }
+
+    fn first_time(&self, key: (u64, u64)) -> bool {
+        self.handled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key)
     }
 }
 
@@ -297,13 +353,43 @@ impl<'s, 'a> Worker<'s, 'a> {
             });
         }
         let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
+        if matches!(kind, FileType::BlockDevice | FileType::CharacterDevice) {
+            // Never handed to a service user, never recorded.
+            if shared.options.mapping.target(uid, gid).is_some() {
+                self.report.devices_left.push(display(&entry.path));
+            }
+            return Ok(());
+        }
+        if kind != FileType::Directory && entry.stat.st_nlink > 1 {
+            // Judged once every name in the tree has been seen.
+            let link = self.hardlinks.entry(entry.key()).or_insert(HardLink {
+                path: entry.path.clone(),
+                names: Vec::new(),
+            });
+            if let Some(parent) = entry.parent.clone() {
+                link.names.push(parent);
+            }
+            return Ok(());
+        }
+        self.consider_once(entry)
+    }
+
+    fn consider_once(&mut self, entry: Entry) -> Result<(), RemapError> {
+        let shared = self.shared;
+        if !shared.first_time(entry.key()) {
+            return Ok(());
+        }
         if let Some(previous) = shared.recorded.get(&entry.key()) {
-            // Resuming: recorded before the crash. Finish it only if it
-            // still has its old owner; never remap a remapped entry.
+            // Resuming: recorded before the crash. Finish it only if it is
+            // still that inode with its old owner; never remap twice.
             self.report.resumed += 1;
-            if (uid, gid) == (previous.uid, previous.gid) {
+            let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
+            if (uid, gid) == (previous.uid, previous.gid) && same_inode(&entry, previous) {
                 let change = previous.clone();
-                let (new_acl, new_dacl) = self.remapped_acls(&entry)?;
+                // ACLs from what was recorded, not from a half-applied state.
+                let decode = |v: &Option<String>| v.as_ref().and_then(|h| hex::decode(h).ok());
+                let new_acl = self.remap_acl(&decode(&change.acl));
+                let new_dacl = self.remap_acl(&decode(&change.dacl));
                 self.push(Pending {
                     entry,
                     change,
@@ -313,24 +399,6 @@ impl<'s, 'a> Worker<'s, 'a> {
                 })?;
             }
             return Ok(());
-        }
-        match kind {
-            FileType::BlockDevice | FileType::CharacterDevice => {
-                if shared.options.mapping.target(uid, gid).is_some() {
-                    self.report.devices_left.push(display(&entry.path));
-                }
-                return Ok(());
-            }
-            FileType::RegularFile if entry.stat.st_nlink > 1 => {
-                let link = self.hardlinks.entry(entry.key()).or_insert(HardLink {
-                    path: entry.path.clone(),
-                    seen: 0,
-                    nlink: entry.stat.st_nlink,
-                });
-                link.seen += 1;
-                return Ok(());
-            }
-            _ => {}
         }
         self.prepare(entry)
     }
@@ -352,14 +420,6 @@ impl<'s, 'a> Worker<'s, 'a> {
         let mapping = &self.shared.options.mapping;
         old.as_ref()
             .and_then(|v| meta::remap_acl(v, &|u| mapping.map_uid(u), &|g| mapping.map_gid(g)))
-    }
-
-    fn remapped_acls(&self, entry: &Entry) -> Result<RemappedAcls, RemapError> {
-        let names = meta::list_xattrs(entry).map_err(|e| self.shared.io("listxattr", e))?;
-        Ok((
-            self.remap_acl(&self.read_xattr(entry, &names, meta::ACL_ACCESS)?),
-            self.remap_acl(&self.read_xattr(entry, &names, meta::ACL_DEFAULT)?),
-        ))
     }
 
     fn prepare(&mut self, entry: Entry) -> Result<(), RemapError> {
@@ -393,6 +453,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             cap: cap.map(hex::encode),
             acl: new_acl.as_ref().and(old_acl.as_ref()).map(hex::encode),
             dacl: new_dacl.as_ref().and(old_dacl.as_ref()).map(hex::encode),
+            btime: birth_time(&entry.fd),
         };
         change.set_path(&entry.path);
         self.push(Pending {
@@ -509,9 +570,47 @@ fn protected_hardlinks() -> bool {
         .unwrap_or(false)
 }
 
-/// Remaps the tree at `root` (canonical; already cleared by `guard`),
-/// recording every change in `manifest_path` first. Resumes an interrupted
-/// walk from its manifest.
+/// Whether every name of a multiply-linked entry is, right now, a name
+/// inside the tree: each recorded name still resolves to the inode, and
+/// the inode has exactly that many names. A container may add names in the
+/// tree, never outside it; it may remove names, which this notices.
+fn all_names_inside(
+    link: &HardLink,
+    key: (u64, u64),
+) -> Result<Option<(OwnedFd, rustix::fs::Stat)>, Errno> {
+    use rustix::fs::{AtFlags, statat};
+    let mut verified: HashSet<(u64, Vec<u8>)> = HashSet::new();
+    let mut opened = None;
+    for (parent, name) in &link.names {
+        let Ok(stat) = statat(parent.as_ref(), name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if (stat.st_dev, stat.st_ino) != key {
+            continue;
+        }
+        verified.insert((fstat(parent.as_ref())?.st_ino, name.as_bytes().to_vec()));
+        if opened.is_none() {
+            let fd = walk::open_path_nofollow(parent.as_ref(), name.as_bytes())?;
+            let stat = fstat(&fd)?;
+            if (stat.st_dev, stat.st_ino) == key {
+                opened = Some((fd, stat));
+            }
+        }
+    }
+    Ok(match opened {
+        Some((fd, _)) => {
+            // The count is read after the names were verified.
+            let stat = fstat(&fd)?;
+            (stat.st_nlink as usize == verified.len()).then_some((fd, stat))
+        }
+        None => None,
+    })
+}
+
+/// Remaps the tree at `root` (an absolute path without symlinks; already
+/// cleared by `guard`), recording every change in `manifest_path` first.
+/// Resumes an interrupted walk from its manifest; walks again (at most
+/// three times) while a racing container keeps entries from being seen.
 pub fn remap(
     root: &Path,
     manifest_path: &Path,
@@ -519,18 +618,51 @@ pub fn remap(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<RemapReport, RemapError> {
     let started = Instant::now();
+    let mut report = remap_once(root, manifest_path, options, progress)?;
+    for _ in 0..2 {
+        if report.raced.is_empty() || report.skipped_root_already_owned {
+            break;
+        }
+        let again = remap_once(root, manifest_path, options, progress)?;
+        report.raced = again.raced;
+        report.changed += again.changed;
+        report.vanished.extend(again.vanished);
+    }
+    if let Some(first) = report.raced.first() {
+        return Err(RemapError::KeptRacing {
+            root: root.display().to_string(),
+            count: report.raced.len(),
+            first: first.clone(),
+        });
+    }
+    report.millis = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn remap_once(
+    root: &Path,
+    manifest_path: &Path,
+    options: &RemapOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<RemapReport, RemapError> {
     options.mapping.validate()?;
     let root_text = root.display().to_string();
     let root_fd = open_root(root)?;
-    preflight(&root_fd, root)?;
     let root_stat = fstat(&root_fd).map_err(|errno| RemapError::Open {
         root: root_text.clone(),
         errno,
     })?;
+    if let Some(expected) = options.expect_root
+        && expected != (root_stat.st_dev, root_stat.st_ino)
+    {
+        return Err(RemapError::RootReplaced { root: root_text });
+    }
+    preflight(&root_fd, root, &root_stat)?;
     let header = Header {
         version: 1,
         root: root_text.clone(),
         device: root_stat.st_dev,
+        ino: root_stat.st_ino,
         mapping: options.mapping.clone(),
     };
     let manifest_err = |source| RemapError::Manifest {
@@ -547,7 +679,11 @@ pub fn remap(
                 path: manifest_path.display().to_string(),
             });
         }
-        recorded = changes.into_iter().map(|c| (c.key(), c)).collect();
+        for change in changes {
+            // The first record of an entry is the one that holds its
+            // original state.
+            recorded.entry(change.key()).or_insert(change);
+        }
     }
     if recorded.is_empty()
         && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
@@ -563,6 +699,7 @@ pub fn remap(
         root: root_text.clone(),
         writer: Mutex::new(ManifestWriter::open(manifest_path, &header).map_err(manifest_err)?),
         recorded,
+        handled: Mutex::new(HashSet::new()),
         entries: AtomicU64::new(0),
         changed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -570,9 +707,6 @@ pub fn remap(
         batch: batch_size(options.batch, threads(options)),
     };
     let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
-    let root_for_links = root_fd
-        .try_clone()
-        .map_err(|e| shared.io("dup", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     let mut workers: Vec<Worker<'_, '_>> = (0..if is_dir { threads(options) } else { 1 })
         .map(|_| Worker::new(&shared))
         .collect();
@@ -586,8 +720,14 @@ pub fn remap(
             return Err(failure);
         }
         result.map_err(|e| shared.io("walk", e))?;
+    } else if root_stat.st_nlink > 1 {
+        // A single file mounted from the host with other names: they
+        // cannot be looked for, so it is never given away.
+        workers[0].report.refused_hardlinks.push(format!(
+            "{root_text} (a file with {} names; the others could be host files)",
+            root_stat.st_nlink
+        ));
     } else {
-        // A single-file mount (a config file, say).
         workers[0].consider(Entry {
             fd: root_fd,
             stat: root_stat,
@@ -598,8 +738,8 @@ pub fn remap(
     for worker in &mut workers {
         worker.commit()?;
     }
-    // Merge what the threads saw; hard-linked files are judged only now,
-    // once every name of theirs in the tree has been counted.
+    // Merge what the threads saw; multiply-linked entries are judged only
+    // now, once every name of theirs in the tree has been seen.
     let mut report = RemapReport {
         root: root_text.clone(),
         ..Default::default()
@@ -612,9 +752,10 @@ pub fn remap(
         report.raced.extend(r.raced);
         report.devices_left.extend(r.devices_left);
         report.vanished.extend(r.vanished);
+        report.refused_hardlinks.extend(r.refused_hardlinks);
         for (key, link) in worker.hardlinks {
             match hardlinks.get_mut(&key) {
-                Some(existing) => existing.seen += link.seen,
+                Some(existing) => existing.names.extend(link.names),
                 None => {
                     hardlinks.insert(key, link);
                 }
@@ -624,46 +765,38 @@ pub fn remap(
     let allow_outside = protected_hardlinks() && options.allow_protected_hardlinks;
     let mut finisher = Worker::new(&shared);
     for (key, link) in hardlinks {
-        if link.seen < link.nlink && !allow_outside {
-            let what = if is_dir {
-                format!(
-                    "{} ({} of its {} names are in the tree; the others could be host files)",
-                    display(&link.path),
-                    link.seen,
-                    link.nlink
-                )
-            } else {
-                format!(
-                    "{root_text} (a file with {} names; the others could be host files)",
-                    link.nlink
-                )
-            };
-            report.refused_hardlinks.push(what);
-            continue;
-        }
-        let opened = if is_dir {
-            walk::open_under(&root_for_links, &link.path).map_err(|e| shared.io("open", e))?
-        } else {
-            Some((
-                root_for_links
-                    .try_clone()
-                    .map_err(|e| shared.io("dup", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?,
-                root_stat,
-            ))
+        let inside = all_names_inside(&link, key).map_err(|e| shared.io("verify hard link", e))?;
+        let opened = match inside {
+            Some(opened) => Some(opened),
+            None if allow_outside => match link.names.first() {
+                Some((parent, name)) => {
+                    let fd = walk::open_path_nofollow(parent.as_ref(), name.as_bytes())
+                        .map_err(|e| shared.io("open", e))?;
+                    let stat = fstat(&fd).map_err(|e| shared.io("stat", e))?;
+                    ((stat.st_dev, stat.st_ino) == key).then_some((fd, stat))
+                }
+                None => None,
+            },
+            None => {
+                report.refused_hardlinks.push(format!(
+                    "{} (not all of its names are in the tree; the others could be host files)",
+                    display(&link.path)
+                ));
+                continue;
+            }
         };
         match opened {
-            Some((fd, stat)) if (stat.st_dev, stat.st_ino) == key => {
-                finisher.prepare(Entry {
-                    fd,
-                    stat,
-                    path: link.path,
-                    parent: None,
-                })?;
-            }
-            _ => report.raced.push(display(&link.path)),
+            Some((fd, stat)) => finisher.consider_once(Entry {
+                fd,
+                stat,
+                path: link.path,
+                parent: None,
+            })?,
+            None => report.raced.push(display(&link.path)),
         }
     }
     finisher.commit()?;
+    report.resumed += finisher.report.resumed;
     for list in [
         &mut report.other_filesystems,
         &mut report.raced,
@@ -676,7 +809,6 @@ pub fn remap(
     report.entries = shared.entries.load(Ordering::Relaxed);
     report.changed = shared.changed.load(Ordering::Relaxed);
     report.bytes = shared.bytes.load(Ordering::Relaxed);
-    report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
@@ -719,7 +851,10 @@ fn restore(
 struct UndoWorker<'a> {
     wanted: &'a HashMap<(u64, u64), Change>,
     root: &'a str,
-    restored: std::collections::HashSet<(u64, u64)>,
+    restored: HashSet<(u64, u64)>,
+    /// Recorded inodes now holding something else (a reused number).
+    impostors: Vec<String>,
+    raced: Vec<String>,
     failure: Option<RemapError>,
 }
 
@@ -727,6 +862,15 @@ impl walk::Visitor for UndoWorker<'_> {
     fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
         let is_dir = entry.file_type() == FileType::Directory;
         if let Some(change) = self.wanted.get(&entry.key()) {
+            if !same_inode(&entry, change)
+                || matches!(
+                    entry.file_type(),
+                    FileType::BlockDevice | FileType::CharacterDevice
+                )
+            {
+                self.impostors.push(display(&entry.path));
+                return Ok(is_dir);
+            }
             let root = self.root;
             let io = |what: &str, errno: Errno| RemapError::Io {
                 what: what.to_string(),
@@ -742,19 +886,24 @@ impl walk::Visitor for UndoWorker<'_> {
         Ok(is_dir)
     }
 
-    fn skipped(&mut self, _: Skipped) {}
+    fn skipped(&mut self, skipped: Skipped) {
+        if let Skipped::Raced(path) = skipped {
+            self.raced.push(display(&path));
+        }
+    }
 }
 
 /// Puts back every recorded owner, group, mode, capability and ACL under
 /// `root`, finding entries by inode (wherever they were moved within the
-/// tree). Safe to repeat.
+/// tree) and checking each is still the recorded one. Safe to repeat.
 pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError> {
     let started = Instant::now();
     let root_text = root.display().to_string();
-    let (_, changes) = manifest::read(manifest_path).map_err(|source| RemapError::Manifest {
-        path: manifest_path.display().to_string(),
-        source,
-    })?;
+    let (header, changes) =
+        manifest::read(manifest_path).map_err(|source| RemapError::Manifest {
+            path: manifest_path.display().to_string(),
+            source,
+        })?;
     let mut report = UndoReport {
         root: root_text.clone(),
         ..Default::default()
@@ -762,41 +911,71 @@ pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError>
     if changes.is_empty() {
         return Ok(report);
     }
-    let wanted: HashMap<(u64, u64), Change> = changes.into_iter().map(|c| (c.key(), c)).collect();
+    let mut wanted: HashMap<(u64, u64), Change> = HashMap::new();
+    for change in changes {
+        // The first record holds the original state.
+        wanted.entry(change.key()).or_insert(change);
+    }
     let io = |what: &str, errno: Errno| RemapError::Io {
         what: what.to_string(),
         root: root_text.clone(),
         errno,
     };
-    let root_fd = open_root(root)?;
-    let root_stat = fstat(&root_fd).map_err(|e| io("stat", e))?;
-    let mut restored = std::collections::HashSet::new();
-    if FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory {
-        let mut workers: Vec<UndoWorker<'_>> = (0..walk::threads())
-            .map(|_| UndoWorker {
-                wanted: &wanted,
-                root: &root_text,
-                restored: Default::default(),
-                failure: None,
-            })
-            .collect();
-        let result = walk::walk(root_fd, &mut workers);
-        if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
-            return Err(e);
+    let mut restored: HashSet<(u64, u64)> = HashSet::new();
+    let mut impostors = Vec::new();
+    for attempt in 0..3 {
+        let root_fd = open_root(root)?;
+        let root_stat = fstat(&root_fd).map_err(|e| io("stat", e))?;
+        if let Some(h) = &header
+            && h.ino != 0
+            && (h.device, h.ino) != (root_stat.st_dev, root_stat.st_ino)
+        {
+            return Err(RemapError::RootReplaced { root: root_text });
         }
-        result.map_err(|e| io("walk", e))?;
-        for worker in workers {
-            restored.extend(worker.restored);
+        let mut raced = Vec::new();
+        if FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory {
+            let mut workers: Vec<UndoWorker<'_>> = (0..walk::threads())
+                .map(|_| UndoWorker {
+                    wanted: &wanted,
+                    root: &root_text,
+                    restored: HashSet::new(),
+                    impostors: Vec::new(),
+                    raced: Vec::new(),
+                    failure: None,
+                })
+                .collect();
+            let result = walk::walk(root_fd, &mut workers);
+            if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
+                return Err(e);
+            }
+            result.map_err(|e| io("walk", e))?;
+            for worker in workers {
+                restored.extend(worker.restored);
+                impostors.extend(worker.impostors);
+                raced.extend(worker.raced);
+            }
+        } else if let Some(change) = wanted.get(&(root_stat.st_dev, root_stat.st_ino)) {
+            let entry = Entry {
+                fd: root_fd,
+                stat: root_stat,
+                path: Vec::new(),
+                parent: None,
+            };
+            if same_inode(&entry, change) {
+                restore(&entry, change, &io)?;
+                restored.insert(entry.key());
+            }
         }
-    } else if let Some(change) = wanted.get(&(root_stat.st_dev, root_stat.st_ino)) {
-        let entry = Entry {
-            fd: root_fd,
-            stat: root_stat,
-            path: Vec::new(),
-            parent: None,
-        };
-        restore(&entry, change, &io)?;
-        restored.insert(entry.key());
+        if raced.is_empty() {
+            break;
+        }
+        if attempt == 2 {
+            return Err(RemapError::KeptRacing {
+                root: root_text,
+                count: raced.len(),
+                first: raced[0].clone(),
+            });
+        }
     }
     report.restored = restored.len() as u64;
     let mut missing: Vec<String> = wanted
@@ -806,6 +985,9 @@ pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError>
         .collect();
     missing.sort();
     report.missing = missing;
+    impostors.sort();
+    impostors.dedup();
+    report.impostors = impostors;
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
 }

@@ -109,6 +109,9 @@ struct Shared {
     ready: Condvar,
     failed: AtomicBool,
     device: u64,
+    /// The root's mount: a bind mount of the same filesystem inside the
+    /// tree has the same device number but another mount id.
+    mount_id: Option<u64>,
 }
 
 impl Shared {
@@ -125,6 +128,9 @@ pub fn walk<V: Visitor>(root: OwnedFd, visitors: &mut [V]) -> Result<(), Errno> 
     };
     let root_stat = fstat(&root)?;
     let listing = open_dir_from_path_fd(&root)?;
+    let listing_for_id = listing
+        .try_clone()
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
     let descend = first.visit(Entry {
         fd: root,
         stat: root_stat,
@@ -139,6 +145,7 @@ pub fn walk<V: Visitor>(root: OwnedFd, visitors: &mut [V]) -> Result<(), Errno> 
         ready: Condvar::new(),
         failed: AtomicBool::new(false),
         device: root_stat.st_dev,
+        mount_id: mount_id(&listing_for_id),
     };
     // The root's own listing seeds the queue.
     {
@@ -223,6 +230,10 @@ fn enter<V: Visitor>(
         visitor.skipped(Skipped::Raced(next.path));
         return Ok(());
     }
+    if shared.mount_id.is_some() && mount_id(&fd) != shared.mount_id {
+        visitor.skipped(Skipped::OtherFilesystem(next.path));
+        return Ok(());
+    }
     let listing = match open_dir_from_path_fd(&fd) {
         Ok(listing) => listing,
         // Removed between the check and the listing.
@@ -299,6 +310,33 @@ fn list_directory<V: Visitor>(
         })?;
     }
     Ok(())
+}
+
+/// The mount id of the mount an entry sits on (Linux 5.8+).
+pub fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let stx = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
+    StatxFlags::from_bits_retain(stx.stx_mask)
+        .contains(StatxFlags::MNT_ID)
+        .then_some(stx.stx_mnt_id)
+}
+
+/// A mount's root directory or file, by absolute path, refusing a symlink
+/// in *any* component: a container that can write a parent directory of a
+/// mount source (compose's `./` next to `./data`) could otherwise turn the
+/// source into a link to anywhere on the host.
+pub fn open_mount_root(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{CWD, ResolveFlags, openat2};
+    if !path.is_absolute() {
+        return Err(Errno::INVAL);
+    }
+    openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// Resolves `path` (relative, `/`-separated) under `root` one component at

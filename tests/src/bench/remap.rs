@@ -76,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         skip_if_root_owned_by: None,
         batch: 8192,
         threads: 0,
+        expect_root: None,
     };
     let chown = chown_r("61234:61234", &theirs)?;
     let started = Instant::now();
