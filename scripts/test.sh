@@ -38,5 +38,7 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 
+say "building the binaries (the crash tests run them as separate processes)"
+cargo build --workspace --bins --locked
 say "running the test suite (cargo test --workspace)"
 cargo test --workspace --locked "$@"

@@ -74,6 +74,8 @@ impl From<crate::steps::StepError> for tonic::Status {
             | E::Container(ContainerError::NotFound(_))
             | E::Backup(BackupError::NotFound(_)) => tonic::Status::not_found(message),
             E::AlreadyUndone { .. }
+            | E::Pruned { .. }
+            | E::NotSettled { .. }
             | E::Container(ContainerError::Refused(_))
             | E::Container(ContainerError::CreateFailed { .. })
             | E::Container(ContainerError::Verify(_))

@@ -76,7 +76,20 @@ pub enum Event {
     UndoFailed {
         error: String,
     },
+    /// About to release the run's checkpoints (old containers, backups);
+    /// written and synced before anything is removed, so an interrupted
+    /// prune still keeps the run from being rolled back. Not a step.
+    PruneIntent,
+    /// The run's checkpoints are released; `note` is the prune's outcome
+    /// (JSON). Not a step: replay ignores it, `pruned()` reports it.
+    Pruned {
+        note: String,
+    },
 }
+
+/// The step id the prune records are written under (a label only: replay
+/// recognises them by their event, so no step of the run is confused).
+pub const PRUNE_STEP: &str = "prune";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -239,6 +252,9 @@ impl RunJournal {
         let mut order: Vec<String> = Vec::new();
         let mut states: BTreeMap<String, StepState> = BTreeMap::new();
         for record in &self.records {
+            if matches!(record.event, Event::PruneIntent | Event::Pruned { .. }) {
+                continue;
+            }
             let previous = states.get(&record.step).cloned();
             let next = match (&record.event, previous) {
                 (Event::Intent { kind, request }, _) => {
@@ -302,6 +318,24 @@ impl RunJournal {
             .into_iter()
             .find(|(s, _)| s == step)
             .map(|(_, state)| state)
+    }
+
+    /// When the run was pruned on this host (unix ms), and the note
+    /// (the prune's outcome) recorded then.
+    pub fn pruned(&self) -> Option<(u64, String)> {
+        self.records.iter().find_map(|r| match &r.event {
+            Event::Pruned { note } => Some((r.unix_ms, note.clone())),
+            _ => None,
+        })
+    }
+
+    /// When a prune of the run began (unix ms), finished or not: from then
+    /// on its checkpoints may be gone.
+    pub fn prune_begun(&self) -> Option<u64> {
+        self.records.iter().find_map(|r| match &r.event {
+            Event::PruneIntent | Event::Pruned { .. } => Some(r.unix_ms),
+            _ => None,
+        })
     }
 }
 
@@ -445,5 +479,55 @@ mod tests {
             Err(JournalError::NoSuchRun(_))
         ));
         assert!(RunJournal::open(dir.path(), "../x", true).is_err());
+    }
+
+    #[test]
+    fn prune_records_are_not_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = RunJournal::open(dir.path(), "run-p", true).unwrap();
+        // A step may even be called "prune": the records are told apart by event.
+        for step in ["backup", PRUNE_STEP] {
+            j.append(
+                step,
+                Event::Intent {
+                    kind: StepKind::Backup,
+                    request: serde_json::json!({}),
+                },
+            )
+            .unwrap();
+            j.append(
+                step,
+                Event::Done {
+                    outcome: serde_json::json!({}),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(j.pruned(), None);
+        assert_eq!(j.prune_begun(), None);
+        j.append(PRUNE_STEP, Event::PruneIntent).unwrap();
+        let begun = j.prune_begun().unwrap();
+        assert_eq!(j.pruned(), None, "begun, not finished");
+        j.append(
+            PRUNE_STEP,
+            Event::Pruned {
+                note: "{\"removed\":1}".into(),
+            },
+        )
+        .unwrap();
+        drop(j);
+        let j = RunJournal::open(dir.path(), "run-p", false).unwrap();
+        let steps = j.steps();
+        assert_eq!(steps.len(), 2);
+        assert!(
+            steps
+                .iter()
+                .all(|(_, s)| matches!(s, StepState::Done { .. })),
+            "{steps:?}"
+        );
+        let (at, note) = j.pruned().unwrap();
+        assert!(at >= begun);
+        assert_eq!(note, "{\"removed\":1}");
+        assert_eq!(j.prune_begun(), Some(begun));
     }
 }

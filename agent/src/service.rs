@@ -19,12 +19,33 @@ use crate::steps::{StepProgress, StepResult, StepRunner, StepSpec};
 use crate::users::UserRequest;
 use crate::verify::Probe;
 
+/// Every RPC of the agent; a method absent from this list is refused to
+/// everyone (authorization fails closed).
+pub const METHODS: &[&str] = &[
+    "Inspect",
+    "Backup",
+    "EnsureUser",
+    "Stop",
+    "ChangeOwnership",
+    "Recreate",
+    "Verify",
+    "Restore",
+    "Undo",
+    "Rollback",
+    "Prune",
+    "VerifyBackup",
+    "ListBackups",
+    "Journal",
+];
+
 /// Who may call what on the agent: the controller, and nobody else.
-pub fn decide(_method: &str, role: Role) -> Result<(), String> {
-    if role == Role::Controller {
+pub fn decide(method: &str, role: Role) -> Result<(), String> {
+    if role != Role::Controller {
+        Err("the agent accepts only the fleet controller".into())
+    } else if METHODS.contains(&method) {
         Ok(())
     } else {
-        Err("the agent accepts only the fleet controller".into())
+        Err("no authorization rule names this RPC, so it is refused".into())
     }
 }
 
@@ -371,6 +392,24 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn prune(
+        &self,
+        request: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let who = caller(&request)?.name;
+        let run = request.into_inner().run_id;
+        let steps = self.steps.clone();
+        let span = tracing::info_span!("prune", caller = %who, run = %run);
+        // In a task of its own: a client that goes away does not leave the
+        // prune half done.
+        let outcome = tokio::spawn(async move { steps.prune(&run).await }.instrument(span))
+            .await
+            .map_err(|e| Status::internal(format!("the prune task failed: {e}")))??;
+        Ok(Response::new(pb::PruneResponse {
+            outcome_json: outcome.to_string(),
+        }))
+    }
+
     async fn verify_backup(
         &self,
         request: Request<pb::VerifyBackupRequest>,
@@ -408,5 +447,32 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(pb::JournalResponse {
             records_json: serde_json::to_string(&records).unwrap_or_default(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{METHODS, decide};
+    use fleet_core::role::Role;
+
+    #[test]
+    fn every_agent_rpc_has_a_rule_and_only_the_controller_may_call() {
+        let methods = fleet_proto::service_methods(fleet_proto::AGENT_SERVICE);
+        assert!(methods.iter().any(|m| m == "Prune"), "{methods:?}");
+        let mut listed: Vec<&str> = METHODS.to_vec();
+        let mut described: Vec<&str> = methods.iter().map(String::as_str).collect();
+        listed.sort_unstable();
+        described.sort_unstable();
+        assert_eq!(listed, described, "the rule names exactly the agent's RPCs");
+        for method in &methods {
+            for role in Role::ALL {
+                assert_eq!(
+                    decide(method, role).is_ok(),
+                    role == Role::Controller,
+                    "{method} for {role}"
+                );
+            }
+        }
+        assert!(decide("NoSuchMethod", Role::Controller).is_err());
     }
 }

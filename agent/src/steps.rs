@@ -17,7 +17,9 @@ use crate::container::{Api, ContainerError};
 use crate::engine::{Connected, Engine};
 use crate::error::EngineError;
 use crate::inspect::Inspector;
-use crate::journal::{Event, JournalError, RunJournal, StepKind, StepState, validate_id};
+use crate::journal::{
+    Event, JournalError, PRUNE_STEP, RunJournal, StepKind, StepState, validate_id,
+};
 use crate::recreate::{self, RecreatePlan, RecreateRequest};
 use crate::remap::guard::MountGuard;
 use crate::remap::{self, IdMapping, RemapError, RemapOptions, RemapReport};
@@ -49,6 +51,18 @@ pub enum StepError {
     AlreadyUndone { run: String, step: String },
     #[error("no step '{step}' in run '{run}'")]
     NoSuchStep { run: String, step: String },
+    #[error(
+        "run {run} was pruned on this host at {at}: its checkpoints (old containers and backups) are gone, so {consequence}"
+    )]
+    Pruned {
+        run: String,
+        at: String,
+        consequence: &'static str,
+    },
+    #[error(
+        "run {run} is not settled on this host ({detail}): finish it or roll it back before pruning it"
+    )]
+    NotSettled { run: String, detail: String },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -170,6 +184,86 @@ struct BackupIntent {
     refusals: Vec<String>,
 }
 
+/// A checkpoint container a prune removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedContainer {
+    pub step: String,
+    pub id: String,
+    pub name: String,
+}
+
+/// A backup a prune removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedBackup {
+    pub step: String,
+    pub id: String,
+}
+
+/// What a prune released, as journaled (and answered).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneOutcome {
+    pub run: String,
+    /// The old containers the run's recreates kept, now removed.
+    pub removed_containers: Vec<PrunedContainer>,
+    /// The run's backups, now removed.
+    pub removed_backups: Vec<PrunedBackup>,
+    /// Checkpoints that were gone already (removed by hand, or by a prune
+    /// that was interrupted).
+    pub already_gone: Vec<String>,
+    /// Checkpoints left in place on purpose, with why.
+    pub kept: Vec<String>,
+    /// When the prune was journaled (unix ms).
+    #[serde(default)]
+    pub pruned_at_ms: u64,
+    /// The journal already held this prune: nothing was removed now.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// A run's steps and whether it was pruned, for `fleet-agent runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    /// (step, state) in the order the steps began.
+    pub steps: Vec<(String, String)>,
+    /// When its checkpoints were released (RFC 3339), if they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<String>,
+}
+
+/// `unix_ms` as RFC 3339 in UTC, e.g. `2023-11-14T22:13:20.123Z`.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let millis = unix_ms % 1000;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+}
+
+/// The refusal for a run whose prune began (finished or not), if it did.
+fn pruned_error(journal: &RunJournal, consequence: &'static str) -> Option<StepError> {
+    let at = match journal.pruned() {
+        Some((at, _)) => rfc3339(at),
+        None => format!(
+            "{} (the prune was interrupted; prune the run again to finish it)",
+            rfc3339(journal.prune_begun()?)
+        ),
+    };
+    Some(StepError::Pruned {
+        run: journal.run().to_string(),
+        at,
+        consequence,
+    })
+}
+
 /// The outcome of an ownership step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OwnershipOutcome {
@@ -258,7 +352,14 @@ impl StepRunner {
         let _guard = lock.lock().await;
         let mut journal = RunJournal::open(&self.runs_dir, run, true)?;
         let kind = spec.kind();
-        match journal.state(step) {
+        let state = journal.state(step);
+        // A recorded result is still answered; nothing new is done.
+        if !matches!(state, Some(StepState::Done { .. }))
+            && let Some(refusal) = pruned_error(&journal, "it takes no new steps (start a new run)")
+        {
+            return Err(refusal);
+        }
+        match state {
             Some(StepState::Done {
                 kind: recorded,
                 outcome,
@@ -319,6 +420,7 @@ impl StepRunner {
                 request: intent.clone(),
             },
         )?;
+        fleet_core::fault::point(&format!("agent:after-intent:{}", kind.as_str()));
         let outcome = self.act(&mut journal, step, kind, &intent, progress).await;
         self.finish(&mut journal, step, kind, outcome)
     }
@@ -338,6 +440,7 @@ impl StepRunner {
                         outcome: outcome.clone(),
                     },
                 )?;
+                fleet_core::fault::point(&format!("agent:after-done:{}", kind.as_str()));
                 Ok(StepResult {
                     step: step.into(),
                     kind,
@@ -886,6 +989,9 @@ impl StepRunner {
         let lock = self.run_lock(run);
         let _guard = lock.lock().await;
         let mut journal = RunJournal::open(&self.runs_dir, run, false)?;
+        if let Some(refusal) = pruned_error(&journal, "it cannot be rolled back") {
+            return Err(refusal);
+        }
         let state = journal.state(step).ok_or_else(|| StepError::NoSuchStep {
             run: run.into(),
             step: step.into(),
@@ -961,6 +1067,9 @@ impl StepRunner {
         let lock = self.run_lock(run);
         let _guard = lock.lock().await;
         let mut journal = RunJournal::open(&self.runs_dir, run, false)?;
+        if let Some(refusal) = pruned_error(&journal, "it cannot be rolled back") {
+            return Err(refusal);
+        }
         let mut out = Vec::new();
         for (step, state) in journal.steps().into_iter().rev() {
             let result = self.undo_state(&mut journal, &step, state).await?;
@@ -979,12 +1088,18 @@ impl StepRunner {
             .to_vec())
     }
 
-    /// Every step of every run on this host, by run.
-    pub fn runs(&self) -> BTreeMap<String, Vec<(String, String)>> {
+    /// Every step of every run on this host, by run, and which runs were pruned.
+    pub fn runs(&self) -> BTreeMap<String, RunSummary> {
         crate::journal::list_runs(&self.runs_dir)
             .into_iter()
             .filter_map(|run| {
                 let journal = RunJournal::open(&self.runs_dir, &run, false).ok()?;
+                let pruned = match journal.pruned() {
+                    Some((at, _)) => Some(rfc3339(at)),
+                    None => journal
+                        .prune_begun()
+                        .map(|at| format!("begun {} (interrupted)", rfc3339(at))),
+                };
                 let steps = journal
                     .steps()
                     .into_iter()
@@ -999,8 +1114,180 @@ impl StepRunner {
                         )
                     })
                     .collect();
-                Some((run, steps))
+                Some((run, RunSummary { steps, pruned }))
             })
             .collect()
+    }
+
+    /// Releases a settled run's checkpoints on this host: the old container
+    /// each finished recreate kept (only while it still has its checkpoint
+    /// name, never one holding a live name, never a running one) and the
+    /// run's backups. The intent is journaled first, so from then on the
+    /// run is never rolled back (its checkpoints may be gone); the outcome
+    /// after. A repeated prune returns the first outcome, marked replayed.
+    pub async fn prune(&self, run: &str) -> Result<Value, StepError> {
+        validate_id("run id", run)?;
+        let lock = self.run_lock(run);
+        let _guard = lock.lock().await;
+        let mut journal = RunJournal::open(&self.runs_dir, run, false)?;
+        if let Some((at, note)) = journal.pruned() {
+            let mut outcome: Value =
+                serde_json::from_str(&note).unwrap_or_else(|_| json!({ "note": note }));
+            if let Some(fields) = outcome.as_object_mut() {
+                fields.insert("replayed".into(), json!(true));
+                fields.insert("pruned_at_ms".into(), json!(at));
+            }
+            return Ok(outcome);
+        }
+        let steps = journal.steps();
+        let unsettled: Vec<String> = steps
+            .iter()
+            .filter_map(|(step, state)| {
+                let what = match state {
+                    StepState::InFlight { .. } => "is in flight",
+                    StepState::Failed { .. } => "failed and was neither retried nor undone",
+                    StepState::Undoing { .. } => "is being undone",
+                    StepState::Done { .. } | StepState::Undone { .. } => return None,
+                };
+                Some(format!("{} step '{step}' {what}", state.kind().as_str()))
+            })
+            .collect();
+        if !unsettled.is_empty() {
+            return Err(StepError::NotSettled {
+                run: run.to_string(),
+                detail: unsettled.join("; "),
+            });
+        }
+        // What to release, read from the journal before anything changes.
+        let mut containers: Vec<(String, RecreatePlan)> = Vec::new();
+        let mut backups: Vec<(String, String)> = Vec::new();
+        for (step, state) in &steps {
+            match state {
+                StepState::Done {
+                    kind: StepKind::Recreate,
+                    request,
+                    ..
+                } => containers.push((step.clone(), from_value(request)?)),
+                StepState::Done {
+                    kind: StepKind::Backup,
+                    request,
+                    ..
+                } => {
+                    let intent: BackupIntent = from_value(request)?;
+                    backups.push((step.clone(), intent.backup_id));
+                }
+                // A rolled-back run's backups are kept until pruned too.
+                StepState::Undone {
+                    kind: StepKind::Backup,
+                } => {
+                    let intent = journal.records().iter().rev().find_map(|r| match &r.event {
+                        Event::Intent {
+                            kind: StepKind::Backup,
+                            request,
+                        } if r.step == *step => Some(request),
+                        _ => None,
+                    });
+                    if let Some(request) = intent {
+                        let intent: BackupIntent = from_value(request)?;
+                        backups.push((step.clone(), intent.backup_id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The engine must answer before the run is marked: a prune that
+        // cannot start should not cost the run its rollback.
+        let conn = if containers.is_empty() {
+            None
+        } else {
+            Some(self.connected().await?)
+        };
+        if journal.prune_begun().is_none() {
+            journal.append(PRUNE_STEP, Event::PruneIntent)?;
+        }
+        let mut outcome = PruneOutcome {
+            run: run.to_string(),
+            ..Default::default()
+        };
+        if let Some(conn) = conn {
+            let api = Api::new(conn);
+            for (step, plan) in &containers {
+                let short = &plan.old_id[..plan.old_id.len().min(12)];
+                let doc = match api.inspect(&plan.old_id).await {
+                    Ok(doc) => doc,
+                    Err(ContainerError::NotFound(_)) => {
+                        outcome.already_gone.push(format!(
+                            "{step}: checkpoint container {short} ({}) was already gone",
+                            plan.checkpoint_name
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let name = doc["Name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches('/');
+                let running = doc.pointer("/State/Running").and_then(|r| r.as_bool()) == Some(true);
+                if name != plan.checkpoint_name {
+                    outcome.kept.push(format!(
+                        "{step}: container {short} is named {name}, not its checkpoint name {}: left alone",
+                        plan.checkpoint_name
+                    ));
+                } else if running {
+                    outcome.kept.push(format!(
+                        "{step}: checkpoint container {short} ({name}) is running (someone started it): left alone; remove it by hand if it is not needed"
+                    ));
+                } else {
+                    api.remove(&plan.old_id).await?;
+                    outcome.removed_containers.push(PrunedContainer {
+                        step: step.clone(),
+                        id: plan.old_id.clone(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        for (step, id) in backups {
+            let store = self.backups.clone();
+            let backup = id.clone();
+            let removed = tokio::task::spawn_blocking(move || store.remove(&backup))
+                .await
+                .map_err(|e| StepError::Internal(e.to_string()))?;
+            match removed {
+                Ok(()) => outcome.removed_backups.push(PrunedBackup { step, id }),
+                Err(BackupError::NotFound(_)) => outcome
+                    .already_gone
+                    .push(format!("{step}: backup {id} was already gone")),
+                Err(BackupError::Damaged { reason, .. }) => {
+                    outcome.kept.push(format!("{step}: backup {id}: {reason}"))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let note = serde_json::to_string(&outcome)
+            .map_err(|e| StepError::Internal(format!("prune outcome: {e}")))?;
+        journal.append(PRUNE_STEP, Event::Pruned { note })?;
+        outcome.pruned_at_ms = journal.pruned().map_or_else(now_ms, |(at, _)| at);
+        tracing::info!(
+            run,
+            containers = outcome.removed_containers.len(),
+            backups = outcome.removed_backups.len(),
+            "run pruned"
+        );
+        Ok(to_value(&outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_unix_ms_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
     }
 }

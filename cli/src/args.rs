@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "fleetctl",
     version,
     about = "Operate fleet: audit which containers run as root, and move them off root",
-    after_help = "Exit codes: 0 ok; 1 error; 2 usage error (bad flag, unknown host, selector matching nothing); 3 --fail-on gate tripped; 4 --fail-on given but some host could not be audited."
+    after_help = "Exit codes: 0 ok (a run: every container migrated); 1 error; 2 usage error (bad flag, unknown host or run, selector matching nothing, invalid policy); 3 --fail-on gate tripped; 4 --fail-on given but some host could not be audited; 5 a run finished with failed hosts rolled back (or on-failure=rollback-run undid it); 6 a run halted (failure budget exceeded, on-failure=halt) or was aborted; 7 a run is paused (after the canary, or asked)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -51,6 +51,30 @@ pub enum Command {
     Audit(AuditArgs),
     /// Show the name and role the controller sees in your certificate.
     Whoami,
+    /// Policy → plan: what each container becomes, in what order (changes nothing).
+    Plan(PlanArgs),
+    /// Start a migration run and follow it to its end.
+    Migrate(MigrateArgs),
+    /// List, show, watch, pause, resume or abort runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Roll back what a finished run did, from its retained checkpoints.
+    Rollback(RollbackArgs),
+    /// Release a finished run's checkpoints (old containers, backups).
+    Prune {
+        run: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// The append-only audit log: who did what, when, with what result.
+    Log {
+        /// The newest N entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -189,4 +213,150 @@ pub struct AuditArgs {
     /// Do not walk mount sources for their ownership summary.
     #[arg(long)]
     pub skip_ownership: bool,
+}
+
+/// What a plan or a run is about.
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
+    /// Only this host (repeatable).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Only hosts whose label key=value (repeatable; all must match).
+    #[arg(long = "selector", short = 'l')]
+    pub selectors: Vec<String>,
+    /// Only containers whose name matches this glob (repeatable).
+    #[arg(long = "container")]
+    pub containers: Vec<String>,
+    /// The migration policy (TOML) [default: image user, else dedicated].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Plan pod members too (refused otherwise: pods move as a whole).
+    #[arg(long)]
+    pub include_pods: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
+    /// Save the plan (JSON) for `fleetctl migrate --plan FILE`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnFailureArg {
+    /// Roll back the failed host's migrated containers and go on.
+    RollbackHost,
+    /// Start no new work; what is migrated stays migrated.
+    Halt,
+    /// Roll back everything the run did.
+    RollbackRun,
+}
+
+impl OnFailureArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailureArg::RollbackHost => "rollback-host",
+            OnFailureArg::Halt => "halt",
+            OnFailureArg::RollbackRun => "rollback-run",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Apply a saved plan (refused if any container changed since).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Hosts in the first wave.
+    #[arg(long, default_value_t = 1)]
+    pub canary: u32,
+    /// Wave sizes after the canary, e.g. 1,5,20% (the last repeats)
+    /// [default: everything else in one wave].
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<String>,
+    /// Hosts migrated at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_parallel: u32,
+    /// Failed hosts allowed (N or P%); one more halts the run.
+    #[arg(long, default_value = "0")]
+    pub max_failures: String,
+    #[arg(long, value_enum, default_value_t = OnFailureArg::RollbackHost)]
+    pub on_failure: OnFailureArg,
+    /// Pause after the canary wave until `fleetctl runs resume RUN`.
+    #[arg(long)]
+    pub pause_after_canary: bool,
+    /// Seconds an agent may stay unreachable mid-step before the step fails
+    /// [default: the controller's].
+    #[arg(long)]
+    pub agent_deadline: Option<u32>,
+    /// Show the run that would start (waves, order), change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Start the run and return its id; follow it with `fleetctl runs watch`.
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The newest runs.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// One run: hosts, containers, steps.
+    Show {
+        run: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Follow a run from where it is (or from its start) to its end.
+    Watch {
+        run: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Stop starting new containers at the next boundary.
+    Pause { run: String },
+    /// Continue a paused run.
+    Resume { run: String },
+    /// Stop the run at the next container boundary (migrated containers stay;
+    /// roll them back with `fleetctl rollback RUN`).
+    Abort { run: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub run: String,
+    /// Only this host (repeatable).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Only containers whose name matches this glob (repeatable).
+    #[arg(long = "container")]
+    pub containers: Vec<String>,
+    /// Hosts rolled back at once [default: the run's].
+    #[arg(long, default_value_t = 0)]
+    pub max_parallel: u32,
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
 }

@@ -7,6 +7,13 @@ pub const USAGE: u8 = 2;
 pub const GATE_TRIPPED: u8 = 3;
 /// `--fail-on` was given but some host could not be audited.
 pub const INCOMPLETE: u8 = 4;
+/// A run finished, but some hosts failed and were rolled back (within the
+/// budget), or on-failure=rollback-run undid the whole run.
+pub const ROLLED_BACK: u8 = 5;
+/// A run halted (failure budget exceeded, on-failure=halt) or was aborted.
+pub const HALTED: u8 = 6;
+/// A run is paused, waiting for `fleetctl runs resume`.
+pub const PAUSED: u8 = 7;
 
 /// An error that carries its exit code.
 #[derive(Debug, thiserror::Error)]

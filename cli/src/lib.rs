@@ -40,7 +40,27 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, CliError> {
             let mut controller = client::connect(&config::resolve(&cli.connect)?)?;
             commands::audit::run(&mut controller, args, out).await
         }
+        Command::Plan(args) => commands::plan::run(&mut connect(&cli.connect)?, args, out).await,
+        Command::Migrate(args) => {
+            commands::runs::migrate(&mut connect(&cli.connect)?, args, out).await
+        }
+        Command::Runs(command) => {
+            commands::runs::runs(&mut connect(&cli.connect)?, command, out).await
+        }
+        Command::Rollback(args) => {
+            commands::runs::rollback(&mut connect(&cli.connect)?, args, out).await
+        }
+        Command::Prune { run, yes } => {
+            commands::runs::prune(&mut connect(&cli.connect)?, &run, yes, out).await
+        }
+        Command::Log { limit, output } => {
+            commands::runs::log(&mut connect(&cli.connect)?, limit, output, out).await
+        }
     }
+}
+
+fn connect(flags: &args::ConnectFlags) -> Result<client::Controller, CliError> {
+    client::connect(&config::resolve(flags)?)
 }
 
 /// Prints an error the way every fleetctl error is printed.

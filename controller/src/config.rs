@@ -22,6 +22,9 @@ pub struct ControllerConfig {
     pub hosts: Vec<Host>,
     pub audit_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long an agent may stay unreachable mid-step before the step
+    /// counts as failed (the step is reconciled when it returns).
+    pub agent_deadline: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +37,7 @@ pub struct ControllerFile {
     pub state_dir: Option<PathBuf>,
     pub audit_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
+    pub agent_deadline_secs: Option<u64>,
     #[serde(default)]
     pub hosts: Vec<HostEntry>,
 }
@@ -110,6 +114,7 @@ impl ControllerFlags {
             hosts,
             audit_timeout: Duration::from_millis(file.audit_timeout_ms.unwrap_or(15_000)),
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(3_000)),
+            agent_deadline: Duration::from_secs(file.agent_deadline_secs.unwrap_or(120)),
         })
     }
 }

@@ -9,7 +9,9 @@ pub mod audit;
 pub mod config;
 pub mod error;
 pub mod inventory;
+pub mod plan;
 pub mod policy;
+pub mod run;
 pub mod service;
 pub mod store;
 
@@ -49,10 +51,26 @@ pub async fn run(
     }
     let store = store::Store::open(&config.state_dir)?;
     store.sync_config_hosts(&config.hosts)?;
+    let pool = Arc::new(agents::AgentPool::new(
+        material.client_config(Role::Agent)?,
+        config.connect_timeout,
+    ));
+    let runs = run::Runs::new(
+        store.clone(),
+        pool.clone(),
+        config.audit_timeout,
+        config.agent_deadline,
+        shutdown.clone(),
+    );
+    let resumed = runs.resume_all()?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished runs from the journal");
+    }
     let state = Arc::new(ControllerState {
         store,
-        pool: agents::AgentPool::new(material.client_config(Role::Agent)?, config.connect_timeout),
+        pool,
         audit_timeout: config.audit_timeout,
+        runs,
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, state_dir = %config.state_dir.display(), "controller listening (mTLS)");

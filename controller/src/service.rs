@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fleet_core::auth::{Caller, caller};
 use fleet_core::role::Role;
 use fleet_proto::controller::v1 as pb;
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -15,12 +16,46 @@ use crate::agents::AgentPool;
 use crate::audit::audit_hosts;
 use crate::error::ControllerError;
 use crate::inventory::{self, Host, HostSource};
+use crate::run::Runs;
+use crate::run::model::{Control, Run, RunView};
+use crate::run::start::{self, StartRequest};
 use crate::store::{LogEntry, Store};
 
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
+    serde_json::to_string(value).map_err(|e| Status::internal(format!("cannot encode: {e}")))
+}
+
+fn run_info(run: &Run) -> Result<Response<pb::RunInfo>, Status> {
+    Ok(Response::new(pb::RunInfo {
+        run_json: to_json(&RunView {
+            run: run.clone(),
+            containers: Vec::new(),
+        })?,
+    }))
+}
+
 /// RPCs that only read.
-const READ_METHODS: &[&str] = &["WhoAmI", "ListHosts", "Audit"];
+const READ_METHODS: &[&str] = &[
+    "WhoAmI",
+    "ListHosts",
+    "Audit",
+    "Plan",
+    "ListRuns",
+    "GetRun",
+    "WatchRun",
+    "AuditLog",
+];
 /// RPCs that change the fleet: operators only.
-const WRITE_METHODS: &[&str] = &["AddHost", "RemoveHost"];
+const WRITE_METHODS: &[&str] = &[
+    "AddHost",
+    "RemoveHost",
+    "StartRun",
+    "PauseRun",
+    "ResumeRun",
+    "AbortRun",
+    "RollbackRun",
+    "PruneRun",
+];
 
 /// Who may call what on the controller. Fails closed: an RPC in neither list
 /// is refused to everyone.
@@ -47,8 +82,9 @@ pub fn decide(method: &str, role: Role) -> Result<(), String> {
 #[derive(Debug)]
 pub struct ControllerState {
     pub store: Store,
-    pub pool: AgentPool,
+    pub pool: Arc<AgentPool>,
     pub audit_timeout: Duration,
+    pub runs: Arc<Runs>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +136,189 @@ fn host_from_pb(host: pb::Host) -> Host {
     }
 }
 
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
+    type WatchRunStream = EventStream;
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let caller = caller(&request)?;
+        let scope = start::scope_from_pb(request.into_inner().selection)?;
+        let span = tracing::info_span!("plan", caller = %caller.name);
+        let plan = start::make_plan(&self.state.runs, &scope)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::PlanResponse {
+            plan_json: to_json(&plan)?,
+        }))
+    }
+
+    async fn start_run(
+        &self,
+        request: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let saved_plan = if request.plan_json.trim().is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&request.plan_json).map_err(|e| {
+                ControllerError::InvalidArgument(format!(
+                    "the saved plan is not a plan fleetctl wrote ({e}); make one with `fleetctl plan --out plan.json`"
+                ))
+            })?)
+        };
+        let start = StartRequest {
+            scope: start::scope_from_pb(request.selection)?,
+            saved_plan,
+            options: start::options_from_pb(request.options)?,
+            dry_run: request.dry_run,
+        };
+        let span = tracing::info_span!("start_run", caller = %caller.name);
+        let view = self
+            .state
+            .runs
+            .start(&caller, start)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::RunInfo {
+            run_json: to_json(&view)?,
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 50,
+            n => n as usize,
+        };
+        let runs = self.state.runs.list(limit)?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs_json: runs.iter().map(to_json).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    async fn get_run(&self, request: Request<pb::RunRef>) -> Result<Response<pb::RunInfo>, Status> {
+        let view = self.state.runs.get(&request.into_inner().run_id)?;
+        Ok(Response::new(pb::RunInfo {
+            run_json: to_json(&view)?,
+        }))
+    }
+
+    async fn watch_run(
+        &self,
+        request: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let request = request.into_inner();
+        let events = self.state.runs.watch(&request.run_id, request.after_seq)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(|event| {
+            Ok(pb::RunEvent {
+                seq: event.seq,
+                event_json: to_json(&event)?,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn pause_run(
+        &self,
+        request: Request<pb::RunRef>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let run =
+            self.state
+                .runs
+                .control(&caller, &request.into_inner().run_id, Some(Control::Pause))?;
+        run_info(&run)
+    }
+
+    async fn resume_run(
+        &self,
+        request: Request<pb::RunRef>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let run = self
+            .state
+            .runs
+            .control(&caller, &request.into_inner().run_id, None)?;
+        run_info(&run)
+    }
+
+    async fn abort_run(
+        &self,
+        request: Request<pb::RunRef>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let run =
+            self.state
+                .runs
+                .control(&caller, &request.into_inner().run_id, Some(Control::Abort))?;
+        run_info(&run)
+    }
+
+    async fn rollback_run(
+        &self,
+        request: Request<pb::RollbackRunRequest>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let view = self.state.runs.rollback(
+            &caller,
+            &r.run_id,
+            &r.hosts,
+            &r.containers,
+            r.max_parallel,
+        )?;
+        Ok(Response::new(pb::RunInfo {
+            run_json: to_json(&view)?,
+        }))
+    }
+
+    async fn prune_run(
+        &self,
+        request: Request<pb::RunRef>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let run = self
+            .state
+            .runs
+            .prune(&caller, &request.into_inner().run_id)
+            .await?;
+        run_info(&run)
+    }
+
+    async fn audit_log(
+        &self,
+        request: Request<pb::AuditLogRequest>,
+    ) -> Result<Response<pb::AuditLogResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = self
+            .state
+            .store
+            .log(limit)?
+            .into_iter()
+            .map(|e| pb::AuditLogEntry {
+                unix_ms: e.unix_ms,
+                who: e.who,
+                role: e.role,
+                action: e.action,
+                target: e.target,
+                result: e.result,
+            })
+            .collect();
+        Ok(Response::new(pb::AuditLogResponse { entries }))
+    }
+
     async fn who_am_i(
         &self,
         request: Request<pb::WhoAmIRequest>,

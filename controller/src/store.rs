@@ -8,15 +8,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ControllerError;
 use crate::inventory::{Host, HostSource};
+use crate::run::model::{ContainerRun, Run, RunEvent};
+
+/// `run \0 rest`: a run's records sort together and never mix with another
+/// run whose id shares a prefix.
+fn run_key(run: &str, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run.len() + 1 + rest.len());
+    key.extend_from_slice(run.as_bytes());
+    key.push(0);
+    key.extend_from_slice(rest);
+    key
+}
 
 const HOSTS: &str = "hosts";
 const AUDIT_LOG: &str = "audit_log";
+const RUNS: &str = "runs";
+const RUN_CONTAINERS: &str = "run_containers";
+const RUN_EVENTS: &str = "run_events";
 
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
     hosts: sled::Tree,
     log: sled::Tree,
+    runs: sled::Tree,
+    run_containers: sled::Tree,
+    run_events: sled::Tree,
 }
 
 /// One line of the append-only audit log: who did what, when, with what result.
@@ -40,6 +57,9 @@ impl Store {
         Ok(Store {
             hosts: db.open_tree(HOSTS)?,
             log: db.open_tree(AUDIT_LOG)?,
+            runs: db.open_tree(RUNS)?,
+            run_containers: db.open_tree(RUN_CONTAINERS)?,
+            run_events: db.open_tree(RUN_EVENTS)?,
             db,
         })
     }
@@ -119,6 +139,107 @@ impl Store {
             .collect::<Result<Vec<LogEntry>, ControllerError>>()?;
         entries.reverse();
         Ok(entries)
+    }
+}
+
+/// Runs: a header per run, a record per container, an event log per run.
+/// Every write is flushed before the caller acts on it.
+impl Store {
+    pub fn put_run(&self, run: &Run) -> Result<(), ControllerError> {
+        self.runs
+            .insert(run.id.as_bytes(), serde_json::to_vec(run)?)?;
+        self.flush()
+    }
+
+    pub fn run(&self, id: &str) -> Result<Option<Run>, ControllerError> {
+        self.runs
+            .get(id.as_bytes())?
+            .map(|v| Ok(serde_json::from_slice(&v)?))
+            .transpose()
+    }
+
+    pub fn runs(&self) -> Result<Vec<Run>, ControllerError> {
+        self.runs
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Writes a container's record and, in the same flush, an event.
+    pub fn put_container(
+        &self,
+        run: &str,
+        container: &ContainerRun,
+        event: Option<&RunEvent>,
+    ) -> Result<(), ControllerError> {
+        self.run_containers.insert(
+            run_key(run, container.key.as_bytes()),
+            serde_json::to_vec(container)?,
+        )?;
+        if let Some(event) = event {
+            self.insert_event(run, event)?;
+        }
+        self.flush()
+    }
+
+    pub fn containers(&self, run: &str) -> Result<Vec<ContainerRun>, ControllerError> {
+        self.run_containers
+            .scan_prefix(run_key(run, b""))
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    fn insert_event(&self, run: &str, event: &RunEvent) -> Result<(), ControllerError> {
+        self.run_events.insert(
+            run_key(run, &event.seq.to_be_bytes()),
+            serde_json::to_vec(event)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn append_event(&self, run: &str, event: &RunEvent) -> Result<(), ControllerError> {
+        self.insert_event(run, event)?;
+        self.flush()
+    }
+
+    /// The run's events with `seq > after`, in order.
+    pub fn events(&self, run: &str, after: u64) -> Result<Vec<RunEvent>, ControllerError> {
+        self.run_events
+            .range(run_key(run, &(after + 1).to_be_bytes())..run_key(run, &[0xff; 9]))
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    pub fn last_event_seq(&self, run: &str) -> Result<u64, ControllerError> {
+        Ok(self
+            .run_events
+            .scan_prefix(run_key(run, b""))
+            .keys()
+            .next_back()
+            .transpose()?
+            .and_then(|k| {
+                k.get(k.len().saturating_sub(8)..).map(|b| {
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(b);
+                    u64::from_be_bytes(seq)
+                })
+            })
+            .unwrap_or(0))
+    }
+
+    /// Bytes a run occupies in the store (header, containers, events).
+    pub fn run_size(&self, run: &str) -> Result<u64, ControllerError> {
+        let mut bytes = self.runs.get(run.as_bytes())?.map_or(0, |v| v.len() as u64);
+        for tree in [&self.run_containers, &self.run_events] {
+            for kv in tree.scan_prefix(run_key(run, b"")) {
+                let (k, v) = kv?;
+                bytes += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok(bytes)
     }
 }
 

@@ -6,8 +6,10 @@ pub mod agent_client;
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod fleet;
 pub mod pki;
 pub mod podman;
+pub mod process;
 pub mod servers;
 pub mod tree;
 

@@ -119,6 +119,7 @@ pub async fn start_controller(tls: TlsFiles, hosts: &[(&str, &str)]) -> RunningC
             .collect(),
         audit_timeout: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(3),
+        agent_deadline: Duration::from_secs(30),
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

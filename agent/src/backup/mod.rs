@@ -259,11 +259,35 @@ impl BackupStore {
             .collect()
     }
 
-    /// Deletes a backup.
+    /// Deletes a backup (complete or not). Only a real directory directly
+    /// under the backup directory is removed, and nothing is followed out
+    /// of it: a symbolic link in its place is refused, links inside it are
+    /// removed as links (`remove_dir_all` never follows them).
     pub fn remove(&self, id: &str) -> Result<(), BackupError> {
-        self.get(id)?;
+        if !fleet_core::is_valid_name(id) {
+            return Err(BackupError::NotFound(id.to_string()));
+        }
         let dir = self.dir.join(id);
-        std::fs::remove_dir_all(&dir).map_err(Self::io(&dir))
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BackupError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(Self::io(&dir)(e)),
+        };
+        if !meta.is_dir() {
+            return Err(BackupError::Damaged {
+                id: id.to_string(),
+                reason: format!(
+                    "{} is not a directory (a symbolic link?); fleet did not write it and left it alone",
+                    dir.display()
+                ),
+            });
+        }
+        std::fs::remove_dir_all(&dir).map_err(Self::io(&dir))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Self::io(&self.dir))
     }
 
     /// Deletes backups whose retention has passed; returns their ids.
@@ -274,5 +298,48 @@ impl BackupStore {
             .filter(|b| b.expires_unix <= now)
             .filter_map(|b| self.remove(&b.id).ok().map(|()| b.id))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_never_follows_a_symbolic_link_out_of_the_backup_dir() {
+        let state = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+        let store = BackupStore::new(state.path());
+        std::fs::create_dir_all(store.dir()).unwrap();
+        // A backup directory that is a link to somewhere else: refused.
+        std::os::unix::fs::symlink(outside.path(), store.dir().join("linked")).unwrap();
+        assert!(matches!(
+            store.remove("linked"),
+            Err(BackupError::Damaged { .. })
+        ));
+        // A real backup with a link inside: the link goes, not its target.
+        let real = store.dir().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("backup.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(outside.path(), real.join("sub/escape")).unwrap();
+        store.remove("real").unwrap();
+        assert!(!real.exists());
+        assert_eq!(
+            std::fs::read(outside.path().join("precious")).unwrap(),
+            b"keep"
+        );
+        assert!(matches!(
+            store.remove("real"),
+            Err(BackupError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.remove("../x"),
+            Err(BackupError::NotFound(_))
+        ));
+        assert!(
+            store.dir().join("linked").exists(),
+            "the link itself is left"
+        );
     }
 }

@@ -494,6 +494,11 @@ impl<'s, 'a> Worker<'s, 'a> {
         for pending in std::mem::take(&mut self.batch) {
             self.apply(&pending)?;
         }
+        // Test aid: a crash after N entries were recorded, synced and changed.
+        fleet_core::fault::count(
+            "agent:ownership-entries",
+            self.shared.changed.load(Ordering::Relaxed),
+        );
         Ok(())
     }
 

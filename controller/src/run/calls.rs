@@ -1,0 +1,320 @@
+//! The controller's side of the agent's step API: build each request from
+//! the plan, consume the step's stream (progress, then one result), and
+//! tell an unreachable agent (retry: the step key makes it safe) from an
+//! agent that answered with an error (the step failed).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use fleet_core::tls::explain_connect_error;
+use fleet_proto::agent::v1 as pb;
+use serde_json::Value;
+use tonic::Streaming;
+
+use crate::agents::AgentPool;
+use crate::inventory::Host;
+use crate::plan::Migration;
+use crate::policy::Probe;
+use crate::run::model::StepKind;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// Nothing answered, or the stream broke: the agent may or may not have
+    /// acted; the same call again is safe.
+    Unreachable(String),
+    /// The agent answered with an error: the step did not happen (or was
+    /// put back by the agent).
+    Failed(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(m) | CallError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What one step returned.
+#[derive(Debug, Clone)]
+pub struct StepReply {
+    pub outcome: Value,
+    pub replayed: bool,
+}
+
+/// Progress counters from a long step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub entries: u64,
+    pub changed: u64,
+    pub bytes: u64,
+}
+
+/// The request for one migration step; `target` is the container's new
+/// uid:gid (known once the user step has run, or from the plan).
+#[derive(Debug, Clone)]
+pub struct StepCall<'a> {
+    pub run: &'a str,
+    pub step: &'a str,
+    pub kind: StepKind,
+    pub container_id: &'a str,
+    pub container_name: &'a str,
+    pub migration: &'a Migration,
+    pub target: Option<(u32, u32)>,
+}
+
+fn classify(host: &Host, status: &tonic::Status) -> CallError {
+    let peer = format!("agent {} at {}", host.name, host.address);
+    if let Some(source) = std::error::Error::source(status) {
+        return CallError::Unreachable(explain_connect_error(&peer, source));
+    }
+    if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
+        return CallError::Unreachable(format!("{peer}: {}", status.message()));
+    }
+    CallError::Failed(format!("{peer}: {}", status.message()))
+}
+
+fn key(run: &str, step: &str) -> Option<pb::StepKey> {
+    Some(pb::StepKey {
+        run_id: run.into(),
+        step_id: step.into(),
+    })
+}
+
+fn probe_pb(probe: &Probe) -> pb::Probe {
+    use pb::probe::Kind;
+    pb::Probe {
+        kind: Some(match probe {
+            Probe::Tcp { address } => Kind::TcpAddress(address.clone()),
+            Probe::Http { url } => Kind::HttpUrl(url.clone()),
+            Probe::Exec { argv } => Kind::Exec(pb::ExecProbe { argv: argv.clone() }),
+        }),
+    }
+}
+
+/// Reads a step's stream to its one result.
+async fn drain(
+    host: &Host,
+    stream: Result<tonic::Response<Streaming<pb::StepEvent>>, tonic::Status>,
+    on_progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<StepReply, CallError> {
+    let mut stream = stream.map_err(|s| classify(host, &s))?.into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::StepEvent {
+                event: Some(pb::step_event::Event::Progress(p)),
+            })) => on_progress(Progress {
+                entries: p.entries,
+                changed: p.changed,
+                bytes: p.bytes,
+            }),
+            Ok(Some(pb::StepEvent {
+                event: Some(pb::step_event::Event::Result(r)),
+            })) => {
+                let outcome = serde_json::from_str(&r.outcome_json).unwrap_or(Value::Null);
+                return Ok(StepReply {
+                    outcome,
+                    replayed: r.replayed,
+                });
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(CallError::Unreachable(format!(
+                    "agent {} closed the step's stream before its result (it may have restarted)",
+                    host.name
+                )));
+            }
+            Err(status) => return Err(classify(host, &status)),
+        }
+    }
+}
+
+/// One attempt at a migration step.
+pub async fn step(
+    pool: &AgentPool,
+    host: &Host,
+    call: &StepCall<'_>,
+    on_progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<StepReply, CallError> {
+    let mut client = pool
+        .client(host)
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    let m = call.migration;
+    let (uid, gid) = call.target.unwrap_or((0, 0));
+    let need_target = || {
+        if call.target.is_none() {
+            Err(CallError::Failed(format!(
+                "no target identity for {} before its {} step",
+                call.container_name,
+                call.kind.as_str()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let stream = match call.kind {
+        StepKind::Backup => {
+            client
+                .backup(pb::BackupRequest {
+                    key: key(call.run, call.step),
+                    container: call.container_id.into(),
+                    hooks: m
+                        .hooks
+                        .iter()
+                        .map(|argv| pb::Hook {
+                            argv: argv.clone(),
+                            timeout_secs: 300,
+                        })
+                        .collect(),
+                    retention_days: m.retention_days.min(u32::MAX as u64) as u32,
+                })
+                .await
+        }
+        StepKind::User => {
+            client
+                .ensure_user(pb::EnsureUserRequest {
+                    key: key(call.run, call.step),
+                    name: m.user_to_create.clone().unwrap_or_default(),
+                    uid: m.uid,
+                    gid: m.gid,
+                    rootless: false,
+                })
+                .await
+        }
+        StepKind::Stop => {
+            client
+                .stop(pb::StopRequest {
+                    key: key(call.run, call.step),
+                    container: call.container_id.into(),
+                })
+                .await
+        }
+        StepKind::Ownership => {
+            need_target()?;
+            let uids = m.from_ids.iter().map(|&from| (from, uid)).collect();
+            let gids = m.from_ids.iter().map(|&from| (from, gid)).collect();
+            client
+                .change_ownership(pb::ChangeOwnershipRequest {
+                    key: key(call.run, call.step),
+                    container: call.container_id.into(),
+                    uids,
+                    gids,
+                    mounts: m.mounts.iter().map(|mp| mp.destination.clone()).collect(),
+                    ..Default::default()
+                })
+                .await
+        }
+        StepKind::Recreate => {
+            need_target()?;
+            client
+                .recreate(pb::RecreateRequest {
+                    key: key(call.run, call.step),
+                    container: call.container_id.into(),
+                    uid,
+                    gid,
+                    allow_layer_loss: false,
+                })
+                .await
+        }
+        StepKind::Verify => {
+            client
+                .verify(pb::VerifyRequest {
+                    key: key(call.run, call.step),
+                    // The recreated container has a new id, the same name.
+                    container: call.container_name.into(),
+                    deadline_secs: m.deadline_secs.min(u32::MAX as u64) as u32,
+                    min_running_secs: m.min_healthy_secs.min(u32::MAX as u64) as u32,
+                    probe: m.probe.as_ref().map(probe_pb),
+                })
+                .await
+        }
+    };
+    drain(host, stream, on_progress).await
+}
+
+/// Undoes one step on the agent.
+pub async fn undo(
+    pool: &AgentPool,
+    host: &Host,
+    run: &str,
+    step: &str,
+) -> Result<StepReply, CallError> {
+    let mut client = pool
+        .client(host)
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    let stream = client
+        .undo(pb::UndoRequest {
+            key: key(run, step),
+        })
+        .await;
+    drain(host, stream, &|_| {}).await
+}
+
+/// The step ids the agent's journal holds for `run` (empty if it has none):
+/// what the controller reconciles its own in-flight intents against.
+pub async fn agent_steps(
+    pool: &AgentPool,
+    host: &Host,
+    run: &str,
+) -> Result<HashSet<String>, CallError> {
+    let mut client = pool
+        .client(host)
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    match client
+        .journal(pb::JournalRequest { run_id: run.into() })
+        .await
+    {
+        Ok(response) => {
+            let records: Vec<Value> =
+                serde_json::from_str(&response.into_inner().records_json).unwrap_or_default();
+            Ok(records
+                .iter()
+                .filter_map(|r| r.get("step").and_then(Value::as_str).map(str::to_string))
+                .collect())
+        }
+        Err(status)
+            if status.code() == tonic::Code::NotFound
+                && std::error::Error::source(&status).is_none() =>
+        {
+            Ok(HashSet::new())
+        }
+        Err(status) => Err(classify(host, &status)),
+    }
+}
+
+/// Releases the run's checkpoints on the host.
+pub async fn prune(pool: &AgentPool, host: &Host, run: &str) -> Result<Value, CallError> {
+    let mut client = pool
+        .client(host)
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    match client.prune(pb::PruneRequest { run_id: run.into() }).await {
+        Ok(r) => Ok(serde_json::from_str(&r.into_inner().outcome_json).unwrap_or(Value::Null)),
+        Err(status) => Err(classify(host, &status)),
+    }
+}
+
+/// Retries `attempt` while the agent is unreachable, until `deadline`.
+pub async fn with_deadline<T, F, Fut>(deadline: Duration, mut attempt: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(CallError::Unreachable(message)) => {
+                if started.elapsed() >= deadline {
+                    return Err(CallError::Unreachable(format!(
+                        "{message} (gave up after {} s)",
+                        deadline.as_secs()
+                    )));
+                }
+                tracing::warn!(error = %message, "agent unreachable mid-step; retrying the same step");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! One live run in memory: its header and container records behind locks,
+//! every change written (and flushed) to the store before it is acted on,
+//! and its events fanned out to watchers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::agents::AgentPool;
+use crate::error::ControllerError;
+use crate::inventory::{Host, HostSource};
+use crate::run::model::{ContainerRun, EventKind, Run, RunEvent, StepKind};
+use crate::store::Store;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An event before it gets its sequence number.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub host: Option<String>,
+    pub container: Option<String>,
+    pub step: Option<StepKind>,
+    pub what: EventKind,
+    pub message: String,
+}
+
+impl Draft {
+    pub fn run(what: EventKind, message: impl Into<String>) -> Self {
+        Draft {
+            host: None,
+            container: None,
+            step: None,
+            what,
+            message: message.into(),
+        }
+    }
+
+    pub fn host(host: &str, what: EventKind, message: impl Into<String>) -> Self {
+        Draft {
+            host: Some(host.to_string()),
+            ..Draft::run(what, message)
+        }
+    }
+
+    pub fn container(
+        c: &ContainerRun,
+        step: Option<StepKind>,
+        what: EventKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Draft {
+            host: Some(c.host.clone()),
+            container: Some(c.plan.name.clone()),
+            step,
+            what,
+            message: message.into(),
+        }
+    }
+}
+
+/// Controller-side cost of the run's steps (journal writes and
+/// bookkeeping, not the agent's work): what the overhead benchmark reads.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Overhead {
+    pub steps: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+}
+
+pub struct RunCtx {
+    pub id: String,
+    /// The run id the agents journal under (a rollback run undoes the
+    /// steps of the run it rolls back).
+    pub agent_run: String,
+    pub store: Store,
+    pub pool: Arc<AgentPool>,
+    pub agent_deadline: Duration,
+    header: Mutex<Run>,
+    containers: Mutex<BTreeMap<String, ContainerRun>>,
+    seq: AtomicU64,
+    events: broadcast::Sender<RunEvent>,
+    overhead: Mutex<Overhead>,
+}
+
+impl std::fmt::Debug for RunCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunCtx").field("id", &self.id).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RunCtx {
+    pub fn new(
+        run: Run,
+        containers: Vec<ContainerRun>,
+        store: Store,
+        pool: Arc<AgentPool>,
+        agent_deadline: Duration,
+    ) -> Result<Self, ControllerError> {
+        let seq = store.last_event_seq(&run.id)?;
+        let agent_run = match &run.kind {
+            crate::run::model::RunKind::Migrate => run.id.clone(),
+            crate::run::model::RunKind::Rollback { of } => of.clone(),
+        };
+        let (events, _) = broadcast::channel(4096);
+        let agent_deadline = match run.options.agent_deadline_secs {
+            0 => agent_deadline,
+            secs => Duration::from_secs(u64::from(secs)),
+        };
+        Ok(RunCtx {
+            id: run.id.clone(),
+            agent_run,
+            store,
+            pool,
+            agent_deadline,
+            header: Mutex::new(run),
+            containers: Mutex::new(containers.into_iter().map(|c| (c.key.clone(), c)).collect()),
+            seq: AtomicU64::new(seq),
+            events,
+            overhead: Mutex::new(Overhead::default()),
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    fn stamp(&self, draft: Draft) -> RunEvent {
+        self.stamp_as(draft, self.seq.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn stamp_as(&self, draft: Draft, seq: u64) -> RunEvent {
+        RunEvent {
+            seq,
+            unix_ms: now_ms(),
+            host: draft.host,
+            container: draft.container,
+            step: draft.step,
+            what: draft.what,
+            message: draft.message,
+            entries: 0,
+            changed: 0,
+            bytes: 0,
+        }
+    }
+
+    /// A durable event (flushed), then fanned out.
+    pub fn emit(&self, draft: Draft) -> Result<(), ControllerError> {
+        let event = self.stamp(draft);
+        self.store.append_event(&self.id, &event)?;
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    /// A progress event: live only (watchers see it; the journal keeps the
+    /// step's outcome, not every counter on the way).
+    pub fn progress(&self, draft: Draft, entries: u64, changed: u64, bytes: u64) {
+        // Progress takes no durable sequence number (seq 0).
+        let mut event = self.stamp_as(draft, 0);
+        event.entries = entries;
+        event.changed = changed;
+        event.bytes = bytes;
+        let _ = self.events.send(event);
+    }
+
+    pub fn header(&self) -> Run {
+        lock(&self.header).clone()
+    }
+
+    /// Changes the header and writes it before anything acts on it.
+    pub fn update_header(&self, change: impl FnOnce(&mut Run)) -> Result<Run, ControllerError> {
+        let mut header = lock(&self.header);
+        change(&mut header);
+        self.store.put_run(&header)?;
+        Ok(header.clone())
+    }
+
+    pub fn container(&self, key: &str) -> Option<ContainerRun> {
+        lock(&self.containers).get(key).cloned()
+    }
+
+    pub fn containers(&self) -> Vec<ContainerRun> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    /// Changes a container's record and writes it, with its event, in one
+    /// flush — before the caller asks any agent to act on it.
+    pub fn update_container(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut ContainerRun) -> Option<Draft>,
+    ) -> Result<ContainerRun, ControllerError> {
+        let mut containers = lock(&self.containers);
+        let container = containers.get_mut(key).ok_or_else(|| {
+            ControllerError::Store(format!("run {} has no container {key}", self.id))
+        })?;
+        let event = change(container).map(|d| self.stamp(d));
+        self.store
+            .put_container(&self.id, container, event.as_ref())?;
+        let snapshot = container.clone();
+        drop(containers);
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
+        Ok(snapshot)
+    }
+
+    pub fn host(&self, name: &str) -> Host {
+        let header = lock(&self.header);
+        let address = header
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.address.clone())
+            .unwrap_or_default();
+        Host {
+            name: name.to_string(),
+            address,
+            labels: Default::default(),
+            source: HostSource::Store,
+        }
+    }
+
+    pub fn record_overhead(&self, us: u64) {
+        let mut o = lock(&self.overhead);
+        o.steps += 1;
+        o.total_us += us;
+        o.max_us = o.max_us.max(us);
+    }
+
+    pub fn overhead(&self) -> Overhead {
+        *lock(&self.overhead)
+    }
+}

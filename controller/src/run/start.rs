@@ -1,0 +1,305 @@
+//! From a request to a run: plan now (or check a saved plan is not stale),
+//! validate the options, lay out the waves and the container records.
+
+use fleet_core::audit::HostReport;
+use fleet_core::auth::Caller;
+use fleet_proto::agent::v1 as agent_pb;
+use fleet_proto::controller::v1 as pb;
+
+use crate::audit::audit_hosts;
+use crate::error::ControllerError;
+use crate::inventory::{self, Host};
+use crate::plan::{Action, HostPlan, Plan, Selection, plan_host};
+use crate::policy::{Policy, glob};
+use crate::run::Runs;
+use crate::run::ctx::now_ms;
+use crate::run::model::{
+    ContainerRun, ContainerState, HostRun, HostState, OnFailure, Run, RunKind, RunOptions,
+    RunPhase, RunView,
+};
+use crate::run::waves;
+
+/// What a plan is made for.
+#[derive(Debug, Clone, Default)]
+pub struct PlanScope {
+    pub hosts: Vec<String>,
+    pub selectors: Vec<String>,
+    pub selection: Selection,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub scope: PlanScope,
+    pub saved_plan: Option<Plan>,
+    pub options: RunOptions,
+    pub dry_run: bool,
+}
+
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let nanos = now.nanosecond();
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:04x}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        (nanos ^ (nanos >> 16)) & 0xffff
+    )
+}
+
+/// Audits the chosen hosts (with the images' users) and plans each.
+pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<Plan, ControllerError> {
+    let hosts = inventory::select(runs.store().hosts()?, &scope.hosts, &scope.selectors)?;
+    let audits = audit_hosts(
+        runs.pool(),
+        hosts.clone(),
+        runs.audit_timeout,
+        agent_pb::InspectRequest {
+            containers: Vec::new(),
+            skip_ownership: false,
+            with_users: true,
+        },
+    )
+    .await;
+    let mut plans = Vec::new();
+    for (host, audit) in hosts.iter().zip(audits) {
+        plans.push(match audit.outcome {
+            Some(pb::host_audit::Outcome::Report(report)) => plan_host(
+                host,
+                &HostReport::from(report),
+                &scope.policy,
+                &scope.selection,
+            ),
+            Some(pb::host_audit::Outcome::Error(e)) => unplanned(host, e.message),
+            None => unplanned(host, "no answer".into()),
+        });
+    }
+    for pattern in &scope.selection.containers {
+        if !plans
+            .iter()
+            .any(|h| h.containers.iter().any(|c| glob(pattern, &c.name)))
+        {
+            return Err(ControllerError::NotFound(format!(
+                "no container matches '{pattern}' on host(s) {} (see `fleetctl audit`)",
+                hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(Plan {
+        version: 1,
+        created_unix_ms: now_ms(),
+        hosts: plans,
+    })
+}
+
+fn unplanned(host: &Host, error: String) -> HostPlan {
+    HostPlan {
+        host: host.name.clone(),
+        address: host.address.clone(),
+        error: Some(error),
+        containers: Vec::new(),
+    }
+}
+
+/// A saved plan applies only to the configuration it was made against.
+async fn check_not_stale(
+    runs: &Runs,
+    saved: &Plan,
+    scope: &PlanScope,
+) -> Result<(), ControllerError> {
+    let scope = PlanScope {
+        hosts: saved.hosts.iter().map(|h| h.host.clone()).collect(),
+        selectors: Vec::new(),
+        ..scope.clone()
+    };
+    let fresh = make_plan(runs, &scope).await?;
+    for host in &saved.hosts {
+        let now = fresh.hosts.iter().find(|h| h.host == host.host);
+        if let Some(error) = now.and_then(|h| h.error.as_ref()) {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "cannot check the saved plan against host {}: {error}",
+                host.host
+            )));
+        }
+        for planned in host
+            .containers
+            .iter()
+            .filter(|c| matches!(c.action, Action::Migrate(_)))
+        {
+            let current = now.and_then(|h| h.containers.iter().find(|c| c.id == planned.id));
+            let changed = match current {
+                None => Some("it no longer exists".to_string()),
+                Some(c) if c.fingerprint != planned.fingerprint => Some(format!(
+                    "its configuration changed (fingerprint {} → {})",
+                    &planned.fingerprint[..planned.fingerprint.len().min(12)],
+                    &c.fingerprint[..c.fingerprint.len().min(12)]
+                )),
+                Some(_) => None,
+            };
+            if let Some(changed) = changed {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "saved plan is stale: container {} on host {}: {changed} since the plan was made; make a new one with `fleetctl plan --out`",
+                    planned.name, host.host
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the run (not yet stored) from the request.
+pub async fn build(
+    runs: &Runs,
+    caller: &Caller,
+    request: StartRequest,
+) -> Result<RunView, ControllerError> {
+    let plan = match &request.saved_plan {
+        Some(saved) => {
+            check_not_stale(runs, saved, &request.scope).await?;
+            saved.clone()
+        }
+        None => make_plan(runs, &request.scope).await?,
+    };
+    if let Some(host) = plan.hosts.iter().find(|h| h.error.is_some()) {
+        return Err(ControllerError::FailedPrecondition(format!(
+            "host {} could not be planned: {}; bring its agent back or leave the host out (--host/--selector)",
+            host.host,
+            host.error.clone().unwrap_or_default()
+        )));
+    }
+    let budget = waves::budget(&request.options.max_failures, plan.hosts.len())?;
+    let host_names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
+    let wave_list = waves::waves(
+        &host_names,
+        request.options.canary,
+        &request.options.batches,
+    )?;
+    let mut containers = Vec::new();
+    let mut hosts = Vec::new();
+    for host in &plan.hosts {
+        let mut keys = Vec::new();
+        for c in &host.containers {
+            let key = format!("{}/{:04}", host.host, c.order);
+            let state = match c.action {
+                Action::Migrate(_) => ContainerState::Pending,
+                _ => ContainerState::NotMigrated,
+            };
+            containers.push(ContainerRun {
+                key: key.clone(),
+                host: host.host.clone(),
+                plan: c.clone(),
+                state,
+                steps: Vec::new(),
+                target: None,
+                error: None,
+                downtime_ms: None,
+                started_unix_ms: None,
+                finished_unix_ms: None,
+            });
+            keys.push(key);
+        }
+        hosts.push(HostRun {
+            name: host.host.clone(),
+            address: host.address.clone(),
+            state: HostState::Pending,
+            error: None,
+            containers: keys,
+        });
+    }
+    if !request.dry_run
+        && !containers
+            .iter()
+            .any(|c| c.state == ContainerState::Pending)
+    {
+        return Err(ControllerError::FailedPrecondition(
+            "nothing to migrate: every selected container is exempt, refused or already non-root (see `fleetctl plan`)".into(),
+        ));
+    }
+    let run = Run {
+        id: if request.dry_run {
+            "dry-run".into()
+        } else {
+            new_run_id()
+        },
+        kind: RunKind::Migrate,
+        created_by: caller.name.clone(),
+        created_unix_ms: now_ms(),
+        finished_unix_ms: None,
+        options: request.options,
+        phase: RunPhase::Running,
+        control: None,
+        waves: wave_list,
+        waves_done: 0,
+        hosts,
+        budget,
+        failed_hosts: 0,
+        note: None,
+        stopping: None,
+        overhead: Default::default(),
+        pruned: None,
+        rolled_back_by: Vec::new(),
+    };
+    Ok(RunView { run, containers })
+}
+
+/// The wire's options → validated domain options.
+pub fn options_from_pb(options: Option<pb::RunOptions>) -> Result<RunOptions, ControllerError> {
+    let o = options.unwrap_or_default();
+    let on_failure = OnFailure::parse(&o.on_failure).ok_or_else(|| {
+        ControllerError::InvalidArgument(format!(
+            "invalid --on-failure '{}': use rollback-host, halt or rollback-run",
+            o.on_failure
+        ))
+    })?;
+    for batch in &o.batches {
+        waves::BatchSize::parse(batch)?;
+    }
+    waves::budget(&o.max_failures, 1)?;
+    Ok(RunOptions {
+        canary: o.canary,
+        batches: o.batches,
+        max_parallel: if o.max_parallel == 0 {
+            4
+        } else {
+            o.max_parallel
+        },
+        max_failures: o.max_failures,
+        on_failure,
+        pause_after_canary: o.pause_after_canary,
+        agent_deadline_secs: o.agent_deadline_secs,
+    })
+}
+
+/// The wire's selection → the planner's scope (the policy parsed here, so
+/// its errors name the operator's file and line).
+pub fn scope_from_pb(selection: Option<pb::Selection>) -> Result<PlanScope, ControllerError> {
+    let s = selection.unwrap_or_default();
+    let policy = if s.policy_toml.trim().is_empty() {
+        Policy::default()
+    } else {
+        let path = if s.policy_path.is_empty() {
+            "policy.toml".to_string()
+        } else {
+            s.policy_path.clone()
+        };
+        Policy::parse(std::path::Path::new(&path), &s.policy_toml)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?
+    };
+    Ok(PlanScope {
+        hosts: s.hosts,
+        selectors: s.selectors,
+        selection: Selection {
+            containers: s.containers,
+            include_pods: s.include_pods,
+        },
+        policy,
+    })
+}

@@ -1,0 +1,183 @@
+//! A small fleet on this machine: several agents, each scoped to its own
+//! set of containers by a label (one engine, several "hosts"), one
+//! controller listing them, operator and viewer certificates, and helpers
+//! to look at what a run did from the engine's side.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use fleet_core::role::Role;
+use fleet_core::tls::TlsFiles;
+
+use crate::cli::{CliOutput, fleetctl};
+use crate::engine::{Scope, body, docker, test_image};
+use crate::pki::TestPki;
+use crate::servers::{
+    AgentOptions, RunningAgent, RunningController, start_agent, start_controller,
+};
+use crate::unique;
+
+/// The label that says which test host a container belongs to.
+pub const HOST_LABEL: &str = "fleet.test.host";
+
+pub struct TestFleet {
+    pub pki: TestPki,
+    pub agents: Vec<RunningAgent>,
+    pub controller: RunningController,
+    pub operator: TlsFiles,
+    pub viewer: TlsFiles,
+    pub scope: Scope,
+    pub image: String,
+    /// Host names, and the label value scoping each one's containers.
+    pub hosts: Vec<(String, String)>,
+    pub prefix: String,
+}
+
+impl TestFleet {
+    pub async fn start(hosts: usize) -> Self {
+        let docker = docker().await;
+        let image = test_image(&docker).await;
+        let pki = TestPki::new();
+        let prefix = unique("fl");
+        let mut agents = Vec::new();
+        let mut names = Vec::new();
+        for i in 1..=hosts {
+            let name = format!("h{i}");
+            let label = format!("{prefix}-{name}");
+            agents.push(
+                start_agent(
+                    pki.files("agent"),
+                    AgentOptions {
+                        hostname: name.clone(),
+                        scope: Some((HOST_LABEL.to_string(), label.clone())),
+                        ..AgentOptions::default()
+                    },
+                )
+                .await,
+            );
+            names.push((name, label));
+        }
+        let listed: Vec<(&str, &str)> = names
+            .iter()
+            .zip(&agents)
+            .map(|((name, _), agent)| (name.as_str(), agent.address.as_str()))
+            .collect();
+        let controller = start_controller(pki.files("controller"), &listed).await;
+        let operator = pki.issue(Role::Operator, "alice", &[]);
+        let viewer = pki.issue(Role::Viewer, "victor", &[]);
+        TestFleet {
+            scope: Scope::new(&docker),
+            pki,
+            agents,
+            controller,
+            operator,
+            viewer,
+            image,
+            hosts: names,
+            prefix,
+        }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        self.scope.docker()
+    }
+
+    /// `fleetctl ARGS` as the operator alice.
+    pub async fn ctl(&self, args: &[&str]) -> CliOutput {
+        fleetctl(&self.controller.address, &self.operator, args).await
+    }
+
+    /// `fleetctl ARGS` as the viewer victor.
+    pub async fn view(&self, args: &[&str]) -> CliOutput {
+        fleetctl(&self.controller.address, &self.viewer, args).await
+    }
+
+    /// A container of host `host` (1-based), named `{prefix}-h{host}-{role}`,
+    /// started; stops within a second (the tests wait for many stops).
+    pub async fn container(
+        &self,
+        host: usize,
+        role: &str,
+        mut create: ContainerCreateBody,
+    ) -> String {
+        let (_, label) = &self.hosts[host - 1];
+        let name = format!("{}-h{host}-{role}", self.prefix);
+        create
+            .labels
+            .get_or_insert_with(HashMap::new)
+            .insert(HOST_LABEL.to_string(), label.clone());
+        create.stop_timeout.get_or_insert(1);
+        create.image.get_or_insert_with(|| self.image.clone());
+        self.scope.run(&name, create).await;
+        name
+    }
+
+    /// A plain root container running sleep.
+    pub async fn sleeper(&self, host: usize, role: &str) -> String {
+        self.container(host, role, body(&self.image, &["sleep", "3600"]))
+            .await
+    }
+
+    /// A root container with `dir` bind-mounted at /data.
+    pub async fn with_data(&self, host: usize, role: &str, dir: &Path) -> String {
+        self.container(
+            host,
+            role,
+            ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    binds: Some(vec![format!("{}:/data", dir.display())]),
+                    ..Default::default()
+                }),
+                ..body(&self.image, &["sleep", "3600"])
+            },
+        )
+        .await
+    }
+}
+
+/// What the engine says a container is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    pub user: String,
+    pub running: bool,
+    /// Real uid of the container's main process (from /proc), if running.
+    pub process_uid: Option<u32>,
+}
+
+pub async fn seen(docker: &Docker, name: &str) -> Seen {
+    let doc = docker
+        .inspect_container(name, None)
+        .await
+        .unwrap_or_else(|e| panic!("inspect {name}: {e}"));
+    let state = doc.state.unwrap_or_default();
+    let running = state.running == Some(true);
+    let process_uid = state.pid.filter(|p| running && *p > 0).and_then(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+    });
+    Seen {
+        id: doc.id.unwrap_or_default(),
+        user: doc.config.and_then(|c| c.user).unwrap_or_default(),
+        running,
+        process_uid,
+    }
+}
+
+/// Removes the users a run created (by name), even when a test fails.
+pub struct UsersCleanup(pub Vec<String>);
+
+impl Drop for UsersCleanup {
+    fn drop(&mut self) {
+        for user in &self.0 {
+            let _ = std::process::Command::new("userdel").arg(user).output();
+            let _ = std::process::Command::new("groupdel").arg(user).output();
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Invariant 2 through the whole product: `kill -9` of the controller at
+//! every step boundary of a container's migration, and of the agent
+//! before and inside the ownership walk; after a restart the run ends with
+//! the container migrated or exactly as before — never in between. The
+//! exact points are hit with FLEET_FAULT (a documented test aid that only
+//! a process's own environment can arm).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_core::role::Role;
+use fleet_core::tls::TlsFiles;
+use fleet_tests::cli::{CliOutput, fleetctl};
+use fleet_tests::engine::{Scope, body, docker, test_image};
+use fleet_tests::fleet::{HOST_LABEL, UsersCleanup, seen};
+use fleet_tests::pki::TestPki;
+use fleet_tests::process::{free_port, spawn_agent, spawn_controller, wait_died};
+use fleet_tests::servers::{AgentOptions, start_agent};
+use fleet_tests::tree::snapshot;
+use fleet_tests::unique;
+use serde_json::Value;
+
+const POLICY: &str = "[defaults]\nmin_healthy_secs = 1\ndeadline_secs = 30\n";
+const SIGABRT: i32 = 6;
+
+fn data_tree(dir: &Path, files: usize) {
+    std::fs::create_dir_all(dir.join("d/e")).unwrap();
+    for i in 0..files {
+        std::fs::write(dir.join(format!("d/e/f{i}")), format!("{i}")).unwrap();
+    }
+    std::fs::write(dir.join("d/app"), b"app").unwrap();
+    std::os::unix::fs::lchown(dir.join("d/app"), Some(1000), Some(1000)).unwrap();
+}
+
+async fn ctl(address: &str, tls: &TlsFiles, args: &[&str]) -> CliOutput {
+    fleetctl(address, tls, args).await
+}
+
+/// The newest run's id.
+async fn newest_run(address: &str, tls: &TlsFiles) -> String {
+    let runs = ctl(address, tls, &["runs", "list", "-o", "json"])
+        .await
+        .json();
+    runs[0]["id"].as_str().unwrap().to_string()
+}
+
+struct Subject {
+    name: String,
+    id: String,
+    data: std::path::PathBuf,
+    tree: std::collections::BTreeMap<String, fleet_tests::tree::Snap>,
+}
+
+impl Subject {
+    /// Migrated, or exactly as before: nothing else is acceptable.
+    async fn migrated_or_untouched(&self, docker: &bollard::Docker) -> bool {
+        let now = seen(docker, &self.name).await;
+        let tree = snapshot(&self.data);
+        if now.id == self.id {
+            assert_eq!(now.user, "", "the old container is back as it was");
+            assert!(now.running, "the old container runs again");
+            assert_eq!(tree, self.tree, "ownership exactly as before");
+            false
+        } else {
+            assert!(
+                now.running && now.process_uid.is_some_and(|u| u != 0),
+                "{now:?}"
+            );
+            assert_eq!(
+                tree["d/e/f0"].uid,
+                now.process_uid.unwrap(),
+                "files moved with it"
+            );
+            assert_eq!(tree["d/app"].uid, 1000);
+            true
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let pki = TestPki::new();
+    let operator = pki.issue(Role::Operator, "alice", &[]);
+    let label = unique("crash");
+    let agent = start_agent(
+        pki.files("agent"),
+        AgentOptions {
+            scope: Some((HOST_LABEL.into(), label.clone())),
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let base = tempfile::tempdir().unwrap();
+    let policy = base.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let policy = policy.to_str().unwrap().to_string();
+    let data = base.path().join("data");
+    data_tree(&data, 50);
+    let name = format!("{label}-db");
+    let mut create = body(&image, &["sleep", "3600"]);
+    create.labels = Some([(HOST_LABEL.to_string(), label.clone())].into());
+    create.stop_timeout = Some(1);
+    create.host_config = Some(bollard::models::HostConfig {
+        binds: Some(vec![format!("{}:/data", data.display())]),
+        ..Default::default()
+    });
+    let id = scope.run(&name, create).await;
+    let subject = Subject {
+        name: name.clone(),
+        id,
+        tree: snapshot(&data),
+        data,
+    };
+    let _users = UsersCleanup(vec![fleet_core::names::derive_user_name(&name)]);
+    let state = base.path().join("controller");
+    let port = free_port();
+    let hosts = [("h1", agent.address.as_str())];
+    let mut points = Vec::new();
+    for kind in ["backup", "user", "stop", "ownership", "recreate", "verify"] {
+        points.push(format!("controller:after-intent:{kind}"));
+        points.push(format!("controller:after-done:{kind}"));
+    }
+    for point in &points {
+        let mut crashing =
+            spawn_controller(&pki.files("controller"), &state, port, &hosts, Some(point));
+        let address = crashing.address.clone();
+        let started = ctl(
+            &address,
+            &operator,
+            &[
+                "migrate", "--host", "h1", "--policy", &policy, "--yes", "--detach", "-o", "json",
+            ],
+        )
+        .await;
+        let signal = wait_died(&mut crashing.child, Duration::from_secs(90));
+        assert_eq!(
+            signal,
+            Some(SIGABRT),
+            "{point}: the controller aborted at the armed point ({started:?})"
+        );
+        drop(crashing);
+        let restarted = spawn_controller(&pki.files("controller"), &state, port, &hosts, None);
+        let run = match started.code {
+            0 => started.json()["run"]["id"].as_str().unwrap().to_string(),
+            _ => newest_run(&restarted.address, &operator).await,
+        };
+        let watched = ctl(
+            &restarted.address,
+            &operator,
+            &["runs", "watch", &run, "-o", "json"],
+        )
+        .await;
+        let view: Value = watched.json();
+        assert!(
+            subject.migrated_or_untouched(&docker).await,
+            "{point}: a resumed run finishes the migration: {view}"
+        );
+        assert_eq!(view["run"]["phase"], "succeeded", "{point}: {view}");
+        assert_eq!(watched.code, 0);
+        // Reset for the next point: the rollback of the finished run.
+        let back = ctl(
+            &restarted.address,
+            &operator,
+            &["rollback", &run, "--yes", "-o", "json"],
+        )
+        .await;
+        assert_eq!(back.code, 0, "{point}: {back:?}");
+        assert!(
+            !subject.migrated_or_untouched(&docker).await,
+            "{point}: rolled back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let pki = TestPki::new();
+    let operator = pki.issue(Role::Operator, "alice", &[]);
+    let label = unique("acrash");
+    let base = tempfile::tempdir().unwrap();
+    let policy = base.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let policy = policy.to_str().unwrap().to_string();
+    let data = base.path().join("data");
+    data_tree(&data, 20_000);
+    let name = format!("{label}-db");
+    let mut create = body(&image, &["sleep", "3600"]);
+    create.labels = Some([(HOST_LABEL.to_string(), label.clone())].into());
+    create.stop_timeout = Some(1);
+    create.host_config = Some(bollard::models::HostConfig {
+        binds: Some(vec![format!("{}:/data", data.display())]),
+        ..Default::default()
+    });
+    let id = scope.run(&name, create).await;
+    let subject = Subject {
+        name: name.clone(),
+        id,
+        tree: snapshot(&data),
+        data,
+    };
+    let _users = UsersCleanup(vec![fleet_core::names::derive_user_name(&name)]);
+    let agent_state = base.path().join("agent");
+    let agent_port = free_port();
+    let scope_label = format!("{HOST_LABEL}={label}");
+    let first = spawn_agent(
+        &pki.files("agent"),
+        &agent_state,
+        agent_port,
+        &scope_label,
+        None,
+    );
+    let agent_address = first.address.clone();
+    drop(first);
+    let controller = fleet_tests::servers::start_controller(
+        pki.files("controller"),
+        &[("h1", agent_address.as_str())],
+    )
+    .await;
+    for point in [
+        "agent:after-intent:ownership",
+        "agent:ownership-entries:5000",
+        "agent:after-done:recreate",
+    ] {
+        let mut crashing = spawn_agent(
+            &pki.files("agent"),
+            &agent_state,
+            agent_port,
+            &scope_label,
+            Some(point),
+        );
+        let started = ctl(
+            &controller.address,
+            &operator,
+            &[
+                "migrate", "--host", "h1", "--policy", &policy, "--yes", "--detach", "-o", "json",
+            ],
+        )
+        .await;
+        assert_eq!(started.code, 0, "{point}: {started:?}");
+        let run = started.json()["run"]["id"].as_str().unwrap().to_string();
+        let signal = wait_died(&mut crashing.child, Duration::from_secs(90));
+        assert_eq!(
+            signal,
+            Some(SIGABRT),
+            "{point}: the agent aborted at the armed point"
+        );
+        drop(crashing);
+        // The agent comes back (as systemd would restart it) within the
+        // controller's agent deadline.
+        let _agent = spawn_agent(
+            &pki.files("agent"),
+            &agent_state,
+            agent_port,
+            &scope_label,
+            None,
+        );
+        let watched = ctl(
+            &controller.address,
+            &operator,
+            &["runs", "watch", &run, "-o", "json"],
+        )
+        .await;
+        let view = watched.json();
+        let migrated = subject.migrated_or_untouched(&docker).await;
+        assert!(
+            migrated,
+            "{point}: the step was reconciled and the migration finished: {view}"
+        );
+        assert_eq!(view["run"]["phase"], "succeeded", "{point}: {view}");
+        let back = ctl(
+            &controller.address,
+            &operator,
+            &["rollback", &run, "--yes", "-o", "json"],
+        )
+        .await;
+        assert_eq!(back.code, 0, "{point}: {back:?}");
+        assert!(
+            !subject.migrated_or_untouched(&docker).await,
+            "{point}: rolled back"
+        );
+    }
+}
