@@ -134,11 +134,13 @@ remove_examples() {
 case "${1:-up}" in
   up) up ;;
   audit) shift; fleetctl audit "$@" ;;
+  # Any fleetctl command against the local fleet: ./scripts/try.sh ctl plan
+  ctl) shift; fleetctl "$@" ;;
   examples) examples ;;
   down)
     stop
     remove_examples
     if [ "${2:-}" = "--purge" ]; then rm -rf "$DIR"; say "removed $DIR"; fi
     ;;
-  *) echo "usage: $0 up | audit [fleetctl audit args] | examples | down [--purge]" >&2; exit 2 ;;
+  *) echo "usage: $0 up | audit [fleetctl audit args] | examples | ctl FLEETCTL-ARGS... | down [--purge]" >&2; exit 2 ;;
 esac

@@ -137,6 +137,56 @@ impl TestFleet {
     }
 }
 
+impl Drop for TestFleet {
+    /// A migrated container has a new id the `Scope` never saw: remove
+    /// every container labelled for this fleet's hosts too.
+    fn drop(&mut self) {
+        let docker = self.docker().clone();
+        let labels: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(_, l)| format!("{HOST_LABEL}={l}"))
+            .collect();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                for label in labels {
+                    let filters = HashMap::from([("label".to_string(), vec![label])]);
+                    let Ok(found) = docker
+                        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                            all: true,
+                            filters: Some(filters),
+                            ..Default::default()
+                        }))
+                        .await
+                    else {
+                        continue;
+                    };
+                    for c in found {
+                        if let Some(id) = c.id {
+                            let _ = docker
+                                .remove_container(
+                                    &id,
+                                    Some(bollard::query_parameters::RemoveContainerOptions {
+                                        force: true,
+                                        ..Default::default()
+                                    }),
+                                )
+                                .await;
+                        }
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// What the engine says a container is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {

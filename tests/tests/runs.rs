@@ -572,3 +572,58 @@ async fn stale_plans_dry_runs_prune_refusals_and_roles() {
     );
     assert_eq!(seen(fleet.docker(), &web).await, migrated);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_run_holds_its_containers_until_resumed() {
+    let fleet = TestFleet::start(2).await;
+    let base = tempfile::tempdir().unwrap();
+    let policy = write_policy(base.path(), POLICY);
+    let policy = policy.to_str().unwrap();
+    let web1 = fleet.sleeper(1, "web").await;
+    let web2 = fleet.sleeper(2, "web").await;
+    let before2 = seen(fleet.docker(), &web2).await;
+    let run = fleet
+        .ctl(&[
+            "migrate",
+            "--policy",
+            policy,
+            "--canary",
+            "1",
+            "--pause-after-canary",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 7, "paused after the canary: {view}");
+    let id = view["run"]["id"].as_str().unwrap().to_string();
+    assert!(
+        seen(fleet.docker(), &web1)
+            .await
+            .process_uid
+            .is_some_and(|u| u != 0)
+    );
+    assert_eq!(seen(fleet.docker(), &web2).await, before2);
+
+    // A second run may not touch what the paused run holds.
+    let second = fleet
+        .ctl(&["migrate", "--host", "h2", "--policy", policy, "--yes"])
+        .await;
+    assert_ne!(second.code, 0);
+    let error = second.error.unwrap();
+    assert!(error.contains(&id) && error.contains(&web2), "{error}");
+    assert_eq!(seen(fleet.docker(), &web2).await, before2);
+
+    assert_eq!(fleet.ctl(&["runs", "resume", &id]).await.code, 0);
+    let watched = fleet.ctl(&["runs", "watch", &id, "-o", "json"]).await;
+    assert_eq!(watched.code, 0, "{watched:?}");
+    assert_eq!(watched.json()["run"]["phase"], "succeeded");
+    assert!(
+        seen(fleet.docker(), &web2)
+            .await
+            .process_uid
+            .is_some_and(|u| u != 0)
+    );
+}

@@ -288,6 +288,7 @@ fn render_summary(view: &Value, out: &mut dyn Write) {
     for c in view["containers"].as_array().into_iter().flatten() {
         let target = c["target"]
             .as_array()
+            .filter(|_| c["state"] == "migrated")
             .map(|t| format!("{}:{}", t[0], t[1]))
             .unwrap_or_else(|| "-".into());
         let downtime = c["downtime_ms"]
