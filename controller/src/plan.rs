@@ -220,11 +220,11 @@ fn migration(c: &ContainerReport, decision: &Decision) -> Result<Migration, Vec<
         Some(Strategy::Explicit { uid, gid }) => {
             (format!("{uid}:{gid}"), Some(*uid), Some(*gid), None)
         }
-        Some(Strategy::Dedicated { name }) => {
+        Some(Strategy::Dedicated { name, uid, gid }) => {
             let name = name
                 .clone()
                 .unwrap_or_else(|| fleet_core::names::derive_user_name(&service));
-            (format!("dedicated user {name}"), None, None, Some(name))
+            (format!("dedicated user {name}"), *uid, *gid, Some(name))
         }
         Some(Strategy::ImageUser) => match image_user(c) {
             Some((uid, gid, name)) => (format!("image user {name}"), Some(uid), Some(gid), None),
@@ -428,5 +428,107 @@ pub fn plan_host(
         address: host.address.clone(),
         error: None,
         containers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_core::audit::MountReport;
+
+    fn host() -> Host {
+        Host {
+            name: "h1".into(),
+            address: "127.0.0.1:1".into(),
+            labels: BTreeMap::new(),
+            source: crate::inventory::HostSource::Config,
+        }
+    }
+
+    fn root(name: &str, image: &str) -> ContainerReport {
+        let mut c = ContainerReport {
+            name: name.into(),
+            id: format!("{name}-id"),
+            image: image.into(),
+            ..Default::default()
+        };
+        c.identity.verdict = Verdict::Root;
+        c
+    }
+
+    fn plan(containers: Vec<ContainerReport>) -> HostPlan {
+        let report = HostReport {
+            containers,
+            ..Default::default()
+        };
+        plan_host(&host(), &report, &Policy::default(), &Selection::default())
+    }
+
+    #[test]
+    fn runbook_order_stateless_then_caches_then_databases() {
+        let mut data = root("files", "busybox");
+        data.mounts.push(MountReport {
+            kind: "volume".into(),
+            ..Default::default()
+        });
+        let p = plan(vec![
+            root("db", "docker.io/library/postgres:16"),
+            data,
+            root("web", "nginx"),
+            root("cache", "redis:7"),
+        ]);
+        let order: Vec<(&str, &str)> = p
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.class.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("web", "stateless"),
+                ("cache", "cache"),
+                ("db", "database"),
+                ("files", "database")
+            ]
+        );
+        assert_eq!(
+            p.containers.iter().map(|c| c.order).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn linked_containers_move_together_or_not_at_all() {
+        let mut app = root("app", "nginx");
+        app.linked = vec!["sidecar".into()];
+        let mut sidecar = root("sidecar", "busybox");
+        sidecar.linked = vec!["app".into()];
+        sidecar.auto_remove = true;
+        let p = plan(vec![app, sidecar]);
+        for c in &p.containers {
+            assert!(matches!(c.action, Action::Refused { .. }), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_image_user_by_default_else_a_dedicated_one() {
+        let mut pg = root("pg", "postgres:16");
+        pg.users = vec![fleet_core::audit::ImageUser {
+            name: "postgres".into(),
+            uid: 999,
+            gid: 999,
+        }];
+        let p = plan(vec![pg, root("web", "nginx")]);
+        let Action::Migrate(web) = &p.containers[0].action else {
+            panic!()
+        };
+        assert_eq!(web.user_to_create.as_deref(), Some("svc-web"));
+        let Action::Migrate(pg) = &p.containers[1].action else {
+            panic!()
+        };
+        assert_eq!(
+            (pg.uid, pg.gid, pg.user_to_create.clone()),
+            (Some(999), Some(999), None)
+        );
     }
 }

@@ -40,6 +40,9 @@ struct RuleFile {
     host_labels: BTreeMap<String, String>,
     strategy: Option<toml::Spanned<String>>,
     user: Option<String>,
+    /// Ids for the dedicated user (allocated from the agent's range if not).
+    uid: Option<toml::Spanned<u32>>,
+    gid: Option<u32>,
     exempt: Option<toml::Spanned<String>>,
     #[serde(default)]
     hooks: Vec<Vec<String>>,
@@ -67,6 +70,8 @@ pub enum Strategy {
     /// A new host user for the service; named by the agent's rule unless given.
     Dedicated {
         name: Option<String>,
+        uid: Option<u32>,
+        gid: Option<u32>,
     },
     Explicit {
         uid: u32,
@@ -156,6 +161,35 @@ impl Policy {
                     parse_strategy(spanned.get_ref(), rule.user.clone())
                         .map_err(|m| invalid(at(spanned.span()), m))?,
                 ),
+            };
+            let strategy = match (strategy, &rule.uid) {
+                (Some(Strategy::Dedicated { name, .. }), Some(uid)) => {
+                    let gid = rule.gid.unwrap_or(*uid.get_ref());
+                    if *uid.get_ref() == 0 || gid == 0 {
+                        return Err(invalid(
+                            at(uid.span()),
+                            format!(
+                                "rule {}: a target uid or gid of 0 is root, the very thing to leave",
+                                index + 1
+                            ),
+                        ));
+                    }
+                    Some(Strategy::Dedicated {
+                        name,
+                        uid: Some(*uid.get_ref()),
+                        gid: Some(gid),
+                    })
+                }
+                (_, Some(uid)) => {
+                    return Err(invalid(
+                        at(uid.span()),
+                        format!(
+                            "rule {}: `uid` goes with strategy = \"dedicated\" (for fixed ids without a user, write strategy = \"UID:GID\")",
+                            index + 1
+                        ),
+                    ));
+                }
+                (strategy, None) => strategy,
             };
             if rule.user.is_some() && !matches!(strategy, Some(Strategy::Dedicated { .. })) {
                 return Err(invalid(
@@ -267,7 +301,11 @@ impl Policy {
 fn parse_strategy(text: &str, user: Option<String>) -> Result<Strategy, String> {
     match text {
         "image-user" => Ok(Strategy::ImageUser),
-        "dedicated" => Ok(Strategy::Dedicated { name: user }),
+        "dedicated" => Ok(Strategy::Dedicated {
+            name: user,
+            uid: None,
+            gid: None,
+        }),
         explicit => {
             let (uid, gid) = explicit.split_once(':').unwrap_or((explicit, explicit));
             match (uid.parse::<u32>(), gid.parse::<u32>()) {

@@ -627,3 +627,47 @@ async fn a_paused_run_holds_its_containers_until_resumed() {
             .is_some_and(|u| u != 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_uid_that_belongs_to_another_user_is_refused_and_nothing_changes() {
+    let fleet = TestFleet::start(1).await;
+    let base = tempfile::tempdir().unwrap();
+    let taken = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(':').collect();
+            (fields.len() > 2 && fields[2] != "0")
+                .then(|| (fields[0].to_string(), fields[2].to_string()))
+        })
+        .unwrap();
+    let policy = write_policy(
+        base.path(),
+        &format!(
+            "{POLICY}\n[[rule]]\nname = \"*-web\"\nstrategy = \"dedicated\"\nuser = \"svc-collide\"\nuid = {}\n",
+            taken.1
+        ),
+    );
+    let web = fleet.sleeper(1, "web").await;
+    let before = seen(fleet.docker(), &web).await;
+    let run = fleet
+        .ctl(&[
+            "migrate",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let _users = UsersCleanup(vec!["svc-collide".into()]);
+    let view = run.json();
+    assert_eq!(run.code, 6, "{view}");
+    let error = view["run"]["hosts"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("already belongs to user '{}'", taken.0)),
+        "{error}"
+    );
+    assert_eq!(seen(fleet.docker(), &web).await, before, "nothing changed");
+    assert!(!user_exists("svc-collide"));
+}
