@@ -190,6 +190,63 @@ fn event_line(event: &Value) -> String {
     )
 }
 
+/// Per (host, container): entries to re-own and bytes to back up, from the plan.
+fn planned_totals(view: &Value) -> std::collections::HashMap<(String, String), (u64, u64)> {
+    view["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let action = &c["plan"]["action"];
+            let entries = action["mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| m["changing"].as_u64().unwrap_or(0))
+                .sum();
+            let key = (text(c, "host"), text(&c["plan"], "name"));
+            (key, (entries, action["backup_bytes"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// `[h1] db ownership ▕██████░░░░▏ 61% 120,000 entries, 48.2 MB`.
+fn progress_line(
+    event: &Value,
+    totals: &std::collections::HashMap<(String, String), (u64, u64)>,
+) -> String {
+    let (entries, changed, done_bytes) = (
+        event["entries"].as_u64().unwrap_or(0),
+        event["changed"].as_u64().unwrap_or(0),
+        event["bytes"].as_u64().unwrap_or(0),
+    );
+    let key = (text(event, "host"), text(event, "container"));
+    let (total_entries, total_bytes) = totals.get(&key).copied().unwrap_or_default();
+    let (done, total) = match event["step"].as_str() {
+        Some("backup") => (done_bytes, total_bytes),
+        _ => (changed, total_entries),
+    };
+    let done = done.min(total);
+    let bar = match (
+        (done * 20).checked_div(total),
+        (done * 100).checked_div(total),
+    ) {
+        (Some(filled), Some(percent)) => format!(
+            " ▕{}{}▏ {percent:>3}%",
+            "█".repeat(filled as usize),
+            "░".repeat(20 - filled as usize)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "[{}] {} {}{bar} {entries} entries, {changed} changed, {}",
+        key.0,
+        key.1,
+        text(event, "step"),
+        bytes(done_bytes)
+    )
+}
+
 /// Follows a run's events to its end (reconnecting if the controller
 /// restarts), prints its summary, and returns the exit code of its phase.
 async fn follow(
@@ -202,6 +259,11 @@ async fn follow(
     let mut last = after;
     let mut failures = 0;
     let progress = std::io::stderr().is_terminal() && output == ListFormat::Table;
+    let totals = if progress {
+        planned_totals(&get(controller, id).await?)
+    } else {
+        Default::default()
+    };
     loop {
         let stream = controller
             .client
@@ -228,13 +290,7 @@ async fn follow(
                         serde_json::from_str(&event.event_json).unwrap_or(Value::Null);
                     if event.seq == 0 {
                         if progress {
-                            eprint!(
-                                "\r\x1b[2K{} … {} entries, {} changed, {}",
-                                event_line(&value),
-                                value["entries"].as_u64().unwrap_or(0),
-                                value["changed"].as_u64().unwrap_or(0),
-                                bytes(value["bytes"].as_u64().unwrap_or(0))
-                            );
+                            eprint!("\r\x1b[2K{}", progress_line(&value, &totals));
                         }
                         continue;
                     }
@@ -534,4 +590,28 @@ pub async fn log(
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bars_measure_against_the_plan() {
+        let totals = [(("h1".to_string(), "db".to_string()), (1000, 2000))].into();
+        let event = serde_json::json!({
+            "host": "h1", "container": "db", "step": "ownership",
+            "entries": 700, "changed": 500, "bytes": 0
+        });
+        let line = progress_line(&event, &totals);
+        assert!(line.contains("██████████░░░░░░░░░░▏  50%"), "{line}");
+        let backup = serde_json::json!({
+            "host": "h1", "container": "db", "step": "backup", "entries": 3, "changed": 0, "bytes": 2000
+        });
+        assert!(progress_line(&backup, &totals).contains("100%"));
+        let unknown = serde_json::json!({"host": "h9", "container": "x", "step": "ownership"});
+        assert!(!progress_line(&unknown, &totals).contains('%'));
+        assert_eq!(phase_code("halted"), exit::HALTED);
+        assert_eq!(phase_code("completed-with-failures"), exit::ROLLED_BACK);
+    }
 }
