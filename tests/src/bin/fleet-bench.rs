@@ -1,5 +1,6 @@
 //! fleet-bench: the performance figures of the issues, measured side by
-//! side against the tool an operator would otherwise use. Run it with
+//! side against the tool an operator would otherwise use (the controller's
+//! overhead, which has no counterpart, against its goal). Run it with
 //! `scripts/bench.sh [SUBCOMMAND]` (a release build).
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     Backup(bench::backup::Args),
     /// Recreate downtime vs docker stop && rm && run.
     Recreate(bench::recreate::Args),
+    /// Controller overhead per step over 200 simulated hosts, against its 2 ms goal.
+    Controller(bench::controller::Args),
 }
 
 #[tokio::main]
@@ -33,11 +36,13 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Remap(args)) => bench::remap::run(args),
         Some(Command::Backup(args)) => bench::backup::run(args),
         Some(Command::Recreate(args)) => bench::recreate::run(args).await,
+        Some(Command::Controller(args)) => bench::controller::run(args).await,
         None => {
             bench::audit::run(defaults()).await?;
             bench::remap::run(defaults())?;
             bench::backup::run(defaults())?;
-            bench::recreate::run(defaults()).await
+            bench::recreate::run(defaults()).await?;
+            bench::controller::run(defaults()).await
         }
     }
 }
