@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod fleet;
+pub mod host;
 pub mod pki;
 pub mod podman;
 pub mod process;

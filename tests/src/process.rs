@@ -30,17 +30,63 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// A fleet-controller process; killed (SIGKILL) on drop.
-pub struct ControllerProcess {
+/// A fleet binary running as a child process; killed (SIGKILL) on drop.
+pub struct Process {
     pub child: Child,
     pub address: String,
 }
 
-impl Drop for ControllerProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fleet-controller process; killed (SIGKILL) on drop.
+pub type ControllerProcess = Process;
+
+/// A fleet-agent process; killed (SIGKILL) on drop.
+pub type AgentProcess = Process;
+
+/// Adds what both servers take: `--listen address`, the TLS files,
+/// `--state-dir state_dir`, and FLEET_FAULT armed with `fault` or cleared.
+pub fn server_args<'c>(
+    command: &'c mut Command,
+    tls: &TlsFiles,
+    address: &str,
+    state_dir: &Path,
+    fault: Option<&str>,
+) -> &'c mut Command {
+    command
+        .arg("--listen")
+        .arg(address)
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env_remove(fleet_core::fault::FAULT_ENV);
+    if let Some(fault) = fault {
+        command.env(fleet_core::fault::FAULT_ENV, fault);
+    }
+    command
+}
+
+/// Spawns `command` (logging warnings to this stderr) and waits until it
+/// listens at `address`.
+fn launch(command: &mut Command, address: String) -> Process {
+    let child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", command.get_program()));
+    wait_listening(&address);
+    Process { child, address }
 }
 
 /// Starts `fleet-controller` on `port` with `state_dir` and the hosts in
@@ -63,29 +109,9 @@ pub fn spawn_controller(
     std::fs::write(&config_path, config).expect("config");
     let address = format!("127.0.0.1:{port}");
     let mut command = Command::new(workspace_binary("fleet-controller"));
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--listen")
-        .arg(&address)
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("--state-dir")
-        .arg(state_dir.join("store"))
-        .env_remove(fleet_core::fault::FAULT_ENV)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(fault) = fault {
-        command.env(fleet_core::fault::FAULT_ENV, fault);
-    }
-    let child = command.spawn().expect("spawn fleet-controller");
-    wait_listening(&address);
-    ControllerProcess { child, address }
+    command.arg("--config").arg(&config_path);
+    server_args(&mut command, tls, &address, &state_dir.join("store"), fault);
+    launch(&mut command, address)
 }
 
 /// Waits until something accepts connections at `address`.
@@ -113,19 +139,6 @@ pub fn wait_died(child: &mut Child, timeout: Duration) -> Option<i32> {
     None
 }
 
-/// A fleet-agent process; killed (SIGKILL) on drop.
-pub struct AgentProcess {
-    pub child: Child,
-    pub address: String,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `fleet-agent` on `port` with `state_dir`, answering only for
 /// containers labelled `scope` (key=value); `fault` arms FLEET_FAULT.
 pub fn spawn_agent(
@@ -140,30 +153,9 @@ pub fn spawn_agent(
     std::fs::write(&config_path, format!("scope_label = \"{scope}\"\n")).expect("config");
     let address = format!("127.0.0.1:{port}");
     let mut command = Command::new(workspace_binary("fleet-agent"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--listen")
-        .arg(&address)
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("--state-dir")
-        .arg(state_dir.join("state"))
+    command.arg("serve").arg("--config").arg(&config_path);
+    server_args(&mut command, tls, &address, &state_dir.join("state"), fault)
         .arg("--engine-socket")
-        .arg(crate::engine::engine_socket())
-        .env_remove(fleet_core::fault::FAULT_ENV)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(fault) = fault {
-        command.env(fleet_core::fault::FAULT_ENV, fault);
-    }
-    let child = command.spawn().expect("spawn fleet-agent");
-    wait_listening(&address);
-    AgentProcess { child, address }
+        .arg(crate::engine::engine_socket());
+    launch(&mut command, address)
 }

@@ -15,12 +15,14 @@ use fleet_core::tls::TlsFiles;
 use fleet_tests::cli::{CliOutput, fleetctl};
 use fleet_tests::engine::{Scope, body, docker, test_image};
 use fleet_tests::fleet::{HOST_LABEL, UsersCleanup, seen};
+use fleet_tests::host::bind;
 use fleet_tests::pki::TestPki;
 use fleet_tests::process::{free_port, spawn_agent, spawn_controller, wait_died};
 use fleet_tests::servers::{AgentOptions, start_agent};
 use fleet_tests::tree::snapshot;
 use fleet_tests::unique;
 use serde_json::Value;
+use tempfile::TempDir;
 
 const POLICY: &str = "[defaults]\nmin_healthy_secs = 1\ndeadline_secs = 30\n";
 const SIGABRT: i32 = 6;
@@ -79,45 +81,112 @@ impl Subject {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration() {
+/// What both tests start from: a CA and the operator alice, host `label`'s
+/// container `{label}-db` with a data tree bind-mounted at /data (the
+/// subject, as it is before any run), the policy file, and a work dir.
+struct Setup {
+    docker: bollard::Docker,
+    _scope: Scope,
+    pki: TestPki,
+    operator: TlsFiles,
+    label: String,
+    base: TempDir,
+    /// The policy file's path.
+    policy: String,
+    subject: Subject,
+    _users: UsersCleanup,
+}
+
+/// The setup for host `unique(prefix)` with a data tree of `files` files.
+async fn setup(prefix: &str, files: usize) -> Setup {
     let docker = docker().await;
     let image = test_image(&docker).await;
     let scope = Scope::new(&docker);
     let pki = TestPki::new();
     let operator = pki.issue(Role::Operator, "alice", &[]);
-    let label = unique("crash");
-    let agent = start_agent(
-        pki.files("agent"),
-        AgentOptions {
-            scope: Some((HOST_LABEL.into(), label.clone())),
-            ..AgentOptions::default()
-        },
-    )
-    .await;
+    let label = unique(prefix);
     let base = tempfile::tempdir().unwrap();
     let policy = base.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
     let policy = policy.to_str().unwrap().to_string();
     let data = base.path().join("data");
-    data_tree(&data, 50);
+    data_tree(&data, files);
     let name = format!("{label}-db");
     let mut create = body(&image, &["sleep", "3600"]);
     create.labels = Some([(HOST_LABEL.to_string(), label.clone())].into());
     create.stop_timeout = Some(1);
-    create.host_config = Some(bollard::models::HostConfig {
-        binds: Some(vec![format!("{}:/data", data.display())]),
-        ..Default::default()
-    });
+    create.host_config = Some(bind(&data, "/data"));
     let id = scope.run(&name, create).await;
-    let subject = Subject {
-        name: name.clone(),
-        id,
-        tree: snapshot(&data),
-        data,
-    };
     let _users = UsersCleanup(vec![fleet_core::names::derive_user_name(&name)]);
-    let state = base.path().join("controller");
+    Setup {
+        docker,
+        _scope: scope,
+        pki,
+        operator,
+        label,
+        base,
+        policy,
+        subject: Subject {
+            name,
+            id,
+            tree: snapshot(&data),
+            data,
+        },
+        _users,
+    }
+}
+
+impl Setup {
+    /// `fleetctl migrate` of host h1 under the policy, detached.
+    async fn migrate(&self, address: &str) -> CliOutput {
+        ctl(
+            address,
+            &self.operator,
+            &[
+                "migrate",
+                "--host",
+                "h1",
+                "--policy",
+                &self.policy,
+                "--yes",
+                "--detach",
+                "-o",
+                "json",
+            ],
+        )
+        .await
+    }
+
+    /// Rolls back the finished run `run` (after fault `point`) and checks
+    /// the subject is exactly as before.
+    async fn roll_back(&self, address: &str, run: &str, point: &str) {
+        let back = ctl(
+            address,
+            &self.operator,
+            &["rollback", run, "--yes", "-o", "json"],
+        )
+        .await;
+        assert_eq!(back.code, 0, "{point}: {back:?}");
+        assert!(
+            !self.subject.migrated_or_untouched(&self.docker).await,
+            "{point}: rolled back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration() {
+    let t = setup("crash", 50).await;
+    let agent = start_agent(
+        t.pki.files("agent"),
+        AgentOptions {
+            scope: Some((HOST_LABEL.into(), t.label.clone())),
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let tls = t.pki.files("controller");
+    let state = t.base.path().join("controller");
     let port = free_port();
     let hosts = [("h1", agent.address.as_str())];
     let mut points = Vec::new();
@@ -126,17 +195,9 @@ async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration()
         points.push(format!("controller:after-done:{kind}"));
     }
     for point in &points {
-        let mut crashing =
-            spawn_controller(&pki.files("controller"), &state, port, &hosts, Some(point));
+        let mut crashing = spawn_controller(&tls, &state, port, &hosts, Some(point));
         let address = crashing.address.clone();
-        let started = ctl(
-            &address,
-            &operator,
-            &[
-                "migrate", "--host", "h1", "--policy", &policy, "--yes", "--detach", "-o", "json",
-            ],
-        )
-        .await;
+        let started = t.migrate(&address).await;
         let signal = wait_died(&mut crashing.child, Duration::from_secs(90));
         assert_eq!(
             signal,
@@ -144,83 +205,41 @@ async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration()
             "{point}: the controller aborted at the armed point ({started:?})"
         );
         drop(crashing);
-        let restarted = spawn_controller(&pki.files("controller"), &state, port, &hosts, None);
+        let restarted = spawn_controller(&tls, &state, port, &hosts, None);
         let run = match started.code {
             0 => started.json()["run"]["id"].as_str().unwrap().to_string(),
-            _ => newest_run(&restarted.address, &operator).await,
+            _ => newest_run(&restarted.address, &t.operator).await,
         };
         let watched = ctl(
             &restarted.address,
-            &operator,
+            &t.operator,
             &["runs", "watch", &run, "-o", "json"],
         )
         .await;
         let view: Value = watched.json();
         assert!(
-            subject.migrated_or_untouched(&docker).await,
+            t.subject.migrated_or_untouched(&t.docker).await,
             "{point}: a resumed run finishes the migration: {view}"
         );
         assert_eq!(view["run"]["phase"], "succeeded", "{point}: {view}");
         assert_eq!(watched.code, 0);
         // Reset for the next point: the rollback of the finished run.
-        let back = ctl(
-            &restarted.address,
-            &operator,
-            &["rollback", &run, "--yes", "-o", "json"],
-        )
-        .await;
-        assert_eq!(back.code, 0, "{point}: {back:?}");
-        assert!(
-            !subject.migrated_or_untouched(&docker).await,
-            "{point}: rolled back"
-        );
+        t.roll_back(&restarted.address, &run, point).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
-    let docker = docker().await;
-    let image = test_image(&docker).await;
-    let scope = Scope::new(&docker);
-    let pki = TestPki::new();
-    let operator = pki.issue(Role::Operator, "alice", &[]);
-    let label = unique("acrash");
-    let base = tempfile::tempdir().unwrap();
-    let policy = base.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let policy = policy.to_str().unwrap().to_string();
-    let data = base.path().join("data");
-    data_tree(&data, 20_000);
-    let name = format!("{label}-db");
-    let mut create = body(&image, &["sleep", "3600"]);
-    create.labels = Some([(HOST_LABEL.to_string(), label.clone())].into());
-    create.stop_timeout = Some(1);
-    create.host_config = Some(bollard::models::HostConfig {
-        binds: Some(vec![format!("{}:/data", data.display())]),
-        ..Default::default()
-    });
-    let id = scope.run(&name, create).await;
-    let subject = Subject {
-        name: name.clone(),
-        id,
-        tree: snapshot(&data),
-        data,
-    };
-    let _users = UsersCleanup(vec![fleet_core::names::derive_user_name(&name)]);
-    let agent_state = base.path().join("agent");
+    let t = setup("acrash", 20_000).await;
+    let tls = t.pki.files("agent");
+    let agent_state = t.base.path().join("agent");
     let agent_port = free_port();
-    let scope_label = format!("{HOST_LABEL}={label}");
-    let first = spawn_agent(
-        &pki.files("agent"),
-        &agent_state,
-        agent_port,
-        &scope_label,
-        None,
-    );
+    let scope_label = format!("{HOST_LABEL}={}", t.label);
+    let first = spawn_agent(&tls, &agent_state, agent_port, &scope_label, None);
     let agent_address = first.address.clone();
     drop(first);
     let controller = fleet_tests::servers::start_controller(
-        pki.files("controller"),
+        t.pki.files("controller"),
         &[("h1", agent_address.as_str())],
     )
     .await;
@@ -229,21 +248,8 @@ async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
         "agent:ownership-entries:5000",
         "agent:after-done:recreate",
     ] {
-        let mut crashing = spawn_agent(
-            &pki.files("agent"),
-            &agent_state,
-            agent_port,
-            &scope_label,
-            Some(point),
-        );
-        let started = ctl(
-            &controller.address,
-            &operator,
-            &[
-                "migrate", "--host", "h1", "--policy", &policy, "--yes", "--detach", "-o", "json",
-            ],
-        )
-        .await;
+        let mut crashing = spawn_agent(&tls, &agent_state, agent_port, &scope_label, Some(point));
+        let started = t.migrate(&controller.address).await;
         assert_eq!(started.code, 0, "{point}: {started:?}");
         let run = started.json()["run"]["id"].as_str().unwrap().to_string();
         let signal = wait_died(&mut crashing.child, Duration::from_secs(90));
@@ -255,36 +261,20 @@ async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
         drop(crashing);
         // The agent comes back (as systemd would restart it) within the
         // controller's agent deadline.
-        let _agent = spawn_agent(
-            &pki.files("agent"),
-            &agent_state,
-            agent_port,
-            &scope_label,
-            None,
-        );
+        let _agent = spawn_agent(&tls, &agent_state, agent_port, &scope_label, None);
         let watched = ctl(
             &controller.address,
-            &operator,
+            &t.operator,
             &["runs", "watch", &run, "-o", "json"],
         )
         .await;
         let view = watched.json();
-        let migrated = subject.migrated_or_untouched(&docker).await;
+        let migrated = t.subject.migrated_or_untouched(&t.docker).await;
         assert!(
             migrated,
             "{point}: the step was reconciled and the migration finished: {view}"
         );
         assert_eq!(view["run"]["phase"], "succeeded", "{point}: {view}");
-        let back = ctl(
-            &controller.address,
-            &operator,
-            &["rollback", &run, "--yes", "-o", "json"],
-        )
-        .await;
-        assert_eq!(back.code, 0, "{point}: {back:?}");
-        assert!(
-            !subject.migrated_or_untouched(&docker).await,
-            "{point}: rolled back"
-        );
+        t.roll_back(&controller.address, &run, point).await;
     }
 }

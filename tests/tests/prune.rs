@@ -8,43 +8,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::ContainerCreateBody;
 use fleet_proto::agent::v1 as pb;
-use fleet_tests::agent_client::{Client, collect, collect_all, connect, key};
+use fleet_tests::agent_client::{Client, collect, connect, key};
 use fleet_tests::engine::{Scope, body, docker, engine_socket, test_image};
+use fleet_tests::host::{
+    backup, backups, bind, host, inspect, ownership, recreate, roll_back, stop, verify,
+};
 use fleet_tests::pki::TestPki;
-use fleet_tests::servers::{AgentOptions, RunningAgent, start_agent};
+use fleet_tests::process::{Process, free_port, server_args, workspace_binary};
 use fleet_tests::unique;
-
-struct Host {
-    _pki: TestPki,
-    _agent: RunningAgent,
-    client: Client,
-    scope: Scope,
-    image: String,
-}
-
-async fn host() -> Host {
-    let docker = docker().await;
-    let image = test_image(&docker).await;
-    let pki = TestPki::new();
-    let agent = start_agent(pki.files("agent"), AgentOptions::default()).await;
-    let client = connect(&agent.address, &pki.files("controller"));
-    Host {
-        _pki: pki,
-        _agent: agent,
-        client,
-        scope: Scope::new(&docker),
-        image,
-    }
-}
-
-async fn inspect(scope: &Scope, name: &str) -> bollard::models::ContainerInspectResponse {
-    scope.docker().inspect_container(name, None).await.unwrap()
-}
 
 /// Removes the container a migration made (the scope knows only the ones
 /// the test made) even when the test fails, before the scope's volume.
@@ -73,13 +49,8 @@ impl Drop for RemoveOnDrop {
 }
 
 async fn backup_ids(c: &mut Client) -> Vec<String> {
-    let listed = c
-        .list_backups(pb::ListBackupsRequest {})
+    backups(c)
         .await
-        .unwrap()
-        .into_inner();
-    let backups: Vec<serde_json::Value> = serde_json::from_str(&listed.backups_json).unwrap();
-    backups
         .iter()
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect()
@@ -106,10 +77,7 @@ async fn prune_releases_the_checkpoints_once_and_then_the_run_refuses_rollback()
         .run(
             &name,
             ContainerCreateBody {
-                host_config: Some(HostConfig {
-                    binds: Some(vec![format!("{volume}:/data")]),
-                    ..Default::default()
-                }),
+                host_config: Some(bind(Path::new(&volume), "/data")),
                 ..body(
                     &h.image,
                     &[
@@ -125,65 +93,26 @@ async fn prune_releases_the_checkpoints_once_and_then_the_run_refuses_rollback()
     let run = unique("run");
     let c = &mut h.client;
 
-    let backup = collect(
-        c.backup(pb::BackupRequest {
-            key: key(&run, "backup"),
-            container: name.clone(),
-            hooks: vec![],
-            retention_days: 7,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let backup = collect(c.backup(backup(&run, &name, vec![], 7)).await)
+        .await
+        .unwrap();
     let backup_id = backup.json()["id"].as_str().unwrap().to_string();
+    collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap();
     collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
+        c.change_ownership(ownership(&run, "ownership", &name, &[0], 1000))
+            .await,
     )
     .await
     .unwrap();
-    let mapping = std::collections::HashMap::from([(0u32, 1000u32)]);
-    collect(
-        c.change_ownership(pb::ChangeOwnershipRequest {
-            key: key(&run, "ownership"),
-            container: name.clone(),
-            uids: mapping.clone(),
-            gids: mapping,
-            ..Default::default()
-        })
-        .await,
-    )
-    .await
-    .unwrap();
-    let recreated = collect(
-        c.recreate(pb::RecreateRequest {
-            key: key(&run, "recreate"),
-            container: name.clone(),
-            uid: 1000,
-            gid: 1000,
-            allow_layer_loss: false,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let recreated = collect(c.recreate(recreate(&run, &name, 1000)).await)
+        .await
+        .unwrap();
     let new_id = recreated.json()["new_id"].as_str().unwrap().to_string();
-    let checked = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify"),
-            container: name.clone(),
-            deadline_secs: 30,
-            min_running_secs: 2,
-            probe: None,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let checked = collect(c.verify(verify(&run, "verify", &name, 30, 2, None)).await)
+        .await
+        .unwrap();
     assert_eq!(checked.json()["verdict"], "non-root");
 
     // Before: the checkpoint container and the backup are there.
@@ -248,14 +177,7 @@ async fn prune_releases_the_checkpoints_once_and_then_the_run_refuses_rollback()
     assert_eq!(again["pruned_at_ms"], pruned["pruned_at_ms"]);
 
     // The run can no longer be rolled back, and nothing is touched trying.
-    let refused = collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap_err();
+    let refused = roll_back(c, &run).await.unwrap_err();
     assert_eq!(
         refused.code(),
         tonic::Code::FailedPrecondition,
@@ -280,30 +202,18 @@ async fn prune_releases_the_checkpoints_once_and_then_the_run_refuses_rollback()
     assert_eq!(undo.code(), tonic::Code::FailedPrecondition, "{undo:?}");
     assert!(undo.message().contains("pruned"), "{}", undo.message());
     // Nor does it take new steps; a recorded one is still answered.
-    let new_step = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop-again"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap_err();
+    let new_step = collect(c.stop(stop(&run, "stop-again", &name)).await)
+        .await
+        .unwrap_err();
     assert_eq!(new_step.code(), tonic::Code::FailedPrecondition);
     assert!(
         new_step.message().contains("takes no new steps"),
         "{}",
         new_step.message()
     );
-    let replayed = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let replayed = collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap();
     assert!(replayed.result.replayed);
 
     let after = inspect(&h.scope, &name).await;
@@ -361,15 +271,16 @@ async fn prune_refuses_an_unknown_run_and_an_unsettled_one() {
     let run = unique("run");
     let c = &mut h.client;
     let failed = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify"),
-            container: name.clone(),
-            deadline_secs: 2,
-            min_running_secs: 1,
-            probe: Some(pb::Probe {
+        c.verify(verify(
+            &run,
+            "verify",
+            &name,
+            2,
+            1,
+            Some(pb::Probe {
                 kind: Some(pb::probe::Kind::TcpAddress("127.0.0.1:1".into())),
             }),
-        })
+        ))
         .await,
     )
     .await;
@@ -383,20 +294,11 @@ async fn prune_refuses_an_unknown_run_and_an_unsettled_one() {
         unsettled.message()
     );
     // Rolled back, it is settled; then pruned, it is not rolled back again.
-    collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    roll_back(c, &run).await.unwrap();
     let pruned = prune(c, &run).await.unwrap();
     assert_eq!(pruned["removed_containers"], serde_json::json!([]));
     assert_eq!(pruned["removed_backups"], serde_json::json!([]));
-    let refused = collect_all(c.rollback(pb::RollbackRequest { run_id: run }).await)
-        .await
-        .unwrap_err();
+    let refused = roll_back(c, &run).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     let back = inspect(&h.scope, &name).await;
     assert_eq!(back.id.as_deref(), Some(id.as_str()));
@@ -407,52 +309,20 @@ async fn prune_refuses_an_unknown_run_and_an_unsettled_one() {
 /// (`target/debug/deps/prune-…` → `target/debug/fleet-agent`), or
 /// `$FLEET_AGENT_BIN`.
 fn agent_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("FLEET_AGENT_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let mut dir = exe.parent().unwrap();
-    if dir.ends_with("deps") {
-        dir = dir.parent().unwrap();
-    }
-    let binary = dir.join("fleet-agent");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first (cargo build -p fleet-agent --bins)",
-        binary.display()
-    );
-    binary
+    std::env::var_os("FLEET_AGENT_BIN")
+        .map_or_else(|| workspace_binary("fleet-agent"), PathBuf::from)
 }
 
-/// A port nobody listens on right now (a separate process cannot be
-/// handed a listener bound to port 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `fleet-agent serve` process; killed (it is ours) if still alive on drop.
+/// A `fleet-agent serve` process (killed on drop) and the file its stderr
+/// goes to.
 struct AgentProcess {
-    child: Child,
-    address: String,
+    process: Process,
     log: PathBuf,
 }
 
 impl AgentProcess {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -471,44 +341,33 @@ async fn spawn_agent(
         .arg("-c")
         .arg("ulimit -c 0; exec \"$0\" \"$@\"")
         .arg(agent_binary())
-        .arg("serve")
-        .arg("--listen")
-        .arg(&address)
-        .arg("--ca")
-        .arg(&files.ca)
-        .arg("--cert")
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
-        .arg("--state-dir")
-        .arg(state)
+        .arg("serve");
+    server_args(&mut command, &files, &address, state, fault)
         .arg("--engine-socket")
         .arg(engine_socket())
         .arg("--hostname")
         .arg("fault-host")
         .arg("--no-inspect-cache")
         .env_remove("FLEET_AGENT_CONFIG")
-        .env_remove(fleet_core::fault::FAULT_ENV)
         .current_dir(work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    if let Some(fault) = fault {
-        command.env(fleet_core::fault::FAULT_ENV, fault);
-    }
     let mut agent = AgentProcess {
-        child: command.spawn().unwrap(),
-        address,
+        process: Process {
+            child: command.spawn().unwrap(),
+            address,
+        },
         log,
     };
     // Ready when it answers the controller.
     let controller = pki.files("controller");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
+        if let Some(status) = agent.process.child.try_wait().unwrap() {
             panic!("the agent exited at start ({status}): {}", agent.log());
         }
-        let mut client = connect(&agent.address, &controller);
+        let mut client = connect(&agent.process.address, &controller);
         if client.list_backups(pb::ListBackupsRequest {}).await.is_ok() {
             return agent;
         }
@@ -524,7 +383,7 @@ async fn spawn_agent(
 async fn exit_status(agent: &mut AgentProcess, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = agent.child.try_wait().unwrap() {
+        if let Some(status) = agent.process.child.try_wait().unwrap() {
             return status;
         }
         assert!(
@@ -558,15 +417,8 @@ async fn an_agent_killed_after_a_stop_intent_finishes_the_stop_after_restart() {
         Some("agent:after-intent:stop"),
     )
     .await;
-    let mut c = connect(&agent.address, &controller);
-    let cut = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await;
+    let mut c = connect(&agent.process.address, &controller);
+    let cut = collect(c.stop(stop(&run, "stop", &name)).await).await;
     assert!(cut.is_err(), "the agent died mid-step: {cut:?}");
     let status = exit_status(&mut agent, Duration::from_secs(20)).await;
     assert_eq!(
@@ -607,28 +459,15 @@ async fn an_agent_killed_after_a_stop_intent_finishes_the_stop_after_restart() {
     // finishes the step.
     drop(agent);
     let agent = spawn_agent(&pki, state.path(), work.path(), None).await;
-    let mut c = connect(&agent.address, &controller);
-    let stopped = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}: {}", agent.log()));
+    let mut c = connect(&agent.process.address, &controller);
+    let stopped = collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}: {}", agent.log()));
     assert!(!stopped.result.replayed, "done now, not before the crash");
     assert_eq!(stopped.json()["was_running"], true);
     assert!(!running(docker.inspect_container(&id, None).await.unwrap()));
 
-    let undone = collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let undone = roll_back(&mut c, &run).await.unwrap();
     assert_eq!(undone.len(), 1);
     assert!(undone[0].undone);
     let back = docker.inspect_container(&id, None).await.unwrap();

@@ -11,72 +11,14 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig};
 use fleet_proto::agent::v1 as pb;
-use fleet_tests::agent_client::{Client, collect, collect_all, connect, key};
-use fleet_tests::engine::{Scope, body, docker, test_image};
-use fleet_tests::pki::TestPki;
-use fleet_tests::servers::{AgentOptions, RunningAgent, start_agent};
+use fleet_tests::agent_client::{collect, key};
+use fleet_tests::engine::body;
+use fleet_tests::fleet::UsersCleanup;
+use fleet_tests::host::{
+    Host, backup, backups, bind, host, inspect, ownership, recreate, roll_back, stop, verify,
+};
 use fleet_tests::tree::{build_tree, snapshot};
 use fleet_tests::unique;
-
-struct Host {
-    _pki: TestPki,
-    _agent: RunningAgent,
-    client: Client,
-    scope: Scope,
-    image: String,
-}
-
-async fn host() -> Host {
-    let docker = docker().await;
-    let image = test_image(&docker).await;
-    let pki = TestPki::new();
-    let agent = start_agent(pki.files("agent"), AgentOptions::default()).await;
-    let client = connect(&agent.address, &pki.files("controller"));
-    Host {
-        _pki: pki,
-        _agent: agent,
-        client,
-        scope: Scope::new(&docker),
-        image,
-    }
-}
-
-fn bind(path: &Path, at: &str) -> HostConfig {
-    HostConfig {
-        binds: Some(vec![format!("{}:{at}", path.display())]),
-        ..Default::default()
-    }
-}
-
-fn ownership(
-    run: &str,
-    step: &str,
-    container: &str,
-    from: &[u32],
-    to: u32,
-) -> pb::ChangeOwnershipRequest {
-    let map: HashMap<u32, u32> = from.iter().map(|f| (*f, to)).collect();
-    pb::ChangeOwnershipRequest {
-        key: key(run, step),
-        container: container.to_string(),
-        uids: map.clone(),
-        gids: map,
-        ..Default::default()
-    }
-}
-
-async fn inspect(scope: &Scope, name: &str) -> bollard::models::ContainerInspectResponse {
-    scope.docker().inspect_container(name, None).await.unwrap()
-}
-
-/// Removes a user even when the test fails.
-struct UserCleanup(String);
-impl Drop for UserCleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("userdel").arg(&self.0).output();
-        let _ = std::process::Command::new("groupdel").arg(&self.0).output();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_migration_round_trip_then_rollback_restores_everything() {
@@ -100,19 +42,19 @@ async fn full_migration_round_trip_then_rollback_restores_everything() {
         .await;
     let run = unique("run");
     let user = format!("svc-fleet-rt-{}", std::process::id() % 100000);
-    let _cleanup = UserCleanup(user.clone());
+    let _cleanup = UsersCleanup(vec![user.clone()]);
     let c = &mut h.client;
 
     let backup = collect(
-        c.backup(pb::BackupRequest {
-            key: key(&run, "backup"),
-            container: name.clone(),
-            hooks: vec![pb::Hook {
+        c.backup(backup(
+            &run,
+            &name,
+            vec![pb::Hook {
                 argv: vec!["sh".into(), "-c".into(), "echo quiesced".into()],
                 timeout_secs: 10,
             }],
-            retention_days: 7,
-        })
+            7,
+        ))
         .await,
     )
     .await
@@ -146,15 +88,9 @@ async fn full_migration_round_trip_then_rollback_restores_everything() {
     .await
     .unwrap();
     let uid = made.json()["uid"].as_u64().unwrap() as u32;
-    collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap();
     let owned = collect(
         c.change_ownership(ownership(&run, "ownership", &name, &[0, 999], uid))
             .await,
@@ -169,32 +105,14 @@ async fn full_migration_round_trip_then_rollback_restores_everything() {
         1000,
         "remap, not flatten"
     );
-    let recreated = collect(
-        c.recreate(pb::RecreateRequest {
-            key: key(&run, "recreate"),
-            container: name.clone(),
-            uid,
-            gid: uid,
-            allow_layer_loss: false,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let recreated = collect(c.recreate(recreate(&run, &name, uid)).await)
+        .await
+        .unwrap();
     let new_id = recreated.json()["new_id"].as_str().unwrap().to_string();
     assert_ne!(new_id, old_id);
-    let checked = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify"),
-            container: name.clone(),
-            deadline_secs: 30,
-            min_running_secs: 2,
-            probe: None,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let checked = collect(c.verify(verify(&run, "verify", &name, 30, 2, None)).await)
+        .await
+        .unwrap();
     assert_eq!(checked.json()["verdict"], "non-root");
     assert!(checked.json()["downtime_ms"].as_u64().is_some());
     assert_eq!(
@@ -202,14 +120,7 @@ async fn full_migration_round_trip_then_rollback_restores_everything() {
         format!("{uid}:{uid}")
     );
 
-    let undone = collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let undone = roll_back(c, &run).await.unwrap();
     let steps: Vec<&str> = undone.iter().map(|r| r.step_id.as_str()).collect();
     assert_eq!(
         steps,
@@ -320,9 +231,7 @@ async fn a_hostile_root_container_cannot_steer_the_ownership_walk_out_of_its_vol
         "nothing outside the volume changed owner"
     );
     eprintln!("the container raced the walk {raced} times");
-    collect_all(h.client.rollback(pb::RollbackRequest { run_id: run }).await)
-        .await
-        .unwrap();
+    roll_back(&mut h.client, &run).await.unwrap();
     assert_eq!(snapshot(&canary), canary_before);
 }
 
@@ -334,49 +243,23 @@ async fn failure_is_rolled_back(h: &mut Host, make: ContainerCreateBody, vol: &P
     let old_id = h.scope.run(&name, make).await;
     let c = &mut h.client;
     let run = unique("run");
-    collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap();
     collect(
         c.change_ownership(ownership(&run, "ownership", &name, &[0], 1000))
             .await,
     )
     .await
     .unwrap();
-    collect(
-        c.recreate(pb::RecreateRequest {
-            key: key(&run, "recreate"),
-            container: name.clone(),
-            uid: 1000,
-            gid: 1000,
-            allow_layer_loss: false,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
-    let failed = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify"),
-            container: name.clone(),
-            deadline_secs: 20,
-            min_running_secs: 3,
-            probe: None,
-        })
-        .await,
-    )
-    .await
-    .unwrap_err();
-    assert!(failed.message().contains(expect), "{}", failed.message());
-    collect_all(c.rollback(pb::RollbackRequest { run_id: run }).await)
+    collect(c.recreate(recreate(&run, &name, 1000)).await)
         .await
         .unwrap();
+    let failed = collect(c.verify(verify(&run, "verify", &name, 20, 3, None)).await)
+        .await
+        .unwrap_err();
+    assert!(failed.message().contains(expect), "{}", failed.message());
+    roll_back(c, &run).await.unwrap();
     let back = inspect(&h.scope, &name).await;
     assert_eq!(back.id.as_deref(), Some(old_id.as_str()));
     assert_eq!(
@@ -465,21 +348,13 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
         .await;
     let run = unique("run");
     let user = format!("svc-fleet-tw-{}", std::process::id() % 100000);
-    let _cleanup = UserCleanup(user.clone());
+    let _cleanup = UsersCleanup(vec![user.clone()]);
     let c = &mut h.client;
     for attempt in 0..2 {
         let replayed = attempt == 1;
-        let b = collect(
-            c.backup(pb::BackupRequest {
-                key: key(&run, "backup"),
-                container: name.clone(),
-                hooks: vec![],
-                retention_days: 1,
-            })
-            .await,
-        )
-        .await
-        .unwrap();
+        let b = collect(c.backup(backup(&run, &name, vec![], 1)).await)
+            .await
+            .unwrap();
         assert_eq!(b.result.replayed, replayed);
         let u = collect(
             c.ensure_user(pb::EnsureUserRequest {
@@ -500,15 +375,9 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
             "the recorded result, not a second creation"
         );
         let uid = u.json()["uid"].as_u64().unwrap() as u32;
-        let s = collect(
-            c.stop(pb::StopRequest {
-                key: key(&run, "stop"),
-                container: name.clone(),
-            })
-            .await,
-        )
-        .await
-        .unwrap();
+        let s = collect(c.stop(stop(&run, "stop", &name)).await)
+            .await
+            .unwrap();
         assert_eq!(s.result.replayed, replayed);
         let o = collect(
             c.change_ownership(ownership(&run, "ownership", &name, &[0], uid))
@@ -517,40 +386,17 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
         .await
         .unwrap();
         assert_eq!(o.result.replayed, replayed);
-        let r = collect(
-            c.recreate(pb::RecreateRequest {
-                key: key(&run, "recreate"),
-                container: name.clone(),
-                uid,
-                gid: uid,
-                allow_layer_loss: false,
-            })
-            .await,
-        )
-        .await
-        .unwrap();
+        let r = collect(c.recreate(recreate(&run, &name, uid)).await)
+            .await
+            .unwrap();
         assert_eq!(r.result.replayed, replayed);
-        let v = collect(
-            c.verify(pb::VerifyRequest {
-                key: key(&run, "verify"),
-                container: name.clone(),
-                deadline_secs: 20,
-                min_running_secs: 1,
-                probe: None,
-            })
-            .await,
-        )
-        .await
-        .unwrap();
+        let v = collect(c.verify(verify(&run, "verify", &name, 20, 1, None)).await)
+            .await
+            .unwrap();
         assert_eq!(v.result.replayed, replayed);
     }
     // One backup, one checkpoint container, one new container.
-    let listed = c
-        .list_backups(pb::ListBackupsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let backups: Vec<serde_json::Value> = serde_json::from_str(&listed.backups_json).unwrap();
+    let backups = backups(c).await;
     assert_eq!(
         backups
             .iter()
@@ -573,38 +419,18 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     // The step kind is part of its identity.
-    let wrong = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "ownership"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap_err();
+    let wrong = collect(c.stop(stop(&run, "ownership", &name)).await)
+        .await
+        .unwrap_err();
     assert!(
         wrong.message().contains("was a ownership step")
             || wrong.message().contains("was an ownership step"),
         "{}",
         wrong.message()
     );
-    collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    roll_back(c, &run).await.unwrap();
     // A rollback sent twice has one effect too.
-    let again = collect_all(
-        c.rollback(pb::RollbackRequest {
-            run_id: run.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    let again = roll_back(c, &run).await.unwrap();
     assert!(again.iter().all(|r| r.replayed && r.undone));
     assert_eq!(
         inspect(&h.scope, &name).await.id.as_deref(),
@@ -612,15 +438,9 @@ async fn every_mutating_call_sent_twice_has_one_effect() {
     );
     assert_eq!(snapshot(&vol), before);
     // An undone run's steps are not done again under the same ids.
-    let refused = collect(
-        c.stop(pb::StopRequest {
-            key: key(&run, "stop"),
-            container: name.clone(),
-        })
-        .await,
-    )
-    .await
-    .unwrap_err();
+    let refused = collect(c.stop(stop(&run, "stop", &name)).await)
+        .await
+        .unwrap_err();
     assert!(
         refused.message().contains("was undone"),
         "{}",
@@ -651,32 +471,17 @@ async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
     h.scope.run(&name, make).await;
     let c = &mut h.client;
     let run = unique("run");
-    collect(
-        c.recreate(pb::RecreateRequest {
-            key: key(&run, "recreate"),
-            container: name.clone(),
-            uid: 1000,
-            gid: 1000,
-            allow_layer_loss: false,
-        })
-        .await,
-    )
-    .await
-    .unwrap();
+    collect(c.recreate(recreate(&run, &name, 1000)).await)
+        .await
+        .unwrap();
     let http = pb::Probe {
         kind: Some(pb::probe::Kind::HttpUrl(format!(
             "http://127.0.0.1:{port}/passwd"
         ))),
     };
     let ok = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify-http"),
-            container: name.clone(),
-            deadline_secs: 20,
-            min_running_secs: 1,
-            probe: Some(http),
-        })
-        .await,
+        c.verify(verify(&run, "verify-http", &name, 20, 1, Some(http)))
+            .await,
     )
     .await
     .unwrap();
@@ -690,14 +495,8 @@ async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
         })),
     };
     let failed = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify-exec"),
-            container: name.clone(),
-            deadline_secs: 20,
-            min_running_secs: 1,
-            probe: Some(exec),
-        })
-        .await,
+        c.verify(verify(&run, "verify-exec", &name, 20, 1, Some(exec)))
+            .await,
     )
     .await
     .unwrap_err();
@@ -710,14 +509,8 @@ async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
         kind: Some(pb::probe::Kind::TcpAddress("127.0.0.1:1".into())),
     };
     let failed = collect(
-        c.verify(pb::VerifyRequest {
-            key: key(&run, "verify-tcp"),
-            container: name.clone(),
-            deadline_secs: 20,
-            min_running_secs: 1,
-            probe: Some(missing),
-        })
-        .await,
+        c.verify(verify(&run, "verify-tcp", &name, 20, 1, Some(missing)))
+            .await,
     )
     .await
     .unwrap_err();
@@ -726,7 +519,5 @@ async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
         "{}",
         failed.message()
     );
-    collect_all(c.rollback(pb::RollbackRequest { run_id: run }).await)
-        .await
-        .unwrap();
+    roll_back(c, &run).await.unwrap();
 }
