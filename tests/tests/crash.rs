@@ -278,3 +278,83 @@ async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
         t.roll_back(&controller.address, &run, point).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_it_returns() {
+    let t = setup("away", 50).await;
+    let tls = t.pki.files("agent");
+    let agent_state = t.base.path().join("agent");
+    let agent_port = free_port();
+    let scope_label = format!("{HOST_LABEL}={}", t.label);
+    let point = "agent:after-intent:verify";
+    let mut crashing = spawn_agent(&tls, &agent_state, agent_port, &scope_label, Some(point));
+    let controller = fleet_tests::servers::start_controller(
+        t.pki.files("controller"),
+        &[("h1", crashing.address.as_str())],
+    )
+    .await;
+    let started = ctl(
+        &controller.address,
+        &t.operator,
+        &[
+            "migrate",
+            "--host",
+            "h1",
+            "--policy",
+            &t.policy,
+            "--agent-deadline",
+            "2",
+            "--yes",
+            "--detach",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(started.code, 0, "{started:?}");
+    let run = started.json()["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_died(&mut crashing.child, Duration::from_secs(90)),
+        Some(SIGABRT)
+    );
+    drop(crashing);
+    // Past the deadline the step counts as failed; the undo cannot reach
+    // the agent either, so the container waits to be reconciled.
+    let show_args = ["runs", "show", run.as_str(), "-o", "json"];
+    let show = || ctl(&controller.address, &t.operator, &show_args);
+    fleet_tests::wait_for(
+        "the container to need reconciling",
+        Duration::from_secs(60),
+        || async {
+            let view = show().await.json();
+            (view["containers"][0]["state"] == "needs-reconcile").then_some(())
+        },
+    )
+    .await;
+    let view = show().await.json();
+    assert!(
+        view["containers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+            || view["containers"][0]["steps"]
+                .to_string()
+                .contains("unreachable"),
+        "{view}"
+    );
+    // The agent returns: the run puts the container back and ends.
+    let _agent = spawn_agent(&tls, &agent_state, agent_port, &scope_label, None);
+    let watched = ctl(
+        &controller.address,
+        &t.operator,
+        &["runs", "watch", &run, "-o", "json"],
+    )
+    .await;
+    let view = watched.json();
+    assert_eq!(watched.code, 6, "halted: one failed host, budget 0: {view}");
+    assert_eq!(view["containers"][0]["state"], "rolled-back", "{view}");
+    assert!(
+        !t.subject.migrated_or_untouched(&t.docker).await,
+        "exactly as before"
+    );
+}
