@@ -181,9 +181,10 @@ async fn migrate_host(
             continue;
         };
         let outcome = match container.state {
-            ContainerState::NotMigrated | ContainerState::Migrated | ContainerState::RolledBack => {
-                continue;
-            }
+            ContainerState::NotMigrated | ContainerState::Migrated => continue,
+            // Only after a crash between a container's rollback and the
+            // host's failure record: the failure still counts.
+            ContainerState::RolledBack => Outcome::Failed,
             ContainerState::Pending => {
                 if interrupted(&ctx, &shutdown) {
                     return Ok(());
@@ -255,7 +256,7 @@ async fn host_failed(ctx: &Arc<RunCtx>, host: &str, error: String) -> Result<(),
         }
     })?;
     ctx.emit(Draft::host(host, EventKind::HostFailed, error))?;
-    if run.stopping == Some(RunPhase::Halted) && run.failed_hosts > run.budget {
+    if run.stopping == Some(RunPhase::Halted) {
         ctx.emit(Draft::run(
             EventKind::Halted,
             run.note.clone().unwrap_or_default(),
@@ -345,7 +346,13 @@ async fn migrate_container(ctx: &Arc<RunCtx>, key: &str) -> Result<Outcome, Cont
         let id = step_id(&c.plan.id, kind);
         match c.step(kind).map(|s| s.status) {
             Some(StepStatus::Done) => continue,
-            Some(StepStatus::Intent) | Some(StepStatus::Failed) => {
+            // Failed, and the controller stopped before its rollback: the
+            // failure stands (asking again might pass a failed health gate).
+            Some(StepStatus::Failed) => {
+                rollback_container(ctx, key).await?;
+                return Ok(Outcome::Failed);
+            }
+            Some(StepStatus::Intent) => {
                 // The controller stopped between the intent and the outcome:
                 // what does the agent's own journal say?
                 if agent_journal.is_none() {
@@ -718,7 +725,7 @@ async fn finish(
                 "{} container(s) could not be put back ({}); retry with `fleetctl rollback {}` or `fleet-agent rollback --run {}` on the host",
                 stuck.len(),
                 stuck.join(", "),
-                r.id,
+                ctx.agent_run,
                 ctx.agent_run
             ));
         }
@@ -791,9 +798,10 @@ async fn drive_rollback(
                     let Some(c) = ctx.container(key) else {
                         continue;
                     };
-                    if c.state != ContainerState::RolledBack
-                        && c.state != ContainerState::NotMigrated
-                    {
+                    if c.state == ContainerState::RolledBack {
+                        // Repeatable: a crash may have come between the two.
+                        mark_original_rolled_back(&ctx, key)?;
+                    } else if c.state != ContainerState::NotMigrated {
                         let ok = rollback_container(&ctx, key).await?;
                         clean &= ok;
                         if ok {
@@ -829,7 +837,16 @@ async fn drive_rollback(
         of.rolled_back_by.push(ctx.id.clone());
         ctx.store.put_run(&of)?;
     }
-    finish(ctx, shutdown, RunPhase::Succeeded).await
+    let stuck = ctx
+        .containers()
+        .iter()
+        .any(|c| c.state == ContainerState::NeedsReconcile);
+    let phase = if stuck {
+        RunPhase::CompletedWithFailures
+    } else {
+        RunPhase::Succeeded
+    };
+    finish(ctx, shutdown, phase).await
 }
 
 /// The rolled-back run's own record says so too.

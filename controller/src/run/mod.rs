@@ -37,6 +37,11 @@ pub struct Runs {
     pub audit_timeout: Duration,
     agent_deadline: Duration,
     live: Mutex<HashMap<String, Arc<RunCtx>>>,
+    /// Held across every check-then-act on runs (the container holds,
+    /// phase changes, rollback vs prune) so two callers never both pass.
+    gate: Mutex<()>,
+    /// Runs whose checkpoints are being released.
+    pruning: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
 
@@ -71,6 +76,8 @@ impl Runs {
             audit_timeout,
             agent_deadline,
             live: Mutex::new(HashMap::new()),
+            gate: Mutex::new(()),
+            pruning: Mutex::new(Default::default()),
             shutdown,
         })
     }
@@ -199,11 +206,13 @@ impl Runs {
     ) -> Result<RunView, ControllerError> {
         let dry_run = request.dry_run;
         let result = async {
-            let view = start::build(self, caller, request).await?;
+            let mut view = start::build(self, caller, request).await?;
+            let _gate = lock(&self.gate);
             self.refuse_held(&view.containers)?;
             if dry_run {
                 return Ok(view);
             }
+            view.run.id = self.fresh_id()?;
             self.launch(view.run.clone(), view.containers.clone(), "run started")?;
             Ok(view)
         }
@@ -215,6 +224,16 @@ impl Runs {
             .as_ref()
             .map_or("(not started)".to_string(), |v| v.run.id.clone());
         self.logged(caller, "run.start", &target, result)
+    }
+
+    /// A run id no stored run has (ids are per second plus 16 random bits).
+    fn fresh_id(&self) -> Result<String, ControllerError> {
+        loop {
+            let id = start::new_run_id();
+            if self.store.run(&id)?.is_none() {
+                return Ok(id);
+            }
+        }
     }
 
     fn launch(
@@ -276,16 +295,21 @@ impl Runs {
 
     /// The run's events after `after`, then live ones until it ends or pauses.
     pub fn watch(&self, id: &str, after: u64) -> Result<mpsc::Receiver<RunEvent>, ControllerError> {
+        // Subscribe and read the phase before the stored events: whatever
+        // happens after is then either in the store or on the channel.
         let live = self.live(id);
         let mut rx = live.as_ref().map(|ctx| ctx.subscribe());
+        let still_going = live.is_some_and(|ctx| ctx.header().phase == RunPhase::Running);
         let run = self.find(id)?;
         let stored = self.store.events(&run.id, after)?;
+        let store = self.store.clone();
         let (tx, out) = mpsc::channel(1024);
-        let still_going = live.is_some_and(|ctx| ctx.header().phase == RunPhase::Running);
         tokio::spawn(async move {
-            let mut last = after;
+            // Events are numbered before they are sent, so parallel hosts
+            // may deliver them out of order: remember what was forwarded.
+            let mut sent = std::collections::BTreeSet::new();
             for event in stored {
-                last = last.max(event.seq);
+                sent.insert(event.seq);
                 let end = matches!(event.what, EventKind::RunFinished);
                 if tx.send(event).await.is_err() || end {
                     return;
@@ -295,21 +319,26 @@ impl Runs {
                 return;
             };
             loop {
-                match rx.recv().await {
-                    Ok(event) => {
-                        if event.seq != 0 && event.seq <= last {
-                            continue;
-                        }
-                        last = last.max(event.seq);
-                        let end = matches!(event.what, EventKind::RunFinished | EventKind::Paused);
-                        if tx.send(event).await.is_err() || end {
-                            return;
-                        }
+                let batch = match rx.recv().await {
+                    Ok(event) => vec![event],
+                    // A slow watcher missed live events: all but progress
+                    // are in the store.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let from = sent.iter().next_back().copied().unwrap_or(after);
+                        store
+                            .events(&run.id, after.max(from.saturating_sub(4096)))
+                            .unwrap_or_default()
                     }
-                    // A slow watcher missed live events: they are in the
-                    // store (all but progress), which `watch` replays.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for event in batch {
+                    if event.seq != 0 && (event.seq <= after || !sent.insert(event.seq)) {
+                        continue;
+                    }
+                    let end = matches!(event.what, EventKind::RunFinished | EventKind::Paused);
+                    if tx.send(event).await.is_err() || end {
+                        return;
+                    }
                 }
             }
         });
@@ -343,7 +372,13 @@ impl Runs {
                 phase_name(self.live(id).map_or(run.phase, |c| c.header().phase))
             ))
         };
+        let _gate = lock(&self.gate);
         let ctx = self.live(id).ok_or_else(|| not("it has ended"))?;
+        if matches!(ctx.header().kind, RunKind::Rollback { .. }) {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "run {id} is a rollback: it runs to its end (no pause, resume or abort)"
+            )));
+        }
         let phase = ctx.header().phase;
         match (control, phase) {
             (Some(Control::Pause), RunPhase::Running) => {
@@ -467,6 +502,12 @@ impl Runs {
                 }
             )));
         }
+        let _gate = lock(&self.gate);
+        if lock(&self.pruning).contains(id) {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "run {id} is being pruned: its checkpoints are going away"
+            )));
+        }
         self.refuse_held(&chosen)?;
         let mut host_runs: Vec<HostRun> = Vec::new();
         for c in &chosen {
@@ -493,7 +534,7 @@ impl Runs {
             options.max_parallel = max_parallel;
         }
         let run = Run {
-            id: start::new_run_id(),
+            id: self.fresh_id()?,
             kind: RunKind::Rollback { of: id.to_string() },
             created_by: caller.name.clone(),
             created_unix_ms: now_ms(),
@@ -530,7 +571,7 @@ impl Runs {
     }
 
     async fn prune_run(&self, caller: &Caller, id: &str) -> Result<Run, ControllerError> {
-        let mut run = self.find(id)?;
+        let run = self.find(id)?;
         if let RunKind::Rollback { of } = &run.kind {
             return Err(ControllerError::InvalidArgument(format!(
                 "{id} is a rollback run; prune the migration run {of}"
@@ -547,6 +588,39 @@ impl Runs {
         if run.pruned.is_some() {
             return Ok(run);
         }
+        {
+            let _gate = lock(&self.gate);
+            let rolling_back = lock(&self.live).values().find_map(|ctx| {
+                let h = ctx.header();
+                (h.kind == RunKind::Rollback { of: id.to_string() } && !h.phase.is_terminal())
+                    .then(|| h.id.clone())
+            });
+            if let Some(rollback) = rolling_back {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "run {id} is being rolled back by run {rollback}; prune it after that finishes"
+                )));
+            }
+            if !lock(&self.pruning).insert(id.to_string()) {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "run {id} is already being pruned"
+                )));
+            }
+        }
+        let result = self.release_checkpoints(&run).await;
+        lock(&self.pruning).remove(id);
+        result?;
+        // Re-read: a rollback may have recorded itself meanwhile.
+        let mut run = self.find(id)?;
+        run.pruned = Some(Pruned {
+            unix_ms: now_ms(),
+            by: caller.name.clone(),
+        });
+        self.store.put_run(&run)?;
+        Ok(run)
+    }
+
+    async fn release_checkpoints(&self, run: &Run) -> Result<(), ControllerError> {
+        let id = run.id.as_str();
         let touched: Vec<String> = {
             let containers = self.store.containers(id)?;
             run.hosts
@@ -577,11 +651,6 @@ impl Runs {
                 ))
             })?;
         }
-        run.pruned = Some(Pruned {
-            unix_ms: now_ms(),
-            by: caller.name.clone(),
-        });
-        self.store.put_run(&run)?;
-        Ok(run)
+        Ok(())
     }
 }
