@@ -118,6 +118,22 @@ impl ControllerService {
     }
 }
 
+impl ControllerService {
+    /// Pause (`Some(Pause)`), abort (`Some(Abort)`) or resume (`None`).
+    fn control(
+        &self,
+        request: Request<pb::RunRef>,
+        control: Option<Control>,
+    ) -> Result<Response<pb::RunInfo>, Status> {
+        let caller = caller(&request)?;
+        let run = self
+            .state
+            .runs
+            .control(&caller, &request.into_inner().run_id, control)?;
+        run_info(&run)
+    }
+}
+
 pub fn host_to_pb(host: &Host) -> pb::Host {
     pb::Host {
         name: host.name.clone(),
@@ -231,36 +247,21 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::RunRef>,
     ) -> Result<Response<pb::RunInfo>, Status> {
-        let caller = caller(&request)?;
-        let run =
-            self.state
-                .runs
-                .control(&caller, &request.into_inner().run_id, Some(Control::Pause))?;
-        run_info(&run)
+        self.control(request, Some(Control::Pause))
     }
 
     async fn resume_run(
         &self,
         request: Request<pb::RunRef>,
     ) -> Result<Response<pb::RunInfo>, Status> {
-        let caller = caller(&request)?;
-        let run = self
-            .state
-            .runs
-            .control(&caller, &request.into_inner().run_id, None)?;
-        run_info(&run)
+        self.control(request, None)
     }
 
     async fn abort_run(
         &self,
         request: Request<pb::RunRef>,
     ) -> Result<Response<pb::RunInfo>, Status> {
-        let caller = caller(&request)?;
-        let run =
-            self.state
-                .runs
-                .control(&caller, &request.into_inner().run_id, Some(Control::Abort))?;
-        run_info(&run)
+        self.control(request, Some(Control::Abort))
     }
 
     async fn rollback_run(

@@ -40,6 +40,18 @@ pub async fn drive(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
     }
 }
 
+/// Runs `tasks` at most `parallel` at a time; the first store error wins.
+async fn all_bounded<F>(tasks: Vec<F>, parallel: usize) -> Result<(), ControllerError>
+where
+    F: std::future::Future<Output = Result<(), ControllerError>>,
+{
+    let results: Vec<Result<(), ControllerError>> = futures::stream::iter(tasks)
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 fn interrupted(ctx: &RunCtx, shutdown: &CancellationToken) -> bool {
     let run = ctx.header();
     run.control.is_some() || run.stopping.is_some() || shutdown.is_cancelled()
@@ -111,11 +123,7 @@ async fn drive_migrate(
             .iter()
             .map(|host| migrate_host(ctx.clone(), host.clone(), shutdown.clone()))
             .collect();
-        let results: Vec<Result<(), ControllerError>> = futures::stream::iter(tasks)
-            .buffer_unordered(parallel)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        all_bounded(tasks, parallel).await?;
         let run = ctx.header();
         let finished = wave.iter().all(|name| {
             run.hosts
@@ -666,11 +674,7 @@ async fn stop(
             }
         })
         .collect();
-    let results: Vec<Result<(), ControllerError>> = futures::stream::iter(tasks)
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    all_bounded(tasks, parallel).await?;
     finish(ctx, shutdown, target).await
 }
 
@@ -822,11 +826,7 @@ async fn drive_rollback(
             }
         })
         .collect();
-    let results: Vec<Result<(), ControllerError>> = futures::stream::iter(tasks)
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    all_bounded(tasks, parallel).await?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
