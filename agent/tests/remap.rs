@@ -274,16 +274,26 @@ fn a_racing_process_swapping_directories_for_symlinks_cannot_lead_the_walk_out()
             swaps
         })
     };
+    // Under load the attacker can win every retry on a directory: the walk
+    // then refuses with KeptRacing (safe: nothing outside is touched), which
+    // is an acceptable end of a round; any other error is not.
+    let mut settled = 0;
     for round in 0..20 {
         let manifest = base.path().join(format!("m{round}"));
         let (from, to) = if round % 2 == 0 { (0, 2000) } else { (2000, 0) };
         // Undo-style remap back to 0 is not allowed; use undo instead.
-        if from == 0 {
-            remap(&root, &manifest, &options(mapping(&[(from, to)])), &|_| {}).unwrap();
+        let result = if from == 0 {
+            remap(&root, &manifest, &options(mapping(&[(from, to)])), &|_| {}).map(|_| ())
         } else {
-            undo(&root, &base.path().join(format!("m{}", round - 1))).unwrap();
+            undo(&root, &base.path().join(format!("m{}", round - 1))).map(|_| ())
+        };
+        match result {
+            Ok(()) => settled += 1,
+            Err(RemapError::KeptRacing { .. }) => {}
+            Err(e) => panic!("round {round}: {e}"),
         }
     }
+    assert!(settled > 0, "some rounds finished despite the race");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let swaps = attacker.join().unwrap();
     assert!(swaps > 10, "the race really ran ({swaps} swaps)");

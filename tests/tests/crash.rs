@@ -176,7 +176,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration() {
-    let t = setup("crash", 50).await;
+    let t = setup("crash", 20_000).await;
     let agent = start_agent(
         t.pki.files("agent"),
         AgentOptions {
@@ -194,6 +194,9 @@ async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration()
         points.push(format!("controller:after-intent:{kind}"));
         points.push(format!("controller:after-done:{kind}"));
     }
+    // Once in the middle of the ownership walk (the agent reports progress
+    // every 4,096 entries; the tree has 20,000).
+    points.push("controller:ownership-entries:4096".to_string());
     for point in &points {
         let mut crashing = spawn_controller(&tls, &state, port, &hosts, Some(point));
         let address = crashing.address.clone();

@@ -671,3 +671,49 @@ async fn a_uid_that_belongs_to_another_user_is_refused_and_nothing_changes() {
     assert_eq!(seen(fleet.docker(), &web).await, before, "nothing changed");
     assert!(!user_exists("svc-collide"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_failure_rollback_run_undoes_every_host_the_run_touched() {
+    let fleet = TestFleet::start(2).await;
+    let base = tempfile::tempdir().unwrap();
+    let policy = write_policy(base.path(), POLICY);
+    let web1 = fleet.sleeper(1, "web").await;
+    let bad = fleet.container(2, "bad", root_only(&fleet.image)).await;
+    let before = (
+        seen(fleet.docker(), &web1).await,
+        seen(fleet.docker(), &bad).await,
+    );
+    let run = fleet
+        .ctl(&[
+            "migrate",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--canary",
+            "1",
+            "--max-failures",
+            "5",
+            "--on-failure",
+            "rollback-run",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 5, "{view}");
+    assert_eq!(view["run"]["phase"], "rolled-back");
+    assert_eq!(
+        seen(fleet.docker(), &web1).await,
+        before.0,
+        "the canary host put back too"
+    );
+    let bad_now = seen(fleet.docker(), &bad).await;
+    assert_eq!((bad_now.id, bad_now.user), (before.1.id, before.1.user));
+    assert!(
+        containers(&view)
+            .iter()
+            .all(|c| c["state"] == "rolled-back"),
+        "{view}"
+    );
+}

@@ -212,6 +212,16 @@ async fn a_hostile_root_container_cannot_steer_the_ownership_walk_out_of_its_vol
         .await;
         let out = match out {
             Ok(out) => out,
+            // Under load the container can win every retry on one
+            // directory: the walk refuses (safe, nothing outside touched).
+            Err(status)
+                if status
+                    .message()
+                    .contains("kept changing while they were walked") =>
+            {
+                raced += 1;
+                continue;
+            }
             Err(status) => panic!("round {round}: {status:?}"),
         };
         let report = &out.json()["mounts"][0][1];

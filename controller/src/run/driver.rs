@@ -418,6 +418,9 @@ async fn migrate_container(ctx: &Arc<RunCtx>, key: &str) -> Result<Outcome, Cont
         };
         let progress_draft = Draft::container(&c, Some(kind), EventKind::StepProgress, "");
         let on_progress = |p: calls::Progress| {
+            if kind == StepKind::Ownership {
+                fault::count("controller:ownership-entries", p.entries);
+            }
             ctx.progress(progress_draft.clone(), p.entries, p.changed, p.bytes)
         };
         let call_started = Instant::now();
