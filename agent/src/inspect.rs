@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bollard::models::{ContainerInspectResponse, MountPoint};
 use bollard::query_parameters::{DownloadFromContainerOptions, ListContainersOptions};
@@ -247,10 +247,7 @@ impl Inspector {
             engine: conn.facts.clone(),
             containers,
             warnings,
-            inspected_at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            inspected_at_unix_ms: fleet_core::now_ms(),
         })
     }
 

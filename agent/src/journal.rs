@@ -5,11 +5,11 @@
 //! controller. One JSON-lines file per run (`runs/<run>/journal.jsonl`), so
 //! a person can read it when it matters most.
 
+use fleet_core::now_ms;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -160,13 +160,6 @@ pub struct RunJournal {
     path: PathBuf,
     file: File,
     records: Vec<Record>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl RunJournal {

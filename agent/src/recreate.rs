@@ -5,6 +5,7 @@
 //! started. Nothing is removed: the old container is the way back.
 //! (FIELD-NOTES §6 is the checklist; watchtower's tracker is the reason.)
 
+use fleet_core::now_ms;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -47,13 +48,6 @@ pub struct RecreateOutcome {
     pub new_id: String,
     pub stopped_at_ms: u64,
     pub started_at_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {

@@ -4,6 +4,7 @@
 //! in flight after a crash is finished (ownership resumes its walk) or put
 //! back and done again; a run is undone step by step in reverse.
 
+use fleet_core::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -280,13 +281,6 @@ pub struct StepRunner {
     backups: BackupStore,
     users: UserSettings,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn to_value<T: Serialize>(value: &T) -> Value {

@@ -4,6 +4,7 @@
 //! optional TCP, HTTP or exec probe; then the audit's own identity check:
 //! no process of the container holds uid 0.
 
+use fleet_core::now_ms;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -39,13 +40,6 @@ pub struct VerifyOutcome {
     pub downtime_ms: Option<u64>,
     pub verdict: String,
     pub probe: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn fail(message: String) -> ContainerError {

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use fleet_core::auth::{Caller, caller};
+use fleet_core::auth::caller;
 use fleet_core::role::Role;
 use fleet_proto::controller::v1 as pb;
 use futures::StreamExt;
@@ -19,7 +19,7 @@ use crate::inventory::{self, Host, HostSource};
 use crate::run::Runs;
 use crate::run::model::{Control, Run, RunView};
 use crate::run::start::{self, StartRequest};
-use crate::store::{LogEntry, Store};
+use crate::store::Store;
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
     serde_json::to_string(value).map_err(|e| Status::internal(format!("cannot encode: {e}")))
@@ -95,26 +95,6 @@ pub struct ControllerService {
 impl ControllerService {
     pub fn new(state: Arc<ControllerState>) -> Self {
         ControllerService { state }
-    }
-
-    fn log(&self, who: &Caller, action: &str, target: &str, result: &Result<(), ControllerError>) {
-        let entry = LogEntry {
-            unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            who: who.name.clone(),
-            role: who.role.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            result: match result {
-                Ok(()) => "ok".into(),
-                Err(e) => format!("refused: {e}"),
-            },
-        };
-        if let Err(e) = self.state.store.append_log(&entry) {
-            tracing::error!(error = %e, ?entry, "cannot append to the audit log");
-        }
     }
 }
 
@@ -379,13 +359,12 @@ impl pb::controller_server::Controller for ControllerService {
             self.state.pool.forget(&host.name);
             Ok(())
         })();
-        self.log(
+        self.state.store.logged(
             &caller,
             "hosts.add",
             &format!("{} {}", host.name, host.address),
-            &result,
-        );
-        result?;
+            result,
+        )?;
         tracing::info!(caller = %caller.name, host = %host.name, address = %host.address, "host added");
         Ok(Response::new(host_to_pb(&host)))
     }
@@ -414,8 +393,9 @@ impl pb::controller_server::Controller for ControllerService {
             self.state.pool.forget(&name);
             Ok(())
         })();
-        self.log(&caller, "hosts.remove", &name, &result);
-        result?;
+        self.state
+            .store
+            .logged(&caller, "hosts.remove", &name, result)?;
         Ok(Response::new(pb::RemoveHostResponse {}))
     }
 

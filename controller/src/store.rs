@@ -47,7 +47,42 @@ pub struct LogEntry {
     pub result: String,
 }
 
+impl LogEntry {
+    /// An entry stamped now.
+    pub fn new(who: &str, role: &str, action: &str, target: &str, result: &str) -> Self {
+        LogEntry {
+            unix_ms: fleet_core::now_ms(),
+            who: who.into(),
+            role: role.into(),
+            action: action.into(),
+            target: target.into(),
+            result: result.into(),
+        }
+    }
+}
+
 impl Store {
+    /// Logs a change the caller asked for ("ok" or "refused: why") and
+    /// passes its result through. A failing log write is traced, never
+    /// turned into a failure of the change itself.
+    pub fn logged<T>(
+        &self,
+        who: &fleet_core::auth::Caller,
+        action: &str,
+        target: &str,
+        result: Result<T, ControllerError>,
+    ) -> Result<T, ControllerError> {
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let entry = LogEntry::new(&who.name, &who.role.to_string(), action, target, &outcome);
+        if let Err(e) = self.append_log(&entry) {
+            tracing::error!(error = %e, ?entry, "cannot append to the audit log");
+        }
+        result
+    }
+
     pub fn open(dir: &Path) -> Result<Self, ControllerError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             ControllerError::Store(format!("cannot create state dir {}: {e}", dir.display()))

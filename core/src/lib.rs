@@ -13,6 +13,15 @@ pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the one
+/// timestamp every journal, event and log record carries.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The one rule for names fleet stores and puts in file names (hosts,
 /// certificates): 1-64 of letters, digits, '.', '-', '_', not starting with
 /// a dot (no hidden files, no "..").

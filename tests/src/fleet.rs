@@ -197,6 +197,13 @@ pub struct Seen {
     pub process_uid: Option<u32>,
 }
 
+impl Seen {
+    /// Running, and its main process is not uid 0 (read from /proc).
+    pub fn is_non_root(&self) -> bool {
+        self.running && self.process_uid.is_some_and(|u| u != 0)
+    }
+}
+
 pub async fn seen(docker: &Docker, name: &str) -> Seen {
     let doc = docker
         .inspect_container(name, None)

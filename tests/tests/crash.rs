@@ -66,10 +66,7 @@ impl Subject {
             assert_eq!(tree, self.tree, "ownership exactly as before");
             false
         } else {
-            assert!(
-                now.running && now.process_uid.is_some_and(|u| u != 0),
-                "{now:?}"
-            );
+            assert!(now.running && now.is_non_root(), "{now:?}");
             assert_eq!(
                 tree["d/e/f0"].uid,
                 now.process_uid.unwrap(),

@@ -191,10 +191,7 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
             let now = seen(fleet.docker(), name).await;
             assert!(now.running, "{name} runs");
             assert_ne!(now.user, "", "{name} has a User");
-            assert!(
-                now.process_uid.is_some_and(|u| u != 0),
-                "{name} is not root: {now:?}"
-            );
+            assert!(now.is_non_root(), "{name} is not root: {now:?}");
         }
         assert_eq!(seen(fleet.docker(), &s.svc).await.process_uid, Some(999));
         assert_eq!(
@@ -348,12 +345,7 @@ async fn a_failure_in_wave_two_rolls_that_host_back_and_the_budget_decides() {
     assert_eq!(snapshot(&data), tree_before);
     // The budget allowed one failure: h1 and h3 went on.
     for web in [&web1, &web3] {
-        assert!(
-            seen(fleet.docker(), web)
-                .await
-                .process_uid
-                .is_some_and(|u| u != 0)
-        );
+        assert!(seen(fleet.docker(), web).await.is_non_root());
     }
 }
 
@@ -524,7 +516,7 @@ async fn stale_plans_dry_runs_prune_refusals_and_roles() {
         "{late:?}"
     );
     let migrated = seen(fleet.docker(), &web).await;
-    assert!(migrated.running && migrated.process_uid.is_some_and(|u| u != 0));
+    assert!(migrated.is_non_root());
 
     // Bad input: each a clear error, nothing changed.
     for (args, needle) in [
@@ -599,12 +591,7 @@ async fn a_paused_run_holds_its_containers_until_resumed() {
     let _users = UsersCleanup(users_of(&view));
     assert_eq!(run.code, 7, "paused after the canary: {view}");
     let id = view["run"]["id"].as_str().unwrap().to_string();
-    assert!(
-        seen(fleet.docker(), &web1)
-            .await
-            .process_uid
-            .is_some_and(|u| u != 0)
-    );
+    assert!(seen(fleet.docker(), &web1).await.is_non_root());
     assert_eq!(seen(fleet.docker(), &web2).await, before2);
 
     // A second run may not touch what the paused run holds.
@@ -620,12 +607,7 @@ async fn a_paused_run_holds_its_containers_until_resumed() {
     let watched = fleet.ctl(&["runs", "watch", &id, "-o", "json"]).await;
     assert_eq!(watched.code, 0, "{watched:?}");
     assert_eq!(watched.json()["run"]["phase"], "succeeded");
-    assert!(
-        seen(fleet.docker(), &web2)
-            .await
-            .process_uid
-            .is_some_and(|u| u != 0)
-    );
+    assert!(seen(fleet.docker(), &web2).await.is_non_root());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -74,7 +74,8 @@ pub async fn run(
     Ok(exit::OK)
 }
 
-fn text(v: &Value, key: &str) -> String {
+/// A string field of a JSON document, or "".
+pub fn text(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }
 

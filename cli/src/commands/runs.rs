@@ -9,13 +9,9 @@ use serde_json::Value;
 
 use crate::args::{ListFormat, MigrateArgs, RollbackArgs, RunsCommand};
 use crate::client::Controller;
-use crate::commands::plan::{bytes, describe_action, selection};
+use crate::commands::plan::{bytes, describe_action, selection, text};
 use crate::exit::{self, CliError};
 use crate::render::Table;
-
-fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
-}
 
 fn parse(json: &str) -> Result<Value, CliError> {
     serde_json::from_str(json).map_err(|e| {

@@ -9,18 +9,13 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+pub use fleet_core::now_ms;
+
 use crate::agents::AgentPool;
 use crate::error::ControllerError;
 use crate::inventory::{Host, HostSource};
 use crate::run::model::{ContainerRun, EventKind, Run, RunEvent, StepKind};
 use crate::store::Store;
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// An event before it gets its sequence number.
 #[derive(Debug, Clone)]
@@ -96,7 +91,9 @@ impl std::fmt::Debug for RunCtx {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A poisoned lock still holds consistent data here (every change is
+/// written to the store under it first), so take it anyway.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -178,6 +175,11 @@ impl RunCtx {
         lock(&self.header).clone()
     }
 
+    /// Reads the header without copying it.
+    pub fn with_header<T>(&self, read: impl FnOnce(&Run) -> T) -> T {
+        read(&lock(&self.header))
+    }
+
     /// Changes the header and writes it before anything acts on it.
     pub fn update_header(&self, change: impl FnOnce(&mut Run)) -> Result<Run, ControllerError> {
         let mut header = lock(&self.header);
@@ -217,19 +219,18 @@ impl RunCtx {
     }
 
     pub fn host(&self, name: &str) -> Host {
-        let header = lock(&self.header);
-        let address = header
-            .hosts
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.address.clone())
-            .unwrap_or_default();
-        Host {
-            name: name.to_string(),
-            address,
-            labels: Default::default(),
-            source: HostSource::Store,
-        }
+        self.with_header(|r| {
+            r.hosts
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.host())
+                .unwrap_or_else(|| Host {
+                    name: name.to_string(),
+                    address: String::new(),
+                    labels: Default::default(),
+                    source: HostSource::Store,
+                })
+        })
     }
 
     pub fn record_overhead(&self, us: u64) {

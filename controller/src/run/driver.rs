@@ -53,8 +53,7 @@ where
 }
 
 fn interrupted(ctx: &RunCtx, shutdown: &CancellationToken) -> bool {
-    let run = ctx.header();
-    run.control.is_some() || run.stopping.is_some() || shutdown.is_cancelled()
+    shutdown.is_cancelled() || ctx.with_header(|r| r.control.is_some() || r.stopping.is_some())
 }
 
 async fn drive_migrate(
@@ -737,22 +736,15 @@ async fn finish(
             ));
         }
     })?;
-    let migrated = ctx
-        .containers()
-        .iter()
-        .filter(|c| c.state == ContainerState::Migrated)
-        .count();
-    let rolled_back = ctx
-        .containers()
-        .iter()
-        .filter(|c| c.state == ContainerState::RolledBack)
-        .count();
+    let containers = ctx.containers();
+    let count = |state| containers.iter().filter(|c| c.state == state).count();
+    let (migrated, rolled_back) = (
+        count(ContainerState::Migrated),
+        count(ContainerState::RolledBack),
+    );
     let message = format!(
         "{}: {migrated} container(s) migrated, {rolled_back} rolled back, {} of {} host(s) failed (budget {}){}",
-        serde_json::to_value(phase)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        phase.name(),
         run.failed_hosts,
         run.hosts.len(),
         run.budget,
@@ -761,14 +753,13 @@ async fn finish(
             .map_or(String::new(), |n| format!("; {n}")),
     );
     ctx.emit(Draft::run(EventKind::RunFinished, message.clone()))?;
-    ctx.store.append_log(&LogEntry {
-        unix_ms: now_ms(),
-        who: run.created_by.clone(),
-        role: "operator".into(),
-        action: "run.finished".into(),
-        target: run.id.clone(),
-        result: message,
-    })
+    ctx.store.append_log(&LogEntry::new(
+        &run.created_by,
+        "operator",
+        "run.finished",
+        &run.id,
+        &message,
+    ))
 }
 
 /// A rollback run: every host at once (bounded by max-parallel), no canary;

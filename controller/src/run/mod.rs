@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
 use crate::error::ControllerError;
-use crate::run::ctx::{Draft, RunCtx, now_ms};
+use crate::run::ctx::{Draft, RunCtx, lock, now_ms};
 use crate::run::model::{
     ContainerRun, ContainerState, Control, EventKind, HostRun, HostState, Pruned, Run, RunEvent,
     RunKind, RunPhase, RunSummary, RunView,
 };
-use crate::store::{LogEntry, Store};
+use crate::store::Store;
 
 pub struct Runs {
     store: Store,
@@ -49,17 +49,6 @@ impl std::fmt::Debug for Runs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runs").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn phase_name(phase: RunPhase) -> String {
-    serde_json::to_value(phase)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 impl Runs {
@@ -142,21 +131,6 @@ impl Runs {
         lock(&self.live).get(id).cloned()
     }
 
-    fn log(&self, who: &Caller, action: &str, target: &str, result: &str) {
-        let entry = LogEntry {
-            unix_ms: now_ms(),
-            who: who.name.clone(),
-            role: who.role.to_string(),
-            action: action.into(),
-            target: target.into(),
-            result: result.into(),
-        };
-        if let Err(e) = self.store.append_log(&entry) {
-            tracing::error!(error = %e, "cannot append to the audit log");
-        }
-    }
-
-    /// Logs a change and passes its result through.
     fn logged<T>(
         &self,
         who: &Caller,
@@ -164,31 +138,27 @@ impl Runs {
         target: &str,
         result: Result<T, ControllerError>,
     ) -> Result<T, ControllerError> {
-        match &result {
-            Ok(_) => self.log(who, action, target, "ok"),
-            Err(e) => self.log(who, action, target, &format!("refused: {e}")),
-        }
-        result
+        self.store.logged(who, action, target, result)
     }
 
-    /// The run that holds a container right now, if any.
-    fn holder(&self, host: &str, container_id: &str) -> Option<String> {
-        lock(&self.live).values().find_map(|ctx| {
-            let busy = ctx.containers().into_iter().any(|c| {
-                c.host == host
-                    && c.plan.id == container_id
-                    && c.state != ContainerState::NotMigrated
-            });
-            (busy && !ctx.header().phase.is_terminal()).then(|| ctx.id.clone())
-        })
-    }
-
+    /// Refuses containers an unfinished run holds, naming that run.
     fn refuse_held(&self, containers: &[ContainerRun]) -> Result<(), ControllerError> {
+        let mut held: HashMap<(String, String), String> = HashMap::new();
+        for ctx in lock(&self.live).values() {
+            if ctx.with_header(|r| r.phase.is_terminal()) {
+                continue;
+            }
+            for c in ctx.containers() {
+                if c.state != ContainerState::NotMigrated {
+                    held.insert((c.host, c.plan.id), ctx.id.clone());
+                }
+            }
+        }
         for c in containers
             .iter()
             .filter(|c| c.state != ContainerState::NotMigrated)
         {
-            if let Some(run) = self.holder(&c.host, &c.plan.id) {
+            if let Some(run) = held.get(&(c.host.clone(), c.plan.id.clone())) {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "container {} on host {} is held by run {run}, which has not finished; wait for it (`fleetctl runs watch {run}`) or abort it",
                     c.plan.name, c.host
@@ -324,10 +294,7 @@ impl Runs {
                     // A slow watcher missed live events: all but progress
                     // are in the store.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let from = sent.iter().next_back().copied().unwrap_or(after);
-                        store
-                            .events(&run.id, after.max(from.saturating_sub(4096)))
-                            .unwrap_or_default()
+                        store.events(&run.id, after).unwrap_or_default()
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
@@ -369,7 +336,7 @@ impl Runs {
         let not = |what: &str| {
             ControllerError::FailedPrecondition(format!(
                 "run {id} is {}: {what}",
-                phase_name(self.live(id).map_or(run.phase, |c| c.header().phase))
+                self.live(id).map_or(run.phase, |c| c.header().phase).name()
             ))
         };
         let _gate = lock(&self.gate);
@@ -447,7 +414,7 @@ impl Runs {
         if !phase.is_terminal() {
             return Err(ControllerError::FailedPrecondition(format!(
                 "run {id} is {}: abort it first (`fleetctl runs abort {id}`), then roll it back",
-                phase_name(phase)
+                phase.name()
             )));
         }
         if let Some(pruned) = &of.pruned {
@@ -621,30 +588,14 @@ impl Runs {
 
     async fn release_checkpoints(&self, run: &Run) -> Result<(), ControllerError> {
         let id = run.id.as_str();
-        let touched: Vec<String> = {
-            let containers = self.store.containers(id)?;
-            run.hosts
+        let containers = self.store.containers(id)?;
+        let touched = run.hosts.iter().filter(|h| {
+            containers
                 .iter()
-                .filter(|h| {
-                    containers
-                        .iter()
-                        .any(|c| c.host == h.name && !c.steps.is_empty())
-                })
-                .map(|h| h.name.clone())
-                .collect()
-        };
-        for name in &touched {
-            let host = crate::inventory::Host {
-                name: name.clone(),
-                address: run
-                    .hosts
-                    .iter()
-                    .find(|h| &h.name == name)
-                    .map(|h| h.address.clone())
-                    .unwrap_or_default(),
-                labels: Default::default(),
-                source: crate::inventory::HostSource::Store,
-            };
+                .any(|c| c.host == h.name && !c.steps.is_empty())
+        });
+        for host_run in touched {
+            let (name, host) = (&host_run.name, host_run.host());
             calls::prune(&self.pool, &host, id).await.map_err(|e| {
                 ControllerError::FailedPrecondition(format!(
                     "prune stopped at host {name}: {e}; nothing is marked pruned, run it again when the agent answers"

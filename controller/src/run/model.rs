@@ -70,6 +70,14 @@ pub enum RunPhase {
 }
 
 impl RunPhase {
+    /// The name `-o json` and messages use (`completed-with-failures`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     pub fn is_terminal(self) -> bool {
         !matches!(self, RunPhase::Running | RunPhase::Paused)
     }
@@ -107,6 +115,18 @@ pub struct HostRun {
     pub error: Option<String>,
     /// Container record keys, in plan order.
     pub containers: Vec<String>,
+}
+
+impl HostRun {
+    /// The host to call, as the run recorded it when it started.
+    pub fn host(&self) -> crate::inventory::Host {
+        crate::inventory::Host {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            labels: Default::default(),
+            source: crate::inventory::HostSource::Store,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
