@@ -969,7 +969,8 @@ impl StepRunner {
                         }
                     }
                 };
-                tokio::task::spawn_blocking(move || users::undo_user(&user_outcome))
+                let settings = self.users.clone();
+                tokio::task::spawn_blocking(move || users::undo_user(&user_outcome, &settings))
                     .await
                     .map_err(|e| StepError::Internal(e.to_string()))??;
                 Ok(json!("user removed"))

@@ -176,12 +176,67 @@ fn systemd_running() -> bool {
     Path::new("/run/systemd/system").exists()
 }
 
+/// The host-wide lock every fleet change to the account databases holds.
+///
+/// shadow-utils checks that an id is free *before* it takes its own lock
+/// (groupadd and useradd look the id up, then lock and write), so two
+/// concurrent `groupadd --gid N` can both succeed and leave two groups
+/// sharing gid N. Our own read → decide → create must be one critical
+/// section across every agent (and thread) on the host. The lock file sits
+/// beside the passwd file it protects, so whoever edits that file shares it.
+struct AccountsLock {
+    _file: std::fs::File,
+}
+
+fn lock_accounts(settings: &UserSettings) -> Result<AccountsLock, UserError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = settings.passwd.with_file_name(".fleet-users.lock");
+    let io = |source| UserError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
+    Ok(AccountsLock { _file: file })
+}
+
+/// After a creation: the new ids must belong to exactly one account each.
+/// Someone outside fleet (an administrator's useradd) can still race us;
+/// this check catches it instead of leaving two accounts sharing an id.
+fn verify_ids_unique(uid: u32, gid: u32, settings: &UserSettings) -> Result<(), UserError> {
+    let owners = |accounts: Vec<Account>, id: u32| -> Vec<String> {
+        accounts
+            .into_iter()
+            .filter(|a| a.id == id)
+            .map(|a| a.name)
+            .collect()
+    };
+    let users = owners(read_accounts(&settings.passwd)?, uid);
+    let groups = owners(read_accounts(&settings.group)?, gid);
+    if users.len() > 1 || groups.len() > 1 {
+        return Err(UserError::Conflict(format!(
+            "uid {uid} is held by [{}] and gid {gid} by [{}] after creation: another tool created an account at the same moment; fleet removed its own and refuses to share an id",
+            users.join(", "),
+            groups.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Makes sure the user exists with the requested ids; creates what is missing.
 pub fn ensure_user(
     request: &UserRequest,
     settings: &UserSettings,
 ) -> Result<UserOutcome, UserError> {
     validate_name(&request.name)?;
+    let _lock = lock_accounts(settings)?;
     let users = read_accounts(&settings.passwd)?;
     let groups = read_accounts(&settings.group)?;
     let name = request.name.as_str();
@@ -275,13 +330,19 @@ pub fn ensure_user(
                 name,
             ],
         );
+        let created = created.and_then(|()| {
+            outcome.created_user = true;
+            verify_ids_unique(uid, gid, settings)
+        });
         if let Err(e) = created {
+            if outcome.created_user {
+                let _ = run("userdel", &[name]);
+            }
             if outcome.created_group {
                 let _ = run("groupdel", &[name]);
             }
             return Err(e);
         }
-        outcome.created_user = true;
         outcome.uid = uid;
         outcome.gid = gid;
     }
@@ -350,7 +411,8 @@ fn allocate(
 }
 
 /// Removes exactly what `outcome` says was created.
-pub fn undo_user(outcome: &UserOutcome) -> Result<(), UserError> {
+pub fn undo_user(outcome: &UserOutcome, settings: &UserSettings) -> Result<(), UserError> {
+    let _lock = lock_accounts(settings)?;
     let name = outcome.name.as_str();
     if outcome.linger_enabled {
         run("loginctl", &["disable-linger", name])?;

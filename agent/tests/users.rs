@@ -24,11 +24,11 @@ fn group_exists(name: &str) -> bool {
 }
 
 /// Removes the user even when the test fails.
-struct Cleanup(&'static str);
+struct Cleanup(String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("userdel").arg(self.0).output();
-        let _ = std::process::Command::new("groupdel").arg(self.0).output();
+        let _ = std::process::Command::new("userdel").arg(&self.0).output();
+        let _ = std::process::Command::new("groupdel").arg(&self.0).output();
     }
 }
 
@@ -42,7 +42,7 @@ fn settings(home: &std::path::Path) -> UserSettings {
 
 #[test]
 fn creates_once_refuses_conflicts_and_undoes_only_its_own() {
-    let _cleanup = Cleanup("svc-fleet-test-a");
+    let _cleanup = Cleanup("svc-fleet-test-a".into());
     let home = tempfile::tempdir().unwrap();
     let settings = settings(home.path());
     let request = UserRequest {
@@ -84,10 +84,10 @@ fn creates_once_refuses_conflicts_and_undoes_only_its_own() {
     );
 
     // Undoing the second call removes nothing.
-    undo_user(&again).unwrap();
+    undo_user(&again, &settings).unwrap();
     assert!(exists("svc-fleet-test-a"));
     // Undoing the first removes the user, group, ranges and home.
-    undo_user(&created).unwrap();
+    undo_user(&created, &settings).unwrap();
     assert!(!exists("svc-fleet-test-a"));
     assert!(!group_exists("svc-fleet-test-a"));
     assert!(
@@ -100,7 +100,7 @@ fn creates_once_refuses_conflicts_and_undoes_only_its_own() {
 
 #[test]
 fn an_id_that_belongs_to_another_user_is_refused() {
-    let _cleanup = Cleanup("svc-fleet-test-b");
+    let _cleanup = Cleanup("svc-fleet-test-b".into());
     let home = tempfile::tempdir().unwrap();
     let err = ensure_user(
         &UserRequest {
@@ -129,4 +129,83 @@ fn an_id_that_belongs_to_another_user_is_refused() {
     )
     .unwrap_err();
     assert!(matches!(err, UserError::InvalidName { .. }));
+}
+
+/// Several agents (threads here) creating users at the same moment: every
+/// one gets ids of its own. shadow-utils checks an id is free before it
+/// locks, so without fleet's host-wide lock two groups end up sharing a gid
+/// (seen in CI: a later groupdel failed with "cannot remove the primary
+/// group of user ..." of another run's user).
+#[test]
+fn concurrent_creations_never_share_an_id() {
+    const N: usize = 6;
+    let names: Vec<String> = (0..N).map(|i| format!("svc-fleet-test-c{i}")).collect();
+    let _cleanup: Vec<Cleanup> = names.iter().map(|n| Cleanup(n.clone())).collect();
+    let home = tempfile::tempdir().unwrap();
+    let settings = UserSettings {
+        uid_range: (61600, 61699),
+        ..settings(home.path())
+    };
+    let barrier = std::sync::Barrier::new(N);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (barrier, settings) = (&barrier, &settings);
+                scope.spawn(move || {
+                    barrier.wait();
+                    ensure_user(
+                        &UserRequest {
+                            name: name.clone(),
+                            uid: None,
+                            gid: None,
+                            rootless: false,
+                        },
+                        settings,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every concurrent creation succeeds"))
+        .collect();
+    let ids = |path: &str, column: usize| -> Vec<(String, u32)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("svc-fleet-test-c"))
+            .map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f[0].to_string(), f[column].parse().unwrap())
+            })
+            .collect()
+    };
+    let uids = ids("/etc/passwd", 2);
+    let gids = ids("/etc/group", 2);
+    assert_eq!(uids.len(), N, "{uids:?}");
+    assert_eq!(gids.len(), N, "{gids:?}");
+    let distinct = |v: &[(String, u32)]| {
+        v.iter()
+            .map(|(_, id)| *id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(distinct(&uids), N, "uids shared: {uids:?}");
+    assert_eq!(distinct(&gids), N, "gids shared: {gids:?}");
+    for outcome in &outcomes {
+        assert_eq!(outcome.uid, outcome.gid);
+    }
+    // And the undos, concurrent too, each remove exactly their own.
+    std::thread::scope(|scope| {
+        for outcome in &outcomes {
+            let settings = &settings;
+            scope.spawn(move || undo_user(outcome, settings).unwrap());
+        }
+    });
+    for name in &names {
+        assert!(!exists(name) && !group_exists(name), "{name} left behind");
+    }
 }
