@@ -234,7 +234,10 @@ impl Inspector {
                 let linked = &linked;
                 async move {
                     let mut report = self.report(conn, &doc, &table, pods, options).await;
-                    report.linked = linked.get(&report.id).cloned().unwrap_or_default();
+                    if let Some(links) = linked.get(&report.id) {
+                        report.linked = links.linked.clone();
+                        report.depends_on = links.depends_on.clone();
+                    }
                     report
                 }
             })
@@ -408,6 +411,7 @@ impl Inspector {
             config_fingerprint: fingerprint(doc),
             users,
             linked: Vec::new(),
+            depends_on: Vec::new(),
             auto_remove: doc.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true),
             stop_timeout_secs: config.stop_timeout.unwrap_or(10),
             id,
@@ -512,7 +516,15 @@ fn fingerprint(doc: &ContainerInspectResponse) -> String {
 }
 
 /// Which containers share a namespace or volumes, both ways, by name.
-fn links(docs: &[Arc<ContainerInspectResponse>]) -> HashMap<String, Vec<String>> {
+/// A container's partners: every container it shares a namespace or volumes
+/// with, and of those the ones it points at.
+#[derive(Debug, Default)]
+struct Links {
+    linked: Vec<String>,
+    depends_on: Vec<String>,
+}
+
+fn links(docs: &[Arc<ContainerInspectResponse>]) -> HashMap<String, Links> {
     let name_of = |d: &ContainerInspectResponse| {
         d.name
             .as_deref()
@@ -528,7 +540,7 @@ fn links(docs: &[Arc<ContainerInspectResponse>]) -> HashMap<String, Vec<String>>
                     .is_some_and(|id| !target.is_empty() && id.starts_with(target))
         })
     };
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut out: HashMap<String, Links> = HashMap::new();
     for doc in docs {
         let Some(host) = doc.host_config.as_ref() else {
             continue;
@@ -550,14 +562,18 @@ fn links(docs: &[Arc<ContainerInspectResponse>]) -> HashMap<String, Vec<String>>
                     doc.id.clone().unwrap_or_default(),
                     other.id.clone().unwrap_or_default(),
                 );
-                out.entry(a).or_default().push(name_of(other));
-                out.entry(b).or_default().push(name_of(doc));
+                let this = out.entry(a).or_default();
+                this.linked.push(name_of(other));
+                this.depends_on.push(name_of(other));
+                out.entry(b).or_default().linked.push(name_of(doc));
             }
         }
     }
-    for names in out.values_mut() {
-        names.sort();
-        names.dedup();
+    for links in out.values_mut() {
+        for names in [&mut links.linked, &mut links.depends_on] {
+            names.sort();
+            names.dedup();
+        }
     }
     out
 }

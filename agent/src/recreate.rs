@@ -21,6 +21,10 @@ pub struct RecreateRequest {
     /// Recreate even when the writable layer holds changes that would be lost.
     #[serde(default)]
     pub allow_layer_loss: bool,
+    /// Containers sharing this one's namespaces or volumes that the same run
+    /// moves too, recreated after it: they do not block this recreate.
+    #[serde(default)]
+    pub together: Vec<String>,
 }
 
 /// Everything decided before acting, written to the journal before any
@@ -82,7 +86,8 @@ pub async fn plan(
     api: &Api<'_>,
     request: &RecreateRequest,
 ) -> Result<RecreatePlan, ContainerError> {
-    let old = api.inspect(&request.container).await?;
+    let mut old = api.inspect(&request.container).await?;
+    repoint_to_successors(api, &mut old, &request.run).await?;
     let old_id = str_at(&old, "/Id").to_string();
     let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
     let mut refusals = Vec::new();
@@ -105,6 +110,9 @@ pub async fn plan(
             continue;
         };
         let other_name = str_at(&doc, "/Name").trim_start_matches('/');
+        if request.together.iter().any(|t| t == other_name) {
+            continue;
+        }
         let points_here = |mode: &str| {
             mode.strip_prefix("container:")
                 .is_some_and(|target| target == name || old_id.starts_with(target))
@@ -188,6 +196,63 @@ pub async fn plan(
         old_id,
         name,
     })
+}
+
+/// A partner this run recreated already is now a checkpoint
+/// (`NAME.fleet-pre-RUN`, stopped) and its successor holds `NAME`: point
+/// the `container:` modes and `VolumesFrom` at the successor. The engine
+/// stores a `container:` mode as the partner's id, so this cannot be left
+/// to name resolution.
+async fn repoint_to_successors(
+    api: &Api<'_>,
+    doc: &mut Value,
+    run: &str,
+) -> Result<(), ContainerError> {
+    let suffix = format!(".fleet-pre-{run}");
+    let successor = |name: &str| name.strip_suffix(&suffix).map(str::to_string);
+    for field in ["NetworkMode", "IpcMode", "PidMode"] {
+        let pointer = format!("/HostConfig/{field}");
+        let Some(target) = str_at(doc, &pointer).strip_prefix("container:") else {
+            continue;
+        };
+        let partner = match api.inspect(target).await {
+            Ok(partner) => partner,
+            Err(ContainerError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(name) = successor(str_at(&partner, "/Name").trim_start_matches('/'))
+            && let Some(slot) = doc.pointer_mut(&pointer)
+        {
+            *slot = json!(format!("container:{name}"));
+        }
+    }
+    let sources: Vec<String> = doc
+        .pointer("/HostConfig/VolumesFrom")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let mut repointed = Vec::with_capacity(sources.len());
+    for entry in sources {
+        let (source, mode) = entry.split_once(':').unwrap_or((&entry, ""));
+        let name = match api.inspect(source).await {
+            Ok(partner) => successor(str_at(&partner, "/Name").trim_start_matches('/')),
+            Err(ContainerError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        repointed.push(match (name, mode) {
+            (Some(name), "") => json!(name),
+            (Some(name), mode) => json!(format!("{name}:{mode}")),
+            (None, _) => json!(entry),
+        });
+    }
+    if let Some(slot) = doc.pointer_mut("/HostConfig/VolumesFrom")
+        && slot.is_array()
+    {
+        *slot = Value::Array(repointed);
+    }
+    Ok(())
 }
 
 type Networks = Vec<(String, Value)>;

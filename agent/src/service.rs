@@ -287,6 +287,7 @@ impl pb::agent_server::Agent for AgentService {
             gid: r.gid,
             run: run.clone(),
             allow_layer_loss: r.allow_layer_loss,
+            together: r.together,
         });
         Ok(Response::new(stream_step(
             self.steps.clone(),

@@ -343,12 +343,14 @@ fn plan_container(
             .clone()
             .unwrap_or_else(|| auto_class(c).to_string()),
         order: 0,
-        group: c.linked.clone(),
+        group: Vec::new(),
     }
 }
 
-/// Plans one host: every selected container, ordered. A group of linked
-/// containers moves as one: if any of them cannot move, none does.
+/// Plans one host: every selected container, ordered. Linked containers
+/// (shared namespaces or volumes) form a group that moves as one: if any of
+/// them cannot move, none does; within it a container comes after the ones
+/// it points at; the group takes its members' latest class.
 pub fn plan_host(
     host: &Host,
     report: &HostReport,
@@ -358,65 +360,55 @@ pub fn plan_host(
     let selected = |c: &&ContainerReport| {
         selection.containers.is_empty() || selection.containers.iter().any(|g| glob(g, &c.name))
     };
-    let mut containers: Vec<ContainerPlan> = report
-        .containers
+    let reports: Vec<&ContainerReport> = report.containers.iter().filter(selected).collect();
+    let mut containers: Vec<ContainerPlan> = reports
         .iter()
-        .filter(selected)
         .map(|c| plan_container(c, host, policy, selection))
         .collect();
-    // Groups: the class of the group is its highest; a blocked member blocks all.
-    let by_name: BTreeMap<String, usize> = containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.clone(), i))
-        .collect();
-    for i in 0..containers.len() {
-        if containers[i].group.is_empty() {
-            continue;
-        }
-        let members: Vec<usize> = containers[i]
-            .group
+    // A partner left out of the selection would be broken by the move.
+    for (c, plan) in reports.iter().zip(containers.iter_mut()) {
+        let missing: Vec<&str> = c
+            .linked
             .iter()
-            .filter_map(|n| by_name.get(n).copied())
+            .filter(|n| !reports.iter().any(|r| &r.name == *n))
+            .map(String::as_str)
             .collect();
-        let blocked = members.iter().any(|m| {
-            matches!(
-                containers[*m].action,
-                Action::Refused { .. } | Action::Exempt { .. }
-            )
-        });
-        if blocked && matches!(containers[i].action, Action::Migrate(_)) {
-            containers[i].action = Action::Refused {
+        if !missing.is_empty() && matches!(plan.action, Action::Migrate(_)) {
+            plan.action = Action::Refused {
                 reasons: vec![format!(
-                    "it shares a namespace or volumes with {}, which is not migrated: they move together or not at all",
-                    containers[i].group.join(", ")
+                    "linked with {} (shared namespaces or volumes), which this plan leaves out: they move together; select them too (--container)",
+                    missing.join(", ")
                 )],
             };
+        }
+    }
+    let groups = linked_groups(&reports);
+    let mut position: BTreeMap<String, (u32, String, usize)> = BTreeMap::new();
+    for group in &groups {
+        let members: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+        if members.len() > 1 {
+            group_rules(&mut containers, &members);
         }
         let rank = members
             .iter()
             .map(|m| class_rank(&containers[*m].class))
-            .chain([class_rank(&containers[i].class)])
             .max()
             .unwrap_or(25);
-        if rank > class_rank(&containers[i].class) {
-            containers[i].class = members
-                .iter()
-                .map(|m| containers[*m].class.clone())
-                .find(|c| class_rank(c) == rank)
-                .unwrap_or_default();
+        let class = members
+            .iter()
+            .map(|m| containers[*m].class.clone())
+            .find(|c| class_rank(c) == rank)
+            .unwrap_or_default();
+        let leader = containers[members[0]].name.clone();
+        for (i, depth) in group {
+            containers[*i].class = class.clone();
+            position.insert(containers[*i].name.clone(), (rank, leader.clone(), *depth));
         }
     }
     containers.sort_by(|a, b| {
         let key = |c: &ContainerPlan| {
-            let mut group = c.group.clone();
-            group.push(c.name.clone());
-            group.sort();
-            (
-                class_rank(&c.class),
-                group.first().cloned().unwrap_or_default(),
-                c.name.clone(),
-            )
+            let (rank, leader, depth) = position.get(&c.name).cloned().unwrap_or_default();
+            (rank, leader, depth, c.name.clone())
         };
         key(a).cmp(&key(b))
     });
@@ -428,6 +420,158 @@ pub fn plan_host(
         address: host.address.clone(),
         error: None,
         containers,
+    }
+}
+
+/// The connected components of `linked` and of shared mounts (every
+/// container is in one), each
+/// as (index, depth): a container's depth is one more than the deepest it
+/// points at, so sorting by depth recreates what is pointed at first.
+/// Members are sorted by (depth, name); the first is the group's leader.
+fn linked_groups(reports: &[&ContainerReport]) -> Vec<Vec<(usize, usize)>> {
+    let index: BTreeMap<&str, usize> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut component = vec![usize::MAX; reports.len()];
+    let mut groups = Vec::new();
+    for start in 0..reports.len() {
+        if component[start] != usize::MAX {
+            continue;
+        }
+        let id = groups.len();
+        let mut members = vec![start];
+        component[start] = id;
+        let mut next = 0;
+        while next < members.len() {
+            let current = members[next];
+            next += 1;
+            let linked = reports[current]
+                .linked
+                .iter()
+                .filter_map(|name| index.get(name.as_str()).copied());
+            let sharing =
+                (0..reports.len()).filter(|j| shares_a_mount(reports[current], reports[*j]));
+            for j in linked.chain(sharing).collect::<Vec<_>>() {
+                if component[j] == usize::MAX {
+                    component[j] = id;
+                    members.push(j);
+                }
+            }
+        }
+        groups.push(members);
+    }
+    let depth_of = |i: usize| {
+        // Longest chain of `depends_on`, bounded so a cycle cannot loop.
+        let mut depth = 0;
+        let mut frontier = vec![i];
+        while depth < reports.len() {
+            let deeper: Vec<usize> = frontier
+                .iter()
+                .flat_map(|f| reports[*f].depends_on.iter())
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect();
+            if deeper.is_empty() {
+                break;
+            }
+            frontier = deeper;
+            depth += 1;
+        }
+        depth
+    };
+    groups
+        .into_iter()
+        .map(|members| {
+            let mut members: Vec<(usize, usize)> =
+                members.into_iter().map(|i| (i, depth_of(i))).collect();
+            members.sort_by(|a, b| (a.1, &reports[a.0].name).cmp(&(b.1, &reports[b.0].name)));
+            members
+        })
+        .collect()
+}
+
+/// Two containers mounting the same host directory or volume: whoever owns
+/// its files decides for both, so they move together too.
+fn shares_a_mount(a: &ContainerReport, b: &ContainerReport) -> bool {
+    let data = |c: &ContainerReport| -> Vec<String> {
+        c.mounts
+            .iter()
+            .filter(|m| (m.kind == "bind" || m.kind == "volume") && !m.source.is_empty())
+            .map(|m| m.source.clone())
+            .collect()
+    };
+    a.id != b.id && data(a).iter().any(|s| data(b).contains(s))
+}
+
+/// A group moves as one: every member names the others (in order), a
+/// member that does not migrate blocks the rest, and a mount shared by
+/// members (VolumesFrom, the same host path) has one owner: they must
+/// share a known target, and the mount is changed once, by the first.
+fn group_rules(containers: &mut [ContainerPlan], members: &[usize]) {
+    let names: Vec<String> = members
+        .iter()
+        .map(|m| containers[*m].name.clone())
+        .collect();
+    for m in members {
+        let own = containers[*m].name.clone();
+        containers[*m].group = names.iter().filter(|n| **n != own).cloned().collect();
+    }
+    let mut blockers: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let c = &containers[*m];
+            let why = match &c.action {
+                Action::Migrate(_) => return None,
+                Action::Exempt { .. } => "exempt",
+                Action::Refused { .. } => "refused",
+                Action::Skip { .. } => "not migrated (it needs no change)",
+            };
+            Some(format!("{} is {why}", c.name))
+        })
+        .collect();
+    let mut owners: BTreeMap<String, (String, Option<(u32, u32)>)> = BTreeMap::new();
+    let mut shared: Vec<(usize, String)> = Vec::new();
+    for m in members {
+        let Action::Migrate(migration) = &containers[*m].action else {
+            continue;
+        };
+        let target = migration.uid.zip(migration.gid);
+        for mount in &migration.mounts {
+            match owners.get(&mount.source) {
+                None => {
+                    owners.insert(mount.source.clone(), (containers[*m].name.clone(), target));
+                }
+                Some((first, first_target)) => {
+                    if target.is_none() || *first_target != target {
+                        blockers.push(format!(
+                            "{} and {first} share {}, whose files can have only one owner: give both the same `strategy = \"UID:GID\"` in the policy",
+                            containers[*m].name, mount.source
+                        ));
+                    }
+                    shared.push((*m, mount.source.clone()));
+                }
+            }
+        }
+    }
+    if !blockers.is_empty() {
+        for m in members {
+            if matches!(containers[*m].action, Action::Migrate(_)) {
+                containers[*m].action = Action::Refused {
+                    reasons: vec![format!(
+                        "linked with {} (shared namespaces or volumes), which move together or not at all: {}",
+                        containers[*m].group.join(", "),
+                        blockers.join("; ")
+                    )],
+                };
+            }
+        }
+        return;
+    }
+    for (m, source) in shared {
+        if let Action::Migrate(migration) = &mut containers[m].action {
+            migration.mounts.retain(|mount| mount.source != source);
+        }
     }
 }
 
@@ -497,17 +641,155 @@ mod tests {
         );
     }
 
+    fn link(c: &mut ContainerReport, to: &mut ContainerReport) {
+        c.linked.push(to.name.clone());
+        c.depends_on.push(to.name.clone());
+        to.linked.push(c.name.clone());
+    }
+
+    fn volume(c: &mut ContainerReport, source: &str) {
+        c.mounts.push(MountReport {
+            kind: "volume".into(),
+            source: source.into(),
+            destination: "/data".into(),
+            ..Default::default()
+        });
+    }
+
+    fn names(p: &HostPlan) -> Vec<(&str, Vec<&str>)> {
+        p.containers
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.group.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn linked_containers_move_together_or_not_at_all() {
-        let mut app = root("app", "nginx");
-        app.linked = vec!["sidecar".into()];
-        let mut sidecar = root("sidecar", "busybox");
-        sidecar.linked = vec!["app".into()];
+        let (mut app, mut sidecar) = (root("app", "nginx"), root("sidecar", "busybox"));
+        link(&mut sidecar, &mut app);
         sidecar.auto_remove = true;
         let p = plan(vec![app, sidecar]);
         for c in &p.containers {
-            assert!(matches!(c.action, Action::Refused { .. }), "{c:?}");
+            let Action::Refused { reasons } = &c.action else {
+                panic!("{c:?}")
+            };
+            if c.name == "app" {
+                assert!(reasons[0].contains("sidecar is refused"), "{reasons:?}");
+            }
         }
+    }
+
+    #[test]
+    fn a_chain_of_links_is_one_group_ordered_by_what_points_where() {
+        // z-net <- m-app <- a-sidecar (a-sidecar uses m-app's network,
+        // m-app uses z-net's), plus an unrelated database.
+        let (mut net, mut app, mut sidecar) = (
+            root("z-net", "busybox"),
+            root("m-app", "busybox"),
+            root("a-sidecar", "busybox"),
+        );
+        link(&mut app, &mut net);
+        link(&mut sidecar, &mut app);
+        let p = plan(vec![sidecar, app, net, root("db", "postgres")]);
+        assert_eq!(
+            names(&p),
+            [
+                ("z-net", vec!["m-app", "a-sidecar"]),
+                ("m-app", vec!["z-net", "a-sidecar"]),
+                ("a-sidecar", vec!["z-net", "m-app"]),
+                ("db", vec![]),
+            ]
+        );
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| matches!(c.action, Action::Migrate(_)))
+        );
+    }
+
+    #[test]
+    fn a_partner_already_non_root_or_left_out_blocks_the_group() {
+        let (mut app, mut sidecar) = (root("app", "busybox"), root("sidecar", "busybox"));
+        link(&mut sidecar, &mut app);
+        sidecar.identity.verdict = Verdict::NonRoot;
+        let p = plan(vec![app.clone(), sidecar]);
+        let Action::Refused { reasons } = &p.containers[0].action else {
+            panic!("{:?}", p.containers[0])
+        };
+        assert!(
+            reasons[0].contains("sidecar is not migrated"),
+            "{reasons:?}"
+        );
+
+        let report = HostReport {
+            containers: vec![app, root("sidecar", "busybox")],
+            ..Default::default()
+        };
+        let only_app = Selection {
+            containers: vec!["app".into()],
+            ..Default::default()
+        };
+        let p = plan_host(&host(), &report, &Policy::default(), &only_app);
+        let Action::Refused { reasons } = &p.containers[0].action else {
+            panic!("{:?}", p.containers[0])
+        };
+        assert!(reasons[0].contains("leaves out"), "{reasons:?}");
+    }
+
+    #[test]
+    fn containers_mounting_the_same_directory_are_one_group() {
+        let (mut a, mut b) = (root("a", "busybox"), root("b", "busybox"));
+        volume(&mut a, "/srv/shared");
+        volume(&mut b, "/srv/shared");
+        let p = plan(vec![a, b, root("c", "busybox")]);
+        // c has no data: stateless, first.
+        assert_eq!(
+            names(&p),
+            [("c", vec![]), ("a", vec!["b"]), ("b", vec!["a"])]
+        );
+        assert!(matches!(p.containers[0].action, Action::Migrate(_)));
+        assert!(matches!(p.containers[1].action, Action::Refused { .. }));
+    }
+
+    #[test]
+    fn a_shared_volume_needs_one_owner_and_is_changed_once() {
+        let (mut data, mut reader) = (root("data", "busybox"), root("reader", "busybox"));
+        link(&mut reader, &mut data);
+        volume(&mut data, "/var/lib/docker/volumes/shared/_data");
+        volume(&mut reader, "/var/lib/docker/volumes/shared/_data");
+        // Two dedicated users (ids unknown until made): refused.
+        let p = plan(vec![data.clone(), reader.clone()]);
+        for c in &p.containers {
+            let Action::Refused { reasons } = &c.action else {
+                panic!("{c:?}")
+            };
+            assert!(reasons[0].contains("only one owner"), "{reasons:?}");
+        }
+        // The same explicit ids: both move, the volume is changed by the first.
+        let policy = crate::policy::Policy::parse(
+            std::path::Path::new("p.toml"),
+            "[[rule]]\nname = \"*\"\nstrategy = \"2001:2001\"\n",
+        )
+        .unwrap();
+        let report = HostReport {
+            containers: vec![data, reader],
+            ..Default::default()
+        };
+        let p = plan_host(&host(), &report, &policy, &Selection::default());
+        let mounts: Vec<(&str, usize)> = p
+            .containers
+            .iter()
+            .map(|c| match &c.action {
+                Action::Migrate(m) => (c.name.as_str(), m.mounts.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(mounts, [("data", 1), ("reader", 0)]);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct ContainerReport {
     /// Containers it shares a namespace or volumes with, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linked: Vec<String>,
+    /// Of those, the ones this container points at (its `container:` modes
+    /// and `VolumesFrom` sources): they must exist, and be recreated, first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
     #[serde(default)]
     pub auto_remove: bool,
     #[serde(default)]

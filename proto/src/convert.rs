@@ -97,6 +97,7 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
                 })
                 .collect(),
             linked: c.linked,
+            depends_on: c.depends_on,
             auto_remove: c.auto_remove,
             stop_timeout_secs: c.stop_timeout_secs,
         }
@@ -129,6 +130,7 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
                 })
                 .collect(),
             linked: c.linked,
+            depends_on: c.depends_on,
             auto_remove: c.auto_remove,
             stop_timeout_secs: c.stop_timeout_secs,
         }

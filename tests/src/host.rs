@@ -103,6 +103,7 @@ pub fn recreate(run: &str, container: &str, uid: u32) -> pb::RecreateRequest {
         uid,
         gid: uid,
         allow_layer_loss: false,
+        together: Vec::new(),
     }
 }
 

@@ -182,6 +182,7 @@ async fn recreate_preserves_every_field_but_user_and_undo_brings_back_the_same_c
         gid: 1000,
         run: "run-faithful".into(),
         allow_layer_loss: false,
+        together: Vec::new(),
     };
     let plan = recreate::plan(&api, &request).await.unwrap();
     let outcome = recreate::execute(&api, &plan).await.unwrap();
@@ -323,6 +324,7 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
             gid: 1000,
             run: "r".into(),
             allow_layer_loss: false,
+            together: Vec::new(),
         },
     )
     .await
@@ -352,6 +354,7 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
             gid: 1000,
             run: "r".into(),
             allow_layer_loss: false,
+            together: Vec::new(),
         },
     )
     .await
@@ -384,6 +387,7 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
             gid: 1000,
             run: "r".into(),
             allow_layer_loss: false,
+            together: Vec::new(),
         },
     )
     .await
@@ -425,6 +429,7 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
             gid: 1000,
             run: "r".into(),
             allow_layer_loss: false,
+            together: Vec::new(),
         },
     )
     .await
@@ -438,6 +443,7 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
             gid: 1000,
             run: "r".into(),
             allow_layer_loss: true,
+            together: Vec::new(),
         },
     )
     .await;

@@ -105,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             gid: 1000,
             run: format!("bench{i}"),
             allow_layer_loss: false,
+            together: Vec::new(),
         };
         let plan = recreate::plan(&api, &request).await?;
         let started = Instant::now();
