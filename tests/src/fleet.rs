@@ -238,3 +238,27 @@ impl Drop for UsersCleanup {
         }
     }
 }
+
+/// The container records of a run document (`-o json` of migrate, runs show).
+pub fn run_containers(view: &serde_json::Value) -> Vec<serde_json::Value> {
+    view["containers"].as_array().cloned().unwrap_or_default()
+}
+
+/// The users a run's plan creates, by name.
+pub fn users_of(view: &serde_json::Value) -> Vec<String> {
+    run_containers(view)
+        .iter()
+        .filter_map(|c| {
+            c["plan"]["action"]["user_to_create"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Writes `text` as `dir/policy.toml`.
+pub fn write_policy(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}

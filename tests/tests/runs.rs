@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use fleet_tests::engine::body;
-use fleet_tests::fleet::{TestFleet, UsersCleanup, seen};
+use fleet_tests::fleet::{
+    TestFleet, UsersCleanup, run_containers as containers, seen, users_of, write_policy,
+};
 use fleet_tests::tree::{Snap, build_tree, snapshot};
-use serde_json::Value;
 
 const POLICY: &str = r#"
 [defaults]
@@ -23,12 +24,6 @@ deadline_secs = 30
 name = "*-mon"
 exempt = "monitoring agent: reads the host's /proc"
 "#;
-
-fn write_policy(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// Tags the test image under a name whose passwd has a user of that name
 /// (`svc`, uid 999): the planner's "image's own user".
@@ -80,21 +75,6 @@ async fn populate(fleet: &TestFleet, host: usize, base: &Path, svc_image: &str) 
             .await,
         data,
     }
-}
-
-fn containers(view: &Value) -> Vec<Value> {
-    view["containers"].as_array().cloned().unwrap_or_default()
-}
-
-fn users_of(view: &Value) -> Vec<String> {
-    containers(view)
-        .iter()
-        .filter_map(|c| {
-            c["plan"]["action"]["user_to_create"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 fn user_exists(name: &str) -> bool {

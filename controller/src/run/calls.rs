@@ -22,6 +22,9 @@ pub enum CallError {
     /// Nothing answered, or the stream broke: the agent may or may not have
     /// acted; the same call again is safe.
     Unreachable(String),
+    /// The agent had answered, then the stream broke: as `Unreachable`, but
+    /// the agent was there until now (the deadline counts from here).
+    Lost(String),
     /// The agent answered with an error: the step did not happen (or was
     /// put back by the agent).
     Failed(String),
@@ -30,7 +33,7 @@ pub enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Unreachable(m) | CallError::Failed(m) => f.write_str(m),
+            CallError::Unreachable(m) | CallError::Lost(m) | CallError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct StepCall<'a> {
     pub container_name: &'a str,
     pub migration: &'a Migration,
     pub target: Option<(u32, u32)>,
+    /// The members of the container's unit, by name (itself included).
+    pub together: &'a [String],
 }
 
 fn classify(host: &Host, status: &tonic::Status) -> CallError {
@@ -119,12 +124,17 @@ async fn drain(
             }
             Ok(Some(_)) => {}
             Ok(None) => {
-                return Err(CallError::Unreachable(format!(
+                return Err(CallError::Lost(format!(
                     "agent {} closed the step's stream before its result (it may have restarted)",
                     host.name
                 )));
             }
-            Err(status) => return Err(classify(host, &status)),
+            Err(status) => {
+                return Err(match classify(host, &status) {
+                    CallError::Unreachable(m) => CallError::Lost(m),
+                    other => other,
+                });
+            }
         }
     }
 }
@@ -213,6 +223,7 @@ pub async fn step(
                     uid,
                     gid,
                     allow_layer_loss: false,
+                    together: call.together.to_vec(),
                 })
                 .await
         }
@@ -293,18 +304,25 @@ pub async fn prune(pool: &AgentPool, host: &Host, run: &str) -> Result<Value, Ca
     }
 }
 
-/// Retries `attempt` while the agent is unreachable, until `deadline`.
+/// Retries `attempt` while the agent is unreachable, until it has been
+/// out of reach for `deadline` in a row: a long step whose stream breaks
+/// after an hour still gets its full deadline to be reached again.
 pub async fn with_deadline<T, F, Fut>(deadline: Duration, mut attempt: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    let started = Instant::now();
+    let mut unreachable_since = Instant::now();
     let mut pause = Duration::from_millis(200);
     loop {
-        match attempt().await {
-            Err(CallError::Unreachable(message)) => {
-                if started.elapsed() >= deadline {
+        let result = attempt().await;
+        if matches!(result, Err(CallError::Lost(_))) {
+            unreachable_since = Instant::now();
+            pause = Duration::from_millis(200);
+        }
+        match result {
+            Err(CallError::Unreachable(message) | CallError::Lost(message)) => {
+                if unreachable_since.elapsed() >= deadline {
                     return Err(CallError::Unreachable(format!(
                         "{message} (gave up after {} s)",
                         deadline.as_secs()
@@ -316,5 +334,57 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn the_deadline_counts_from_the_last_contact_not_the_first_attempt() {
+        // The first attempt streams for longer than the deadline, then the
+        // stream breaks; the agent stays away after that.
+        let attempts = AtomicU32::new(0);
+        let deadline = Duration::from_millis(300);
+        let started = Instant::now();
+        let result: Result<(), CallError> = with_deadline(deadline, || {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Err(CallError::Lost("stream broke".into()))
+                } else {
+                    Err(CallError::Unreachable("connection refused".into()))
+                }
+            }
+        })
+        .await;
+        assert!(matches!(result, Err(CallError::Unreachable(ref m)) if m.contains("gave up")));
+        assert!(
+            attempts.load(Ordering::SeqCst) > 1,
+            "retried after the loss"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(800));
+        // Away from the start: the deadline counts from the first attempt.
+        let attempts = AtomicU32::new(0);
+        let started = Instant::now();
+        let _ = with_deadline(deadline, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(CallError::Unreachable("refused".into())) }
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_millis(800));
+        assert!(attempts.load(Ordering::SeqCst) > 1);
+        // An agent's own error is final at once.
+        let attempts = AtomicU32::new(0);
+        let result = with_deadline(deadline, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(CallError::Failed("no such container".into())) }
+        })
+        .await;
+        assert_eq!(result, Err(CallError::Failed("no such container".into())));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
     }
 }

@@ -9,25 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_core::CancellationToken;
-use fleet_core::fault;
 use futures::StreamExt;
 
 use crate::error::ControllerError;
-use crate::plan::Action;
-use crate::run::calls::{self, CallError, StepCall};
 use crate::run::ctx::{Draft, RunCtx, now_ms};
 use crate::run::model::{
-    ContainerState, Control, EventKind, HostState, OnFailure, RunKind, RunPhase, StepKind,
-    StepRecord, StepStatus,
+    ContainerState, Control, EventKind, HostState, OnFailure, RunKind, RunPhase,
 };
+use crate::run::unit::{Outcome, migrate_unit, rollback_unit, touched, unit_of, units};
 use crate::store::LogEntry;
-
-/// A container either migrates or ends exactly as it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Migrated,
-    Failed,
-}
 
 /// Runs (or resumes) `ctx` until it ends, pauses, or the controller stops.
 pub async fn drive(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
@@ -183,31 +173,35 @@ async fn migrate_host(
         }
         HostState::Running => {}
     }
-    for key in &record.containers {
-        let Some(container) = ctx.container(key) else {
+    for unit in units(&ctx, &record.containers) {
+        let states: Vec<ContainerState> = unit
+            .iter()
+            .filter_map(|k| ctx.container(k).map(|c| c.state))
+            .collect();
+        let any = |wanted: &[ContainerState]| states.iter().any(|s| wanted.contains(s));
+        let outcome = if any(&[ContainerState::RollingBack, ContainerState::NeedsReconcile]) {
+            rollback_unit(&ctx, &unit).await?;
+            Outcome::Failed
+        } else if any(&[ContainerState::Pending, ContainerState::Migrating]) {
+            // Pending: not begun; Migrating: resumed mid-unit after a crash.
+            if !any(&[ContainerState::Migrating]) && interrupted(&ctx, &shutdown) {
+                return Ok(());
+            }
+            migrate_unit(&ctx, &unit).await?
+        } else if any(&[ContainerState::RolledBack]) {
+            // Only after a crash between a unit's rollback and the host's
+            // failure record: the failure still counts.
+            Outcome::Failed
+        } else {
             continue;
         };
-        let outcome = match container.state {
-            ContainerState::NotMigrated | ContainerState::Migrated => continue,
-            // Only after a crash between a container's rollback and the
-            // host's failure record: the failure still counts.
-            ContainerState::RolledBack => Outcome::Failed,
-            ContainerState::Pending => {
-                if interrupted(&ctx, &shutdown) {
-                    return Ok(());
-                }
-                migrate_container(&ctx, key).await?
-            }
-            // Resumed mid-container after a crash: finish it.
-            ContainerState::Migrating => migrate_container(&ctx, key).await?,
-            ContainerState::RollingBack | ContainerState::NeedsReconcile => {
-                rollback_container(&ctx, key).await?;
-                Outcome::Failed
-            }
-        };
         if outcome == Outcome::Failed {
-            let error = ctx.container(key).and_then(|c| c.error).unwrap_or_default();
-            return host_failed(&ctx, &host, format!("{}: {error}", container.plan.name)).await;
+            let error = unit
+                .iter()
+                .filter_map(|k| ctx.container(k))
+                .find_map(|c| c.error.map(|e| format!("{}: {e}", c.plan.name)))
+                .unwrap_or_default();
+            return host_failed(&ctx, &host, error).await;
         }
     }
     ctx.update_header(|r| {
@@ -285,18 +279,12 @@ async fn rollback_host(ctx: &Arc<RunCtx>, host: &str) -> Result<(), ControllerEr
         .map(|h| h.containers)
         .unwrap_or_default();
     let mut clean = true;
-    for key in keys.iter().rev() {
-        let Some(c) = ctx.container(key) else {
-            continue;
-        };
-        if matches!(
-            c.state,
-            ContainerState::Migrated
-                | ContainerState::Migrating
-                | ContainerState::RollingBack
-                | ContainerState::NeedsReconcile
-        ) {
-            clean &= rollback_container(ctx, key).await?;
+    for unit in units(ctx, &keys).iter().rev() {
+        let needs = unit
+            .iter()
+            .any(|k| ctx.container(k).is_some_and(|c| touched(c.state)));
+        if needs {
+            clean &= rollback_unit(ctx, unit).await?;
         }
     }
     ctx.update_header(|r| {
@@ -309,318 +297,6 @@ async fn rollback_host(ctx: &Arc<RunCtx>, host: &str) -> Result<(), ControllerEr
         }
     })?;
     Ok(())
-}
-
-fn step_id(container_id: &str, kind: StepKind) -> String {
-    format!(
-        "{}.{}",
-        &container_id[..container_id.len().min(12)],
-        kind.as_str()
-    )
-}
-
-fn sequence(migration: &crate::plan::Migration) -> Vec<StepKind> {
-    let mut steps = vec![StepKind::Backup];
-    if migration.user_to_create.is_some() {
-        steps.push(StepKind::User);
-    }
-    steps.push(StepKind::Stop);
-    if !migration.mounts.is_empty() {
-        steps.push(StepKind::Ownership);
-    }
-    steps.extend([StepKind::Recreate, StepKind::Verify]);
-    steps
-}
-
-/// Migrates one container, step by step; on any failure rolls it back.
-async fn migrate_container(ctx: &Arc<RunCtx>, key: &str) -> Result<Outcome, ControllerError> {
-    let container = ctx.update_container(key, |c| {
-        if c.state == ContainerState::Pending {
-            c.state = ContainerState::Migrating;
-            c.started_unix_ms = Some(now_ms());
-        }
-        None
-    })?;
-    let Action::Migrate(migration) = container.plan.action.clone() else {
-        return Ok(Outcome::Migrated);
-    };
-    let host = ctx.host(&container.host);
-    let mut target = container.target.or(migration.uid.zip(migration.gid));
-    let mut agent_journal = None;
-    for kind in sequence(&migration) {
-        let started = Instant::now();
-        let c = ctx.container(key).unwrap_or(container.clone());
-        let id = step_id(&c.plan.id, kind);
-        match c.step(kind).map(|s| s.status) {
-            Some(StepStatus::Done) => continue,
-            // Failed, and the controller stopped before its rollback: the
-            // failure stands (asking again might pass a failed health gate).
-            Some(StepStatus::Failed) => {
-                rollback_container(ctx, key).await?;
-                return Ok(Outcome::Failed);
-            }
-            Some(StepStatus::Intent) => {
-                // The controller stopped between the intent and the outcome:
-                // what does the agent's own journal say?
-                if agent_journal.is_none() {
-                    agent_journal = calls::with_deadline(ctx.agent_deadline, || {
-                        calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
-                    })
-                    .await
-                    .ok();
-                }
-                let seen = agent_journal.as_ref().is_some_and(|j| j.contains(&id));
-                ctx.emit(Draft::container(
-                    &c,
-                    Some(kind),
-                    EventKind::Reconciled,
-                    format!(
-                        "resumed mid-step: the agent's journal {} step {id}; asking again under the same key",
-                        if seen { "has" } else { "does not have" }
-                    ),
-                ))?;
-            }
-            Some(_) => {
-                // Its undo had begun: finish putting it back.
-                rollback_container(ctx, key).await?;
-                return Ok(Outcome::Failed);
-            }
-            None => {
-                ctx.update_container(key, |c| {
-                    c.steps.push(StepRecord {
-                        id: id.clone(),
-                        kind,
-                        status: StepStatus::Intent,
-                        outcome: None,
-                        error: None,
-                        agent_ms: 0,
-                    });
-                    Some(Draft::container(
-                        c,
-                        Some(kind),
-                        EventKind::StepStarted,
-                        id.clone(),
-                    ))
-                })?;
-            }
-        }
-        fault::point(&format!("controller:after-intent:{}", kind.as_str()));
-        let before_call = started.elapsed();
-        let call = StepCall {
-            run: &ctx.agent_run,
-            step: &id,
-            kind,
-            container_id: &c.plan.id,
-            container_name: &c.plan.name,
-            migration: &migration,
-            target,
-        };
-        let progress_draft = Draft::container(&c, Some(kind), EventKind::StepProgress, "");
-        let on_progress = |p: calls::Progress| {
-            if kind == StepKind::Ownership {
-                fault::count("controller:ownership-entries", p.entries);
-            }
-            ctx.progress(progress_draft.clone(), p.entries, p.changed, p.bytes)
-        };
-        let call_started = Instant::now();
-        let result = calls::with_deadline(ctx.agent_deadline, || {
-            calls::step(&ctx.pool, &host, &call, &on_progress)
-        })
-        .await;
-        let agent_ms = call_started.elapsed().as_millis() as u64;
-        let after_call = Instant::now();
-        match result {
-            Ok(reply) => {
-                if kind == StepKind::User {
-                    let uid = reply.outcome.get("uid").and_then(|v| v.as_u64());
-                    let gid = reply.outcome.get("gid").and_then(|v| v.as_u64());
-                    if let (Some(uid), Some(gid)) = (uid, gid) {
-                        target = Some((uid as u32, gid as u32));
-                    }
-                }
-                let downtime = (kind == StepKind::Verify)
-                    .then(|| reply.outcome.get("downtime_ms").and_then(|v| v.as_u64()))
-                    .flatten();
-                ctx.update_container(key, |c| {
-                    if let Some(s) = c.steps.iter_mut().find(|s| s.kind == kind) {
-                        s.status = StepStatus::Done;
-                        s.outcome = Some(reply.outcome.clone());
-                        s.error = None;
-                        s.agent_ms = agent_ms;
-                    }
-                    c.target = target;
-                    if downtime.is_some() {
-                        c.downtime_ms = downtime;
-                    }
-                    let note = if reply.replayed {
-                        " (the agent had already done it)"
-                    } else {
-                        ""
-                    };
-                    Some(Draft::container(
-                        c,
-                        Some(kind),
-                        EventKind::StepDone,
-                        format!("{} ms{note}", agent_ms),
-                    ))
-                })?;
-                ctx.record_overhead((before_call + after_call.elapsed()).as_micros() as u64);
-                fault::point(&format!("controller:after-done:{}", kind.as_str()));
-            }
-            Err(error) => {
-                let message = match &error {
-                    CallError::Unreachable(m) => {
-                        format!("{} step: agent unreachable: {m}", kind.as_str())
-                    }
-                    CallError::Failed(m) => format!("{} step failed: {m}", kind.as_str()),
-                };
-                ctx.update_container(key, |c| {
-                    if let Some(s) = c.steps.iter_mut().find(|s| s.kind == kind) {
-                        s.status = StepStatus::Failed;
-                        s.error = Some(message.clone());
-                        s.agent_ms = agent_ms;
-                    }
-                    c.error = Some(message.clone());
-                    Some(Draft::container(
-                        c,
-                        Some(kind),
-                        EventKind::StepFailed,
-                        message.clone(),
-                    ))
-                })?;
-                rollback_container(ctx, key).await?;
-                return Ok(Outcome::Failed);
-            }
-        }
-    }
-    ctx.update_container(key, |c| {
-        c.state = ContainerState::Migrated;
-        c.finished_unix_ms = Some(now_ms());
-        let (uid, gid) = c.target.unwrap_or_default();
-        let downtime = c
-            .downtime_ms
-            .map_or(String::new(), |d| format!(", downtime {d} ms"));
-        Some(Draft::container(
-            c,
-            None,
-            EventKind::ContainerMigrated,
-            format!("runs as {uid}:{gid}{downtime}"),
-        ))
-    })?;
-    Ok(Outcome::Migrated)
-}
-
-/// Undoes the container's steps, newest first. Steps the agent's journal
-/// never saw are marked undone without a call. Returns whether it is back
-/// exactly as before (false: the agent is away or an undo failed; the
-/// container is left NeedsReconcile and retried).
-async fn rollback_container(ctx: &Arc<RunCtx>, key: &str) -> Result<bool, ControllerError> {
-    let c = ctx.update_container(key, |c| {
-        c.state = ContainerState::RollingBack;
-        Some(Draft::container(
-            c,
-            None,
-            EventKind::UndoStarted,
-            "rolling back",
-        ))
-    })?;
-    let host = ctx.host(&c.host);
-    let reconcile_failed = |message: String| {
-        ctx.update_container(key, |c| {
-            c.state = ContainerState::NeedsReconcile;
-            c.error = Some(message.clone());
-            Some(Draft::container(
-                c,
-                None,
-                EventKind::UndoFailed,
-                message.clone(),
-            ))
-        })
-    };
-    let known = match calls::with_deadline(ctx.agent_deadline, || {
-        calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
-    })
-    .await
-    {
-        Ok(known) => known,
-        Err(e) => {
-            reconcile_failed(format!("cannot read the agent's journal to roll back: {e}"))?;
-            return Ok(false);
-        }
-    };
-    for record in c.steps.iter().rev() {
-        if record.status == StepStatus::Undone {
-            continue;
-        }
-        if !known.contains(&record.id) {
-            ctx.update_container(key, |c| {
-                if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
-                    s.status = StepStatus::Undone;
-                }
-                Some(Draft::container(
-                    c,
-                    Some(record.kind),
-                    EventKind::UndoDone,
-                    "never reached the agent: nothing to undo",
-                ))
-            })?;
-            continue;
-        }
-        ctx.update_container(key, |c| {
-            if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
-                s.status = StepStatus::UndoIntent;
-            }
-            None
-        })?;
-        fault::point(&format!(
-            "controller:after-undo-intent:{}",
-            record.kind.as_str()
-        ));
-        match calls::with_deadline(ctx.agent_deadline, || {
-            calls::undo(&ctx.pool, &host, &ctx.agent_run, &record.id)
-        })
-        .await
-        {
-            Ok(_) => {
-                ctx.update_container(key, |c| {
-                    if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
-                        s.status = StepStatus::Undone;
-                    }
-                    Some(Draft::container(
-                        c,
-                        Some(record.kind),
-                        EventKind::UndoDone,
-                        "undone",
-                    ))
-                })?;
-            }
-            Err(e) => {
-                ctx.update_container(key, |c| {
-                    if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
-                        s.status = StepStatus::UndoFailed;
-                        s.error = Some(e.to_string());
-                    }
-                    None
-                })?;
-                reconcile_failed(format!(
-                    "undo of the {} step failed: {e}",
-                    record.kind.as_str()
-                ))?;
-                return Ok(false);
-            }
-        }
-    }
-    ctx.update_container(key, |c| {
-        c.state = ContainerState::RolledBack;
-        c.finished_unix_ms = Some(now_ms());
-        Some(Draft::container(
-            c,
-            None,
-            EventKind::ContainerRolledBack,
-            "back exactly as it was before the run",
-        ))
-    })?;
-    Ok(true)
 }
 
 /// The run stops starting new work and ends in `target`. Nothing is left
@@ -643,20 +319,19 @@ async fn stop(
             async move {
                 let mut touched = false;
                 let mut clean = true;
-                for key in host.containers.iter().rev() {
-                    let Some(c) = ctx.container(key) else {
-                        continue;
-                    };
-                    let undo = match c.state {
-                        ContainerState::Migrating
-                        | ContainerState::RollingBack
-                        | ContainerState::NeedsReconcile => true,
-                        ContainerState::Migrated => undo_all,
-                        _ => false,
-                    };
+                for unit in units(&ctx, &host.containers).iter().rev() {
+                    let undo = unit.iter().any(|k| {
+                        ctx.container(k).is_some_and(|c| match c.state {
+                            ContainerState::Migrating
+                            | ContainerState::RollingBack
+                            | ContainerState::NeedsReconcile => true,
+                            ContainerState::Migrated => undo_all,
+                            _ => false,
+                        })
+                    });
                     if undo {
                         touched = true;
-                        clean &= rollback_container(&ctx, key).await?;
+                        clean &= rollback_unit(&ctx, unit).await?;
                     }
                 }
                 if touched {
@@ -680,8 +355,34 @@ async fn stop(
     finish(ctx, shutdown, target).await
 }
 
-/// Waits until nothing needs reconciling (an agent that was away mid-undo
-/// comes back), then records the run's end.
+/// The keys of containers waiting to be put back.
+fn needing_reconcile(ctx: &RunCtx) -> Vec<String> {
+    ctx.containers()
+        .into_iter()
+        .filter(|c| c.state == ContainerState::NeedsReconcile)
+        .map(|c| c.key)
+        .collect()
+}
+
+/// One attempt at putting back every unit that needs it; true when none is
+/// left.
+async fn reconcile_pass(ctx: &Arc<RunCtx>) -> Result<bool, ControllerError> {
+    let mut all = true;
+    let mut done: Vec<String> = Vec::new();
+    for key in needing_reconcile(ctx) {
+        if done.contains(&key) {
+            continue;
+        }
+        let unit = unit_of(ctx, &key);
+        all &= rollback_unit(ctx, &unit).await?;
+        done.extend(unit);
+    }
+    Ok(all && needing_reconcile(ctx).is_empty())
+}
+
+/// Waits a while for anything needing reconciling (an agent that was away
+/// mid-undo comes back), then records the run's end. What is still stuck
+/// then is left to `reconcile`, which keeps trying after the run ends.
 async fn finish(
     ctx: &Arc<RunCtx>,
     shutdown: &CancellationToken,
@@ -689,25 +390,9 @@ async fn finish(
 ) -> Result<(), ControllerError> {
     let give_up = Instant::now() + ctx.agent_deadline.max(Duration::from_secs(60));
     let mut stuck = Vec::new();
-    loop {
-        let pending: Vec<String> = ctx
-            .containers()
-            .into_iter()
-            .filter(|c| c.state == ContainerState::NeedsReconcile)
-            .map(|c| c.key)
-            .collect();
-        if pending.is_empty() {
-            break;
-        }
-        let mut all = true;
-        for key in &pending {
-            all &= rollback_container(ctx, key).await?;
-        }
-        if all {
-            continue;
-        }
+    while !reconcile_pass(ctx).await? {
         if Instant::now() >= give_up {
-            stuck = pending;
+            stuck = needing_reconcile(ctx);
             break;
         }
         tokio::select! {
@@ -728,10 +413,9 @@ async fn finish(
         }
         if !stuck.is_empty() {
             r.note = Some(format!(
-                "{} container(s) could not be put back ({}); retry with `fleetctl rollback {}` or `fleet-agent rollback --run {}` on the host",
+                "{} container(s) could not be put back yet ({}): the controller keeps trying and puts them back when their agent answers (or run `fleet-agent rollback --run {}` on the host)",
                 stuck.len(),
                 stuck.join(", "),
-                ctx.agent_run,
                 ctx.agent_run
             ));
         }
@@ -760,6 +444,55 @@ async fn finish(
         &run.id,
         &message,
     ))
+}
+
+/// A finished run with containers its agent could not put back in time:
+/// keeps trying (backing off to a minute, across controller restarts, as
+/// the records say) until every one is back, then says so in the run and
+/// the audit log. They stay held against other runs meanwhile.
+pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
+    let mut pause = Duration::from_secs(2);
+    loop {
+        match reconcile_pass(&ctx).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(run = %ctx.id, error = %e, "reconciling stopped on a store error; it resumes when the controller restarts");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+    let result = ctx
+        .update_header(|r| {
+            for h in &mut r.hosts {
+                if h.state == HostState::NeedsReconcile {
+                    h.state = HostState::RolledBack;
+                }
+            }
+            r.note = Some(format!(
+                "{}; since reconciled: every container is back as it was",
+                r.note.clone().unwrap_or_default()
+            ));
+        })
+        .and_then(|run| {
+            let message = "reconciled: the containers the run could not put back when it ended are back exactly as they were";
+            ctx.emit(Draft::run(EventKind::Reconciled, message))?;
+            ctx.store.append_log(&LogEntry::new(
+                &run.created_by,
+                "operator",
+                "run.reconciled",
+                &run.id,
+                message,
+            ))
+        });
+    if let Err(e) = result {
+        tracing::error!(run = %ctx.id, error = %e, "recording a reconciliation failed");
+    }
 }
 
 /// A rollback run: every host at once (bounded by max-parallel), no canary;
@@ -792,17 +525,23 @@ async fn drive_rollback(
                     }
                 })?;
                 let mut clean = true;
-                for key in host.containers.iter().rev() {
-                    let Some(c) = ctx.container(key) else {
-                        continue;
+                for unit in units(&ctx, &host.containers).iter().rev() {
+                    let states: Vec<ContainerState> = unit
+                        .iter()
+                        .filter_map(|k| ctx.container(k).map(|c| c.state))
+                        .collect();
+                    // Repeatable: a crash may have come between the rollback
+                    // and the original run's record of it.
+                    let ok = if states.iter().all(|s| {
+                        matches!(s, ContainerState::RolledBack | ContainerState::NotMigrated)
+                    }) {
+                        true
+                    } else {
+                        rollback_unit(&ctx, unit).await?
                     };
-                    if c.state == ContainerState::RolledBack {
-                        // Repeatable: a crash may have come between the two.
-                        mark_original_rolled_back(&ctx, key)?;
-                    } else if c.state != ContainerState::NotMigrated {
-                        let ok = rollback_container(&ctx, key).await?;
-                        clean &= ok;
-                        if ok {
+                    clean &= ok;
+                    if ok {
+                        for key in unit {
                             mark_original_rolled_back(&ctx, key)?;
                         }
                     }

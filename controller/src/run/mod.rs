@@ -11,6 +11,7 @@ pub mod ctx;
 pub mod driver;
 pub mod model;
 pub mod start;
+pub mod unit;
 pub mod waves;
 
 use std::collections::HashMap;
@@ -84,10 +85,18 @@ impl Runs {
     pub fn resume_all(self: &Arc<Self>) -> Result<usize, ControllerError> {
         let mut resumed = 0;
         for run in self.store.runs()? {
+            let containers = self.store.containers(&run.id)?;
             if run.phase.is_terminal() {
+                let stuck = containers
+                    .iter()
+                    .any(|c| c.state == ContainerState::NeedsReconcile);
+                if stuck {
+                    tracing::info!(run = %run.id, "a finished run still has containers to put back: reconciling");
+                    let ctx = self.adopt(run, containers)?;
+                    self.spawn(ctx);
+                }
                 continue;
             }
-            let containers = self.store.containers(&run.id)?;
             let running = run.phase == RunPhase::Running;
             let id = run.id.clone();
             let ctx = self.adopt(run, containers)?;
@@ -120,8 +129,12 @@ impl Runs {
         let runs = self.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            driver::drive(ctx.clone(), shutdown).await;
-            if ctx.header().phase.is_terminal() {
+            driver::drive(ctx.clone(), shutdown.clone()).await;
+            if !ctx.header().phase.is_terminal() {
+                return;
+            }
+            driver::reconcile(ctx.clone(), shutdown.clone()).await;
+            if !shutdown.is_cancelled() {
                 lock(&runs.live).remove(&ctx.id);
             }
         });
@@ -143,14 +156,18 @@ impl Runs {
 
     /// Refuses containers an unfinished run holds, naming that run.
     fn refuse_held(&self, containers: &[ContainerRun]) -> Result<(), ControllerError> {
-        let mut held: HashMap<(String, String), String> = HashMap::new();
+        let mut held: HashMap<(String, String), (String, bool)> = HashMap::new();
         for ctx in lock(&self.live).values() {
-            if ctx.with_header(|r| r.phase.is_terminal()) {
-                continue;
-            }
+            // A finished run still holds what it could not put back yet.
+            let finished = ctx.with_header(|r| r.phase.is_terminal());
             for c in ctx.containers() {
-                if c.state != ContainerState::NotMigrated {
-                    held.insert((c.host, c.plan.id), ctx.id.clone());
+                let holds = if finished {
+                    c.state == ContainerState::NeedsReconcile
+                } else {
+                    c.state != ContainerState::NotMigrated
+                };
+                if holds {
+                    held.insert((c.host, c.plan.id), (ctx.id.clone(), finished));
                 }
             }
         }
@@ -158,11 +175,20 @@ impl Runs {
             .iter()
             .filter(|c| c.state != ContainerState::NotMigrated)
         {
-            if let Some(run) = held.get(&(c.host.clone(), c.plan.id.clone())) {
-                return Err(ControllerError::FailedPrecondition(format!(
-                    "container {} on host {} is held by run {run}, which has not finished; wait for it (`fleetctl runs watch {run}`) or abort it",
-                    c.plan.name, c.host
-                )));
+            match held.get(&(c.host.clone(), c.plan.id.clone())) {
+                Some((run, false)) => {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "container {} on host {} is held by run {run}, which has not finished; wait for it (`fleetctl runs watch {run}`) or abort it",
+                        c.plan.name, c.host
+                    )));
+                }
+                Some((run, true)) => {
+                    return Err(ControllerError::FailedPrecondition(format!(
+                        "container {} on host {} is held by run {run}, which could not put it back yet (its agent was away); the controller retries until it can (`fleetctl runs show {run}`)",
+                        c.plan.name, c.host
+                    )));
+                }
+                None => {}
             }
         }
         Ok(())
@@ -443,21 +469,30 @@ impl Runs {
                 )));
             }
         }
+        let picked = |c: &ContainerRun| {
+            (hosts.is_empty() || hosts.contains(&c.host))
+                && (containers.is_empty()
+                    || containers
+                        .iter()
+                        .any(|g| crate::policy::glob(g, &c.plan.name)))
+        };
+        // A linked group goes back as one: a dependent put back alone
+        // would join its partner's stopped checkpoint.
         let chosen: Vec<ContainerRun> = all
-            .into_iter()
+            .iter()
             .filter(|c| {
                 matches!(
                     c.state,
                     ContainerState::Migrated | ContainerState::NeedsReconcile
                 )
             })
-            .filter(|c| hosts.is_empty() || hosts.contains(&c.host))
             .filter(|c| {
-                containers.is_empty()
-                    || containers
-                        .iter()
-                        .any(|g| crate::policy::glob(g, &c.plan.name))
+                picked(c)
+                    || all.iter().any(|p| {
+                        p.host == c.host && p.plan.group.contains(&c.plan.name) && picked(p)
+                    })
             })
+            .cloned()
             .collect();
         if chosen.is_empty() {
             return Err(ControllerError::FailedPrecondition(format!(
