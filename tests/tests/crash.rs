@@ -96,6 +96,11 @@ struct Setup {
 
 /// The setup for host `unique(prefix)` with a data tree of `files` files.
 async fn setup(prefix: &str, files: usize) -> Setup {
+    setup_running(prefix, files, &["sleep", "3600"]).await
+}
+
+/// The same, the subject running `cmd`.
+async fn setup_running(prefix: &str, files: usize, cmd: &[&str]) -> Setup {
     let docker = docker().await;
     let image = test_image(&docker).await;
     let scope = Scope::new(&docker);
@@ -109,7 +114,7 @@ async fn setup(prefix: &str, files: usize) -> Setup {
     let data = base.path().join("data");
     data_tree(&data, files);
     let name = format!("{label}-db");
-    let mut create = body(&image, &["sleep", "3600"]);
+    let mut create = body(&image, cmd);
     create.labels = Some([(HOST_LABEL.to_string(), label.clone())].into());
     create.stop_timeout = Some(1);
     create.host_config = Some(bind(&data, "/data"));
@@ -134,6 +139,18 @@ async fn setup(prefix: &str, files: usize) -> Setup {
 }
 
 impl Setup {
+    /// An agent in this test's process, scoped to the subject's host.
+    async fn in_process_agent(&self) -> fleet_tests::servers::RunningAgent {
+        start_agent(
+            self.pki.files("agent"),
+            AgentOptions {
+                scope: Some((HOST_LABEL.into(), self.label.clone())),
+                ..AgentOptions::default()
+            },
+        )
+        .await
+    }
+
     /// `fleetctl migrate` of host h1 under the policy, detached.
     async fn migrate(&self, address: &str) -> CliOutput {
         ctl(
@@ -174,14 +191,7 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration() {
     let t = setup("crash", 20_000).await;
-    let agent = start_agent(
-        t.pki.files("agent"),
-        AgentOptions {
-            scope: Some((HOST_LABEL.into(), t.label.clone())),
-            ..AgentOptions::default()
-        },
-    )
-    .await;
+    let agent = t.in_process_agent().await;
     let tls = t.pki.files("controller");
     let state = t.base.path().join("controller");
     let port = free_port();
@@ -229,7 +239,7 @@ async fn controller_killed_at_every_step_boundary_resumes_to_a_whole_migration()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
+async fn agent_killed_at_every_step_boundary_and_inside_the_walk_ends_whole() {
     let t = setup("acrash", 20_000).await;
     let tls = t.pki.files("agent");
     let agent_state = t.base.path().join("agent");
@@ -243,11 +253,13 @@ async fn agent_killed_before_and_inside_the_ownership_walk_ends_whole() {
         &[("h1", agent_address.as_str())],
     )
     .await;
-    for point in [
-        "agent:after-intent:ownership",
-        "agent:ownership-entries:5000",
-        "agent:after-done:recreate",
-    ] {
+    let mut points = Vec::new();
+    for kind in ["backup", "user", "stop", "ownership", "recreate", "verify"] {
+        points.push(format!("agent:after-intent:{kind}"));
+        points.push(format!("agent:after-done:{kind}"));
+    }
+    points.push("agent:ownership-entries:5000".to_string());
+    for point in &points {
         let mut crashing = spawn_agent(&tls, &agent_state, agent_port, &scope_label, Some(point));
         let started = t.migrate(&controller.address).await;
         assert_eq!(started.code, 0, "{point}: {started:?}");
@@ -357,4 +369,61 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
         !t.subject.migrated_or_untouched(&t.docker).await,
         "exactly as before"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_mid_rollback_finishes_putting_it_back() {
+    // The subject insists on root: its verify fails, and the run undoes
+    // every step; the controller dies after each undo's intent.
+    let t = setup_running(
+        "ucrash",
+        2_000,
+        &[
+            "sh",
+            "-c",
+            "[ \"$(id -u)\" = 0 ] && exec sleep 3600; exit 3",
+        ],
+    )
+    .await;
+    let agent = t.in_process_agent().await;
+    let tls = t.pki.files("controller");
+    let state = t.base.path().join("controller");
+    let port = free_port();
+    let hosts = [("h1", agent.address.as_str())];
+    for kind in ["recreate", "ownership", "stop", "user"] {
+        let point = format!("controller:after-undo-intent:{kind}");
+        let mut crashing = spawn_controller(&tls, &state, port, &hosts, Some(&point));
+        let started = t.migrate(&crashing.address.clone()).await;
+        assert_eq!(started.code, 0, "{point}: {started:?}");
+        let run = started.json()["run"]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            wait_died(&mut crashing.child, Duration::from_secs(90)),
+            Some(SIGABRT),
+            "{point}: the controller aborted mid-rollback"
+        );
+        drop(crashing);
+        let restarted = spawn_controller(&tls, &state, port, &hosts, None);
+        let watched = ctl(
+            &restarted.address,
+            &t.operator,
+            &["runs", "watch", &run, "-o", "json"],
+        )
+        .await;
+        let view = watched.json();
+        assert_eq!(watched.code, 6, "{point}: halted after the failure: {view}");
+        assert_eq!(
+            view["containers"][0]["state"], "rolled-back",
+            "{point}: {view}"
+        );
+        assert!(
+            !t.subject.migrated_or_untouched(&t.docker).await,
+            "{point}: exactly as before"
+        );
+        let user = fleet_core::names::derive_user_name(&t.subject.name);
+        let known = std::process::Command::new("getent")
+            .args(["passwd", &user])
+            .output()
+            .unwrap();
+        assert!(!known.status.success(), "{point}: {user} removed");
+    }
 }
