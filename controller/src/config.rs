@@ -25,6 +25,9 @@ pub struct ControllerConfig {
     /// How long an agent may stay unreachable mid-step before the step
     /// counts as failed (the step is reconciled when it returns).
     pub agent_deadline: Duration,
+    /// How long a run that could not put a container back waits for its
+    /// agent before it ends; it keeps reconciling in the background after.
+    pub reconcile_grace: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +41,7 @@ pub struct ControllerFile {
     pub audit_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub agent_deadline_secs: Option<u64>,
+    pub reconcile_grace_secs: Option<u64>,
     #[serde(default)]
     pub hosts: Vec<HostEntry>,
 }
@@ -115,6 +119,7 @@ impl ControllerFlags {
             audit_timeout: Duration::from_millis(file.audit_timeout_ms.unwrap_or(15_000)),
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(3_000)),
             agent_deadline: Duration::from_secs(file.agent_deadline_secs.unwrap_or(120)),
+            reconcile_grace: Duration::from_secs(file.reconcile_grace_secs.unwrap_or(60)),
         })
     }
 }

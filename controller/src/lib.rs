@@ -60,6 +60,7 @@ pub async fn run(
         pool.clone(),
         config.audit_timeout,
         config.agent_deadline,
+        config.reconcile_grace,
         shutdown.clone(),
     );
     let resumed = runs.resume_all()?;

@@ -98,7 +98,7 @@ pub fn spawn_controller(
     hosts: &[(&str, &str)],
     fault: Option<&str>,
 ) -> ControllerProcess {
-    let mut config = String::from("agent_deadline_secs = 30\n");
+    let mut config = String::from("agent_deadline_secs = 30\nreconcile_grace_secs = 5\n");
     for (name, address) in hosts {
         config.push_str(&format!(
             "[[hosts]]\nname = \"{name}\"\naddress = \"{address}\"\n"

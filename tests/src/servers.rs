@@ -120,6 +120,7 @@ pub async fn start_controller(tls: TlsFiles, hosts: &[(&str, &str)]) -> RunningC
         audit_timeout: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(3),
         agent_deadline: Duration::from_secs(30),
+        reconcile_grace: Duration::from_secs(60),
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

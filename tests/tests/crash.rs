@@ -300,11 +300,14 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
     let scope_label = format!("{HOST_LABEL}={}", t.label);
     let point = "agent:after-intent:verify";
     let mut crashing = spawn_agent(&tls, &agent_state, agent_port, &scope_label, Some(point));
-    let controller = fleet_tests::servers::start_controller(
-        t.pki.files("controller"),
-        &[("h1", crashing.address.as_str())],
-    )
-    .await;
+    let controller_tls = t.pki.files("controller");
+    let controller_state = t.base.path().join("controller");
+    let port = free_port();
+    let hosts = [("h1", crashing.address.clone())];
+    let hosts: Vec<(&str, &str)> = hosts.iter().map(|(n, a)| (*n, a.as_str())).collect();
+    // The controller waits reconcile_grace_secs (5 here) for the agent, then
+    // ends the run and goes on trying in the background.
+    let controller = spawn_controller(&controller_tls, &controller_state, port, &hosts, None);
     let started = ctl(
         &controller.address,
         &t.operator,
@@ -331,31 +334,8 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
     );
     drop(crashing);
     // Past the deadline the step counts as failed; the undo cannot reach
-    // the agent either, so the container waits to be reconciled.
-    let show_args = ["runs", "show", run.as_str(), "-o", "json"];
-    let show = || ctl(&controller.address, &t.operator, &show_args);
-    fleet_tests::wait_for(
-        "the container to need reconciling",
-        Duration::from_secs(60),
-        || async {
-            let view = show().await.json();
-            (view["containers"][0]["state"] == "needs-reconcile").then_some(())
-        },
-    )
-    .await;
-    let view = show().await.json();
-    assert!(
-        view["containers"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("unreachable")
-            || view["containers"][0]["steps"]
-                .to_string()
-                .contains("unreachable"),
-        "{view}"
-    );
-    // The agent returns: the run puts the container back and ends.
-    let _agent = spawn_agent(&tls, &agent_state, agent_port, &scope_label, None);
+    // the agent either: the run ends (halted: one failed host, budget 0)
+    // with the container still to be put back.
     let watched = ctl(
         &controller.address,
         &t.operator,
@@ -363,11 +343,73 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
     )
     .await;
     let view = watched.json();
-    assert_eq!(watched.code, 6, "halted: one failed host, budget 0: {view}");
-    assert_eq!(view["containers"][0]["state"], "rolled-back", "{view}");
+    assert_eq!(watched.code, 6, "{view}");
+    assert_eq!(view["containers"][0]["state"], "needs-reconcile", "{view}");
+    assert!(
+        view["containers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{view}"
+    );
+    assert!(
+        view["run"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("keeps trying"),
+        "{view}"
+    );
+    // Meanwhile the container is held: no other run may touch it.
+    let second = t.migrate(&controller.address).await;
+    assert_ne!(second.code, 0, "{second:?}");
+    assert!(
+        second
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!(
+                "held by run {run}, which could not put it back yet"
+            )),
+        "{second:?}"
+    );
+    // The controller restarts while the agent is still away; then the agent
+    // returns: the restarted controller puts the container back.
+    drop(controller);
+    let controller = spawn_controller(&controller_tls, &controller_state, port, &hosts, None);
+    let _agent = spawn_agent(&tls, &agent_state, agent_port, &scope_label, None);
+    let show_args = ["runs", "show", run.as_str(), "-o", "json"];
+    let view = fleet_tests::wait_for(
+        "the container to be put back",
+        Duration::from_secs(90),
+        || async {
+            let view = ctl(&controller.address, &t.operator, &show_args)
+                .await
+                .json();
+            (view["containers"][0]["state"] == "rolled-back").then_some(view)
+        },
+    )
+    .await;
+    assert_eq!(view["run"]["hosts"][0]["state"], "rolled-back", "{view}");
+    assert!(
+        view["run"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("since reconciled"),
+        "{view}"
+    );
     assert!(
         !t.subject.migrated_or_untouched(&t.docker).await,
         "exactly as before"
+    );
+    let log = ctl(&controller.address, &t.operator, &["log", "-o", "json"])
+        .await
+        .json();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "run.reconciled" && e["target"] == run.as_str()),
+        "{log}"
     );
 }
 

@@ -78,6 +78,8 @@ pub struct RunCtx {
     pub store: Store,
     pub pool: Arc<AgentPool>,
     pub agent_deadline: Duration,
+    /// How long `finish` waits for what needs reconciling.
+    pub reconcile_grace: Duration,
     header: Mutex<Run>,
     containers: Mutex<BTreeMap<String, ContainerRun>>,
     seq: AtomicU64,
@@ -104,6 +106,7 @@ impl RunCtx {
         store: Store,
         pool: Arc<AgentPool>,
         agent_deadline: Duration,
+        reconcile_grace: Duration,
     ) -> Result<Self, ControllerError> {
         let seq = store.last_event_seq(&run.id)?;
         let agent_run = match &run.kind {
@@ -121,6 +124,7 @@ impl RunCtx {
             store,
             pool,
             agent_deadline,
+            reconcile_grace,
             header: Mutex::new(run),
             containers: Mutex::new(containers.into_iter().map(|c| (c.key.clone(), c)).collect()),
             seq: AtomicU64::new(seq),
@@ -186,6 +190,14 @@ impl RunCtx {
         change(&mut header);
         self.store.put_run(&header)?;
         Ok(header.clone())
+    }
+
+    /// Appends to the audit log in the name of whoever started the run.
+    pub fn log(&self, action: &str, target: &str, result: &str) -> Result<(), ControllerError> {
+        let who = self.with_header(|r| r.created_by.clone());
+        self.store.append_log(&crate::store::LogEntry::new(
+            &who, "operator", action, target, result,
+        ))
     }
 
     pub fn container(&self, key: &str) -> Option<ContainerRun> {

@@ -388,7 +388,7 @@ async fn finish(
     shutdown: &CancellationToken,
     phase: RunPhase,
 ) -> Result<(), ControllerError> {
-    let give_up = Instant::now() + ctx.agent_deadline.max(Duration::from_secs(60));
+    let give_up = Instant::now() + ctx.agent_deadline.max(ctx.reconcile_grace);
     let mut stuck = Vec::new();
     while !reconcile_pass(ctx).await? {
         if Instant::now() >= give_up {

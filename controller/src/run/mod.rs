@@ -37,6 +37,7 @@ pub struct Runs {
     /// Per-host audit deadline, for planning.
     pub audit_timeout: Duration,
     agent_deadline: Duration,
+    reconcile_grace: Duration,
     live: Mutex<HashMap<String, Arc<RunCtx>>>,
     /// Held across every check-then-act on runs (the container holds,
     /// phase changes, rollback vs prune) so two callers never both pass.
@@ -58,6 +59,7 @@ impl Runs {
         pool: Arc<AgentPool>,
         audit_timeout: Duration,
         agent_deadline: Duration,
+        reconcile_grace: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Runs {
@@ -65,6 +67,7 @@ impl Runs {
             pool,
             audit_timeout,
             agent_deadline,
+            reconcile_grace,
             live: Mutex::new(HashMap::new()),
             gate: Mutex::new(()),
             pruning: Mutex::new(Default::default()),
@@ -120,6 +123,7 @@ impl Runs {
             self.store.clone(),
             self.pool.clone(),
             self.agent_deadline,
+            self.reconcile_grace,
         )?);
         lock(&self.live).insert(ctx.id.clone(), ctx.clone());
         Ok(ctx)

@@ -154,20 +154,23 @@ pub async fn migrate_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<Outcome,
         }
     }
     for (key, _) in &members {
-        ctx.update_container(key, |c| {
+        let mut result = String::new();
+        let c = ctx.update_container(key, |c| {
             c.state = ContainerState::Migrated;
             c.finished_unix_ms = Some(now_ms());
             let (uid, gid) = c.target.unwrap_or_default();
             let downtime = c
                 .downtime_ms
                 .map_or(String::new(), |d| format!(", downtime {d} ms"));
+            result = format!("runs as {uid}:{gid}{downtime}");
             Some(Draft::container(
                 c,
                 None,
                 EventKind::ContainerMigrated,
-                format!("runs as {uid}:{gid}{downtime}"),
+                result.clone(),
             ))
         })?;
+        ctx.log("container.migrated", &audit_target(ctx, &c), &result)?;
     }
     Ok(Outcome::Migrated)
 }
@@ -378,7 +381,7 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
     let host = ctx.host(&ctx.container(first).map(|c| c.host).unwrap_or_default());
     let reconcile_failed = |message: String| -> Result<(), ControllerError> {
         for (key, _) in &members {
-            ctx.update_container(key, |c| {
+            let c = ctx.update_container(key, |c| {
                 c.state = ContainerState::NeedsReconcile;
                 c.error = Some(message.clone());
                 Some(Draft::container(
@@ -388,6 +391,11 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
                     message.clone(),
                 ))
             })?;
+            ctx.log(
+                "container.needs-reconcile",
+                &audit_target(ctx, &c),
+                &message,
+            )?;
         }
         Ok(())
     };
@@ -446,7 +454,7 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
         }
     }
     for (key, _) in &members {
-        ctx.update_container(key, |c| {
+        let c = ctx.update_container(key, |c| {
             c.state = ContainerState::RolledBack;
             c.finished_unix_ms = Some(now_ms());
             Some(Draft::container(
@@ -456,8 +464,15 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
                 "back exactly as it was before the run",
             ))
         })?;
+        let why = c.error.clone().unwrap_or_else(|| "rolled back".into());
+        ctx.log("container.rolled-back", &audit_target(ctx, &c), &why)?;
     }
     Ok(true)
+}
+
+/// `RUN host/container`: what an audit-log line about a container names.
+fn audit_target(ctx: &RunCtx, c: &ContainerRun) -> String {
+    format!("{} {}/{}", ctx.id, c.host, c.plan.name)
 }
 
 fn mark_undone(

@@ -451,6 +451,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         audit_timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
         agent_deadline: Duration::from_secs(60),
+        reconcile_grace: Duration::from_secs(60),
     };
     let shutdown = CancellationToken::new();
     let controller = tokio::spawn(fleet_controller::run(config, listener, shutdown.clone()));
