@@ -276,10 +276,14 @@ impl pb::agent_server::Agent for AgentService {
         let who = caller(&request)?.name;
         let r = request.into_inner();
         let (run, step) = key(r.key)?;
-        if r.uid == 0 {
-            return Err(Status::invalid_argument(
-                "a recreate never sets uid 0: the point is to leave root",
-            ));
+        // The controller checks this too; the host is guarded here as well
+        // because gid 0 hands the container root's group (its files,
+        // devices and sockets), whoever asks.
+        if r.uid == 0 || r.gid == 0 {
+            return Err(Status::invalid_argument(format!(
+                "a recreate never sets uid 0 or gid 0 (asked for {}:{}): the point is to leave root; give the container a non-root uid and gid",
+                r.uid, r.gid
+            )));
         }
         let spec = StepSpec::Recreate(crate::recreate::RecreateRequest {
             container: r.container,

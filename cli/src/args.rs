@@ -270,7 +270,9 @@ impl OnFailureArg {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// Apply a saved plan (refused if any container changed since).
+    /// Apply a saved plan: made again from its own policy and today's audit,
+    /// refused if stale or edited; alone (no --host, --selector,
+    /// --container, --include-pods; --policy only if it is the plan's own).
     #[arg(long)]
     pub plan: Option<PathBuf>,
     /// Hosts in the first wave.

@@ -6,6 +6,9 @@ use std::io::{self, Write};
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// Free lines under a row (by its index), outside the columns, so a
+    /// long detail does not widen every row.
+    notes: Vec<(usize, String)>,
 }
 
 impl Table {
@@ -13,7 +16,22 @@ impl Table {
         Table {
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// A line printed under the last row, indented, outside the columns.
+    pub fn note(&mut self, line: String) {
+        if let Some(row) = self.rows.len().checked_sub(1) {
+            self.notes.push((row, line));
+        }
+    }
+
+    fn notes_of(&self, row: usize) -> impl Iterator<Item = &str> {
+        self.notes
+            .iter()
+            .filter(move |(r, _)| *r == row)
+            .map(|(_, line)| line.as_str())
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -40,8 +58,11 @@ impl Table {
             text
         };
         writeln!(out, "{}", line(&self.headers))?;
-        for row in &self.rows {
+        for (i, row) in self.rows.iter().enumerate() {
             writeln!(out, "{}", line(row))?;
+            for note in self.notes_of(i) {
+                writeln!(out, "    {note}")?;
+            }
         }
         Ok(())
     }
@@ -64,8 +85,14 @@ impl Table {
                 .collect::<Vec<_>>()
                 .join("|")
         )?;
-        for row in &self.rows {
+        for (i, row) in self.rows.iter().enumerate() {
             writeln!(out, "{}", line(row))?;
+            for note in self.notes_of(i) {
+                // A row of its own, the note in the last column.
+                let mut cells = vec![String::new(); self.headers.len().saturating_sub(1)];
+                cells.push(note.to_string());
+                writeln!(out, "{}", line(&cells))?;
+            }
         }
         Ok(())
     }
@@ -109,6 +136,20 @@ mod tests {
         let mut out = Vec::new();
         t.write_text(&mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "A     LONGER\nxxxx  y\n");
+        t.note("a note longer than every column".into());
+        let mut out = Vec::new();
+        t.write_text(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A     LONGER\nxxxx  y\n    a note longer than every column\n"
+        );
+        let mut out = Vec::new();
+        t.write_markdown(&mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("| xxxx | y |\n|  | a note longer than every column |\n")
+        );
         assert_eq!(
             csv_line(&["a,b".into(), "say \"hi\"".into(), "c".into()]),
             "\"a,b\",\"say \"\"hi\"\"\",c"

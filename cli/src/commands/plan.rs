@@ -108,6 +108,10 @@ pub fn describe_action(action: &Value) -> (String, String, String) {
                 action.get("gid").and_then(Value::as_u64),
             ) {
                 (Some(u), Some(g)) => format!("{} ({u}:{g})", text(action, "strategy")),
+                (None, Some(g)) => format!(
+                    "{} (uid from the agent's range, gid {g})",
+                    text(action, "strategy")
+                ),
                 _ => text(action, "strategy"),
             };
             let mounts = action
@@ -220,6 +224,14 @@ fn render(plan: &Value, out: &mut dyn Write) {
                 target,
                 detail,
             ]);
+            for mount in action
+                .get("mounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                table.note(ownership_line(mount));
+            }
         }
     }
     if table.is_empty() {
@@ -231,4 +243,79 @@ fn render(plan: &Value, out: &mut dyn Write) {
         out,
         "\n{migrate} to migrate, {exempt} exempt, {refused} refused, {skipped} with nothing to do"
     );
+    let policy = &plan["basis"]["policy"];
+    match (text(policy, "path"), text(&plan["basis"], "policy_sha256")) {
+        (_, sha) if sha.is_empty() => {}
+        (path, _) if path.is_empty() => {
+            let _ = writeln!(
+                out,
+                "policy: the default (image user, else a dedicated user)"
+            );
+        }
+        (path, sha) => {
+            let _ = writeln!(out, "policy: {path} (sha256 {sha})");
+        }
+    }
+}
+
+/// One path whose ownership changes: where it is on the host, where the
+/// container sees it, and how many entries move (at least, if the audit's
+/// walk stopped at its bound).
+fn ownership_line(mount: &Value) -> String {
+    let at_least = if mount.get("partial").and_then(Value::as_bool) == Some(true) {
+        "≥"
+    } else {
+        ""
+    };
+    format!(
+        "{} → {}: {at_least}{} of {at_least}{} entries change owner, {}",
+        text(mount, "source"),
+        text(mount, "destination"),
+        num(mount, "changing"),
+        num(mount, "entries"),
+        bytes(num(mount, "bytes"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_each_path_whose_ownership_changes() {
+        let plan = serde_json::json!({
+            "version": 2,
+            "basis": {"policy": {"path": "p.toml", "text": ""}, "policy_sha256": "ab12"},
+            "hosts": [{"host": "h1", "address": "a", "error": null, "containers": [{
+                "name": "db", "order": 1, "class": "database", "current": "root", "group": [],
+                "action": {
+                    "kind": "migrate", "strategy": "dedicated user svc-db", "uid": null, "gid": 2001,
+                    "user_to_create": "svc-db", "backup_bytes": 4000, "expected_downtime_ms": 6000,
+                    "mounts": [
+                        {"source": "/srv/db", "destination": "/var/lib/db", "entries": 40, "changing": 12, "bytes": 4000, "partial": false},
+                        {"source": "/srv/logs", "destination": "/logs", "entries": 100000, "changing": 100000, "bytes": 0, "partial": true}
+                    ]
+                }
+            }]}]
+        });
+        let mut out = Vec::new();
+        render(&plan, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].starts_with("h1    1  db")
+                && lines[1].contains("uid from the agent's range, gid 2001")
+                && lines[1].contains("creates user svc-db; 2 mount(s), ≥100012 entries"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[2],
+            "    /srv/db → /var/lib/db: 12 of 40 entries change owner, 4.0 kB"
+        );
+        assert_eq!(
+            lines[3],
+            "    /srv/logs → /logs: ≥100000 of ≥100000 entries change owner, 0 B"
+        );
+        assert!(out.ends_with("policy: p.toml (sha256 ab12)\n"), "{out}");
+    }
 }

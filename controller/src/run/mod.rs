@@ -1,15 +1,17 @@
 //! Runs: durable, resumable migrations (and rollbacks) across the fleet.
 //!
 //! `Runs` is the one owner of live runs: it starts them (after planning,
-//! the stale-plan check and the per-container lock), drives each in its own
+//! the saved-plan check and the per-container lock), drives each in its own
 //! task, takes operators' pause/resume/abort, starts rollbacks of finished
 //! runs, prunes their checkpoints, and on startup resumes every run a
 //! crash left unfinished.
 
 pub mod calls;
+mod compare;
 pub mod ctx;
 pub mod driver;
 pub mod model;
+pub mod saved;
 pub mod start;
 pub mod unit;
 pub mod waves;

@@ -1,5 +1,6 @@
-//! From a request to a run: plan now (or check a saved plan is not stale),
-//! validate the options, lay out the waves and the container records.
+//! From a request to a run: plan now (or make a saved plan again and check
+//! it says the same, `saved`), validate the options, lay out the waves and
+//! the container records.
 
 use fleet_core::audit::HostReport;
 use fleet_core::auth::Caller;
@@ -10,13 +11,14 @@ use crate::audit::audit_hosts;
 use crate::error::ControllerError;
 use crate::inventory::{self, Host};
 use crate::plan::{Action, HostPlan, Plan, Selection, plan_host};
-use crate::policy::{Policy, glob};
+use crate::policy::{Policy, PolicySource, glob};
 use crate::run::Runs;
 use crate::run::ctx::now_ms;
 use crate::run::model::{
     ContainerRun, ContainerState, HostRun, HostState, OnFailure, Run, RunKind, RunOptions,
     RunPhase, RunView,
 };
+use crate::run::saved::{self, PlanBasis, PlanDocument};
 use crate::run::waves;
 
 /// What a plan is made for.
@@ -31,7 +33,7 @@ pub struct PlanScope {
 #[derive(Debug, Clone)]
 pub struct StartRequest {
     pub scope: PlanScope,
-    pub saved_plan: Option<Plan>,
+    pub saved_plan: Option<PlanDocument>,
     pub options: RunOptions,
     pub dry_run: bool,
 }
@@ -51,33 +53,17 @@ pub fn new_run_id() -> String {
     )
 }
 
-/// Audits the chosen hosts (with the images' users) and plans each.
-pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<Plan, ControllerError> {
-    let hosts = inventory::select(runs.store().hosts()?, &scope.hosts, &scope.selectors)?;
-    let audits = audit_hosts(
-        runs.pool(),
-        hosts.clone(),
-        runs.audit_timeout,
-        agent_pb::InspectRequest {
-            containers: Vec::new(),
-            skip_ownership: false,
-            with_users: true,
-        },
+/// Audits the chosen hosts (with the images' users) and plans each; the
+/// document records what the plan was made from, for `migrate --plan`.
+pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<PlanDocument, ControllerError> {
+    let (hosts, plans) = plan_hosts(
+        runs,
+        &scope.hosts,
+        &scope.selectors,
+        &scope.policy,
+        &scope.selection,
     )
-    .await;
-    let mut plans = Vec::new();
-    for (host, audit) in hosts.iter().zip(audits) {
-        plans.push(match audit.outcome {
-            Some(pb::host_audit::Outcome::Report(report)) => plan_host(
-                host,
-                &HostReport::from(report),
-                &scope.policy,
-                &scope.selection,
-            ),
-            Some(pb::host_audit::Outcome::Error(e)) => unplanned(host, e.message),
-            None => unplanned(host, "no answer".into()),
-        });
-    }
+    .await?;
     for pattern in &scope.selection.containers {
         if !plans
             .iter()
@@ -93,11 +79,48 @@ pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<Plan, Controlle
             )));
         }
     }
-    Ok(Plan {
-        version: 1,
-        created_unix_ms: now_ms(),
-        hosts: plans,
+    Ok(PlanDocument {
+        plan: Plan {
+            version: saved::VERSION,
+            created_unix_ms: now_ms(),
+            hosts: plans,
+        },
+        basis: Some(PlanBasis::of(scope)),
     })
+}
+
+/// The selected hosts, and each one's plan (or why it has none).
+pub async fn plan_hosts(
+    runs: &Runs,
+    hosts: &[String],
+    selectors: &[String],
+    policy: &Policy,
+    selection: &Selection,
+) -> Result<(Vec<Host>, Vec<HostPlan>), ControllerError> {
+    let hosts = inventory::select(runs.store().hosts()?, hosts, selectors)?;
+    let audits = audit_hosts(
+        runs.pool(),
+        hosts.clone(),
+        runs.audit_timeout,
+        agent_pb::InspectRequest {
+            containers: Vec::new(),
+            skip_ownership: false,
+            with_users: true,
+        },
+    )
+    .await;
+    let plans = hosts
+        .iter()
+        .zip(audits)
+        .map(|(host, audit)| match audit.outcome {
+            Some(pb::host_audit::Outcome::Report(report)) => {
+                plan_host(host, &HostReport::from(report), policy, selection)
+            }
+            Some(pb::host_audit::Outcome::Error(e)) => unplanned(host, e.message),
+            None => unplanned(host, "no answer".into()),
+        })
+        .collect();
+    Ok((hosts, plans))
 }
 
 fn unplanned(host: &Host, error: String) -> HostPlan {
@@ -109,52 +132,6 @@ fn unplanned(host: &Host, error: String) -> HostPlan {
     }
 }
 
-/// A saved plan applies only to the configuration it was made against.
-async fn check_not_stale(
-    runs: &Runs,
-    saved: &Plan,
-    scope: &PlanScope,
-) -> Result<(), ControllerError> {
-    let scope = PlanScope {
-        hosts: saved.hosts.iter().map(|h| h.host.clone()).collect(),
-        selectors: Vec::new(),
-        ..scope.clone()
-    };
-    let fresh = make_plan(runs, &scope).await?;
-    for host in &saved.hosts {
-        let now = fresh.hosts.iter().find(|h| h.host == host.host);
-        if let Some(error) = now.and_then(|h| h.error.as_ref()) {
-            return Err(ControllerError::FailedPrecondition(format!(
-                "cannot check the saved plan against host {}: {error}",
-                host.host
-            )));
-        }
-        for planned in host
-            .containers
-            .iter()
-            .filter(|c| matches!(c.action, Action::Migrate(_)))
-        {
-            let current = now.and_then(|h| h.containers.iter().find(|c| c.id == planned.id));
-            let changed = match current {
-                None => Some("it no longer exists".to_string()),
-                Some(c) if c.fingerprint != planned.fingerprint => Some(format!(
-                    "its configuration changed (fingerprint {} → {})",
-                    &planned.fingerprint[..planned.fingerprint.len().min(12)],
-                    &c.fingerprint[..c.fingerprint.len().min(12)]
-                )),
-                Some(_) => None,
-            };
-            if let Some(changed) = changed {
-                return Err(ControllerError::FailedPrecondition(format!(
-                    "saved plan is stale: container {} on host {}: {changed} since the plan was made; make a new one with `fleetctl plan --out`",
-                    planned.name, host.host
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Builds the run (not yet stored) from the request.
 pub async fn build(
     runs: &Runs,
@@ -162,11 +139,8 @@ pub async fn build(
     request: StartRequest,
 ) -> Result<RunView, ControllerError> {
     let plan = match &request.saved_plan {
-        Some(saved) => {
-            check_not_stale(runs, saved, &request.scope).await?;
-            saved.clone()
-        }
-        None => make_plan(runs, &request.scope).await?,
+        Some(saved) => saved::rederive(runs, saved, &request.scope).await?,
+        None => make_plan(runs, &request.scope).await?.plan,
     };
     if let Some(host) = plan.hosts.iter().find(|h| h.error.is_some()) {
         return Err(ControllerError::FailedPrecondition(format!(
@@ -282,17 +256,11 @@ pub fn options_from_pb(options: Option<pb::RunOptions>) -> Result<RunOptions, Co
 /// its errors name the operator's file and line).
 pub fn scope_from_pb(selection: Option<pb::Selection>) -> Result<PlanScope, ControllerError> {
     let s = selection.unwrap_or_default();
-    let policy = if s.policy_toml.trim().is_empty() {
-        Policy::default()
-    } else {
-        let path = if s.policy_path.is_empty() {
-            "policy.toml".to_string()
-        } else {
-            s.policy_path.clone()
-        };
-        Policy::parse(std::path::Path::new(&path), &s.policy_toml)
-            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?
-    };
+    let policy = Policy::from_source(&PolicySource {
+        path: s.policy_path,
+        text: s.policy_toml,
+    })
+    .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
     Ok(PlanScope {
         hosts: s.hosts,
         selectors: s.selectors,
