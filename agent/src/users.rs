@@ -269,6 +269,12 @@ pub fn ensure_user(
                 request.gid.map_or("-".into(), |g| g.to_string()),
             )));
         }
+        if existing.id == 0 || existing.gid == 0 {
+            return Err(UserError::Conflict(format!(
+                "user '{name}' exists with uid {} gid {}: a service user never has uid or gid 0; choose another name",
+                existing.id, existing.gid
+            )));
+        }
         outcome.uid = existing.id;
         outcome.gid = existing.gid;
         outcome.notes.push(format!(

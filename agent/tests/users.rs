@@ -118,6 +118,18 @@ fn an_id_that_belongs_to_another_user_is_refused() {
         "{err}"
     );
     assert!(!exists("svc-fleet-test-b"));
+    // An existing account that is root (a policy's `user = "root"`).
+    let err = ensure_user(
+        &UserRequest {
+            name: "root".into(),
+            uid: None,
+            gid: None,
+            rootless: false,
+        },
+        &settings(home.path()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("never has uid or gid 0"), "{err}");
     let err = ensure_user(
         &UserRequest {
             name: "Bad Name".into(),

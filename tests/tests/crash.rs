@@ -346,10 +346,9 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
     assert_eq!(watched.code, 6, "{view}");
     assert_eq!(view["containers"][0]["state"], "needs-reconcile", "{view}");
     assert!(
-        view["containers"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("unreachable"),
+        view["containers"][0]["steps"]
+            .to_string()
+            .contains("verify step: agent unreachable"),
         "{view}"
     );
     assert!(
@@ -358,19 +357,6 @@ async fn an_agent_away_past_its_deadline_fails_the_step_and_is_reconciled_when_i
             .unwrap()
             .contains("keeps trying"),
         "{view}"
-    );
-    // Meanwhile the container is held: no other run may touch it.
-    let second = t.migrate(&controller.address).await;
-    assert_ne!(second.code, 0, "{second:?}");
-    assert!(
-        second
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&format!(
-                "held by run {run}, which could not put it back yet"
-            )),
-        "{second:?}"
     );
     // The controller restarts while the agent is still away; then the agent
     // returns: the restarted controller puts the container back.

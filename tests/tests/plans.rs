@@ -294,6 +294,7 @@ async fn the_agent_refuses_a_target_gid_of_zero_as_well_as_uid_zero() {
                     uid,
                     gid,
                     allow_layer_loss: false,
+                    together: Vec::new(),
                 })
                 .await,
         )

@@ -10,6 +10,7 @@ pub mod calls;
 mod compare;
 pub mod ctx;
 pub mod driver;
+pub mod holds;
 pub mod model;
 pub mod saved;
 pub mod start;
@@ -160,44 +161,16 @@ impl Runs {
         self.store.logged(who, action, target, result)
     }
 
-    /// Refuses containers an unfinished run holds, naming that run.
+    /// Refuses containers another run holds, naming that run.
     fn refuse_held(&self, containers: &[ContainerRun]) -> Result<(), ControllerError> {
-        let mut held: HashMap<(String, String), (String, bool)> = HashMap::new();
-        for ctx in lock(&self.live).values() {
-            // A finished run still holds what it could not put back yet.
-            let finished = ctx.with_header(|r| r.phase.is_terminal());
-            for c in ctx.containers() {
-                let holds = if finished {
-                    c.state == ContainerState::NeedsReconcile
-                } else {
-                    c.state != ContainerState::NotMigrated
-                };
-                if holds {
-                    held.insert((c.host, c.plan.id), (ctx.id.clone(), finished));
-                }
-            }
-        }
-        for c in containers
-            .iter()
-            .filter(|c| c.state != ContainerState::NotMigrated)
-        {
-            match held.get(&(c.host.clone(), c.plan.id.clone())) {
-                Some((run, false)) => {
-                    return Err(ControllerError::FailedPrecondition(format!(
-                        "container {} on host {} is held by run {run}, which has not finished; wait for it (`fleetctl runs watch {run}`) or abort it",
-                        c.plan.name, c.host
-                    )));
-                }
-                Some((run, true)) => {
-                    return Err(ControllerError::FailedPrecondition(format!(
-                        "container {} on host {} is held by run {run}, which could not put it back yet (its agent was away); the controller retries until it can (`fleetctl runs show {run}`)",
-                        c.plan.name, c.host
-                    )));
-                }
-                None => {}
-            }
-        }
-        Ok(())
+        let holds: Vec<holds::Hold> = lock(&self.live)
+            .values()
+            .flat_map(|ctx| {
+                let finished = ctx.with_header(|r| r.phase.is_terminal());
+                holds::holds_of(&ctx.id, finished, &ctx.containers())
+            })
+            .collect();
+        holds::refuse_held(&holds, containers)
     }
 
     /// Starts (or with `dry_run`, shows) a migration run.

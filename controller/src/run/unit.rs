@@ -355,6 +355,9 @@ pub fn touched(state: ContainerState) -> bool {
 /// and retried).
 pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, ControllerError> {
     let mut members: Vec<(String, Migration)> = Vec::new();
+    // A retry of what is already waiting to be put back stays quiet (its
+    // state, events and the audit log say so once, not every attempt).
+    let mut retrying: Vec<String> = Vec::new();
     for key in keys {
         let Some(c) = ctx.container(key) else {
             continue;
@@ -362,7 +365,13 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
         if !touched(c.state) {
             continue;
         }
+        if c.state == ContainerState::NeedsReconcile {
+            retrying.push(key.clone());
+        }
         let c = ctx.update_container(key, |c| {
+            if c.state == ContainerState::NeedsReconcile {
+                return None;
+            }
             c.state = ContainerState::RollingBack;
             Some(Draft::container(
                 c,
@@ -381,21 +390,19 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
     let host = ctx.host(&ctx.container(first).map(|c| c.host).unwrap_or_default());
     let reconcile_failed = |message: String| -> Result<(), ControllerError> {
         for (key, _) in &members {
+            let quiet = retrying.contains(key);
             let c = ctx.update_container(key, |c| {
                 c.state = ContainerState::NeedsReconcile;
                 c.error = Some(message.clone());
-                Some(Draft::container(
-                    c,
-                    None,
-                    EventKind::UndoFailed,
-                    message.clone(),
-                ))
+                (!quiet).then(|| Draft::container(c, None, EventKind::UndoFailed, message.clone()))
             })?;
-            ctx.log(
-                "container.needs-reconcile",
-                &audit_target(ctx, &c),
-                &message,
-            )?;
+            if !quiet {
+                ctx.log(
+                    "container.needs-reconcile",
+                    &audit_target(ctx, &c),
+                    &message,
+                )?;
+            }
         }
         Ok(())
     };
