@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::backup::{BackupError, BackupStore, MountSpec, NewBackup};
+use crate::backup::{Archived, BackupError, BackupStore, MountSpec, NewBackup};
 use crate::container::{Api, ContainerError};
 use crate::engine::{Connected, Engine};
 use crate::error::EngineError;
@@ -790,7 +790,22 @@ impl StepRunner {
                 }
                 let inspect = api.inspect(&intent.container_id).await?;
                 let backups = self.backups.clone();
+                let tx = progress.clone();
+                let step_name = step.to_string();
                 let meta = tokio::task::spawn_blocking(move || {
+                    // Throttled at the source; a full stream drops a report,
+                    // never the backup.
+                    let report = |destination: &str, so_far: Archived| {
+                        if let Some(tx) = &tx {
+                            let _ = tx.try_send(StepProgress {
+                                step: step_name.clone(),
+                                phase: format!("backup {destination}"),
+                                entries: so_far.entries,
+                                changed: 0,
+                                bytes: so_far.bytes,
+                            });
+                        }
+                    };
                     let mounts: Vec<MountSpec> = intent
                         .mounts
                         .iter()
@@ -800,18 +815,36 @@ impl StepRunner {
                             destination: destination.clone(),
                         })
                         .collect();
-                    backups.create(&NewBackup {
-                        id: &intent.backup_id,
-                        container_id: &intent.container_id,
-                        container_name: &intent.container_name,
-                        inspect: &inspect,
-                        mounts: &mounts,
-                        retention_days: intent.retention_days,
-                        hooks: hook_outputs,
-                    })
+                    backups.create(
+                        &NewBackup {
+                            id: &intent.backup_id,
+                            container_id: &intent.container_id,
+                            container_name: &intent.container_name,
+                            inspect: &inspect,
+                            mounts: &mounts,
+                            retention_days: intent.retention_days,
+                            hooks: hook_outputs,
+                        },
+                        &report,
+                    )
                 })
                 .await
                 .map_err(|e| StepError::Internal(e.to_string()))??;
+                if let Some(tx) = &progress {
+                    // The totals always arrive, so a bar ends where the backup did.
+                    let totals = meta.mounts.iter().fold((0, 0), |(e, b), m| {
+                        (e + m.outcome.entries, b + m.outcome.bytes)
+                    });
+                    let _ = tx
+                        .send(StepProgress {
+                            step: step.to_string(),
+                            phase: "backup done".into(),
+                            entries: totals.0,
+                            changed: 0,
+                            bytes: totals.1,
+                        })
+                        .await;
+                }
                 Ok(to_value(&meta))
             }
             StepKind::Verify => {

@@ -22,7 +22,7 @@ fn backup_verify_restore_round_trip() {
     let archive = base.path().join("m.tar.zst");
     let manifest = base.path().join("m.manifest.jsonl");
 
-    let outcome = write_mount(&root, &archive, &manifest, 2).unwrap();
+    let outcome = write_mount(&root, &archive, &manifest, 2, &|_| {}).unwrap();
     assert_eq!(outcome.entries as usize, before.len());
     assert!(outcome.compressed_bytes < outcome.bytes, "{outcome:?}");
     let items = read_manifest(&manifest).unwrap();
@@ -70,7 +70,7 @@ fn verify_notices_a_damaged_archive() {
     std::fs::write(root.join("b"), b"beta").unwrap();
     let archive = base.path().join("m.tar.zst");
     let manifest = base.path().join("m.jsonl");
-    write_mount(&root, &archive, &manifest, 1).unwrap();
+    write_mount(&root, &archive, &manifest, 1, &|_| {}).unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
     let sha_of_a = hex_sha(b"alpha");
     std::fs::write(&manifest, text.replace(&sha_of_a, &"0".repeat(64))).unwrap();

@@ -308,6 +308,28 @@ pub struct MigrateArgs {
     pub detach: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
     pub output: ListFormat,
+    #[command(flatten)]
+    pub follow: FollowFlags,
+}
+
+/// How long following a run rides out a controller that went away.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct FollowFlags {
+    /// Seconds to keep reconnecting to a controller that is unreachable or
+    /// restarting, per outage (0: do not) — the run itself goes on either way.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "FLEETCTL_RECONNECT_FOR",
+        default_value_t = 300
+    )]
+    pub reconnect_for: u64,
+}
+
+impl FollowFlags {
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.reconnect_for)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -333,6 +355,8 @@ pub enum RunsCommand {
         after: u64,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
         output: ListFormat,
+        #[command(flatten)]
+        follow: FollowFlags,
     },
     /// Stop starting new containers at the next boundary.
     Pause { run: String },
@@ -361,4 +385,6 @@ pub struct RollbackArgs {
     pub detach: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
     pub output: ListFormat,
+    #[command(flatten)]
+    pub follow: FollowFlags,
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fleet_core::role::Role;
-use fleet_core::tls::{self, TlsMaterial, explain_connect_error};
+use fleet_core::tls::{self, ConnectFailure, TlsMaterial, error_chain, explain_connect_error};
 use fleet_proto::controller::v1::controller_client::ControllerClient;
 use tonic::transport::Channel;
 
@@ -55,6 +55,68 @@ impl Controller {
         CliError {
             code,
             message: format!("{prefix}{}", status.message()),
+        }
+    }
+}
+
+/// Whether a failed call may succeed if made again: the controller is
+/// down or restarting, or the connection broke. Not when a certificate or
+/// the request itself was refused. `streaming`: the call's stream was open
+/// (our certificate had been accepted), so any transport error is a break.
+pub fn worth_retrying(status: &tonic::Status, streaming: bool) -> bool {
+    use std::error::Error;
+    if let Some(source) = status.source() {
+        return streaming || !ConnectFailure::of(&error_chain(source)).is_refusal();
+    }
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+        // A stream cut by the server's death surfaces as an HTTP/2 error
+        // without a source; the watch itself never sends one.
+        tonic::Code::Internal | tonic::Code::Unknown => streaming,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controller_going_away_is_worth_retrying_a_refusal_is_not() {
+        let io = |kind, text: &str| {
+            tonic::Status::from_error(Box::new(std::io::Error::new(kind, text.to_string())))
+        };
+        let down = io(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        assert!(worth_retrying(&down, false));
+        let alert = io(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: BadCertificate",
+        );
+        assert!(!worth_retrying(&alert, false), "a refused certificate");
+        let cut = io(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        );
+        assert!(worth_retrying(&cut, true), "a stream cut mid-way");
+        assert!(worth_retrying(
+            &tonic::Status::unavailable("restarting"),
+            false
+        ));
+        assert!(worth_retrying(
+            &tonic::Status::internal("h2 protocol error"),
+            true
+        ));
+        assert!(!worth_retrying(&tonic::Status::internal("store"), false));
+        for refusal in [
+            tonic::Status::permission_denied("viewers may only read"),
+            tonic::Status::unauthenticated("no certificate"),
+            tonic::Status::not_found("no run x"),
+            tonic::Status::invalid_argument("bad"),
+        ] {
+            assert!(!worth_retrying(&refusal, true), "{refusal:?}");
         }
     }
 }

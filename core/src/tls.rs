@@ -544,39 +544,100 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Primed<IO> {
     }
 }
 
+/// Why a connection failed, as far as its error chain tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Expired,
+    UnknownCa,
+    NoClientCertificate,
+    WrongRole,
+    CertificateRefused,
+    WrongName,
+    /// Reset during the handshake: most likely a refusal by a server that
+    /// sends no alert, but a server going away looks the same.
+    ClosedInHandshake,
+    /// Closed right after the handshake without a word: the server read
+    /// our certificate and hung up.
+    RefusedAfterHandshake,
+    NothingListening,
+    TimedOut,
+    Other,
+}
+
+impl ConnectFailure {
+    /// Reads an error chain (see `error_chain`); TLS refusals are recognised
+    /// by their alerts.
+    pub fn of(chain: &str) -> Self {
+        let has = |needle: &str| chain.contains(needle);
+        if has("CertificateExpired") || has("certificate expired") || has("Expired") {
+            ConnectFailure::Expired
+        } else if has("UnknownCA") || has("UnknownIssuer") {
+            ConnectFailure::UnknownCa
+        } else if has("CertificateRequired") {
+            ConnectFailure::NoClientCertificate
+        } else if has("has role") {
+            ConnectFailure::WrongRole
+        } else if has("BadCertificate") || has("invalid peer certificate") {
+            ConnectFailure::CertificateRefused
+        } else if has("NotValidForName") || has("CertNotValidForName") {
+            ConnectFailure::WrongName
+        } else if has("refused our certificate") {
+            ConnectFailure::RefusedAfterHandshake
+        } else if has("broken pipe") || has("Connection reset") || has("connection reset") {
+            ConnectFailure::ClosedInHandshake
+        } else if has("Connection refused") || has("ConnectionRefused") {
+            ConnectFailure::NothingListening
+        } else if has("timed out") || has("deadline has elapsed") {
+            ConnectFailure::TimedOut
+        } else {
+            ConnectFailure::Other
+        }
+    }
+
+    /// A certificate (ours or the server's) was certainly refused: asking
+    /// again cannot help, unlike a server that is down or restarting.
+    pub fn is_refusal(self) -> bool {
+        !matches!(
+            self,
+            ConnectFailure::ClosedInHandshake
+                | ConnectFailure::NothingListening
+                | ConnectFailure::TimedOut
+                | ConnectFailure::Other
+        )
+    }
+}
+
 /// Turns a failed call's error chain into one sentence an operator can act
-/// on, naming the peer. TLS refusals are recognised by their alerts.
+/// on, naming the peer.
 pub fn explain_connect_error(peer: &str, error: &(dyn std::error::Error + 'static)) -> String {
     let chain = error_chain(error);
-    let has = |needle: &str| chain.contains(needle);
-    if has("CertificateExpired") || has("certificate expired") || has("Expired") {
-        format!(
+    match ConnectFailure::of(&chain) {
+        ConnectFailure::Expired => format!(
             "{peer} refused the TLS handshake: a certificate has expired (ours, or the server's); issue a new one with `fleetctl certs issue` ({chain})"
-        )
-    } else if has("UnknownCA") || has("UnknownIssuer") {
-        format!(
+        ),
+        ConnectFailure::UnknownCa => format!(
             "{peer} refused the TLS handshake: the certificates are not signed by the same fleet CA; check --ca and --cert ({chain})"
-        )
-    } else if has("CertificateRequired") {
-        format!("{peer} requires a client certificate and none was presented ({chain})")
-    } else if has("has role") {
-        format!("{peer} is not the kind of server expected: {chain}")
-    } else if has("BadCertificate") || has("invalid peer certificate") {
-        format!("{peer} refused the TLS handshake: certificate not accepted ({chain})")
-    } else if has("NotValidForName") || has("CertNotValidForName") {
-        format!(
+        ),
+        ConnectFailure::NoClientCertificate => {
+            format!("{peer} requires a client certificate and none was presented ({chain})")
+        }
+        ConnectFailure::WrongRole => format!("{peer} is not the kind of server expected: {chain}"),
+        ConnectFailure::CertificateRefused => {
+            format!("{peer} refused the TLS handshake: certificate not accepted ({chain})")
+        }
+        ConnectFailure::WrongName => format!(
             "{peer} presented a certificate that does not name this address; issue it with --san for the address used ({chain})"
-        )
-    } else if has("broken pipe") || has("Connection reset") || has("connection reset") {
-        format!(
+        ),
+        ConnectFailure::ClosedInHandshake => format!(
             "{peer} closed the connection during the TLS handshake: it most likely refused our certificate (expired, or not from its CA); its log says why ({chain})"
-        )
-    } else if has("Connection refused") || has("ConnectionRefused") {
-        format!("nothing is listening at {peer} (connection refused)")
-    } else if has("timed out") || has("deadline has elapsed") {
-        format!("{peer} did not answer in time ({chain})")
-    } else {
-        format!("{peer}: {chain}")
+        ),
+        ConnectFailure::NothingListening => {
+            format!("nothing is listening at {peer} (connection refused)")
+        }
+        ConnectFailure::TimedOut => format!("{peer} did not answer in time ({chain})"),
+        ConnectFailure::RefusedAfterHandshake | ConnectFailure::Other => {
+            format!("{peer}: {chain}")
+        }
     }
 }
 

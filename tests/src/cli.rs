@@ -35,6 +35,19 @@ pub async fn fleetctl(controller: &str, tls: &TlsFiles, args: &[&str]) -> CliOut
     run_argv(&argv).await
 }
 
+/// Starts a run with `fleetctl migrate ARGS --yes --detach -o json` and
+/// returns its id; panics if it does not start.
+pub async fn start_detached(controller: &str, tls: &TlsFiles, args: &[&str]) -> String {
+    let mut argv = args.to_vec();
+    argv.extend(["--yes", "--detach", "-o", "json"]);
+    let started = fleetctl(controller, tls, &argv).await;
+    assert_eq!(started.code, 0, "the run did not start: {started:?}");
+    started.json()["run"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id in {}", started.stdout))
+        .to_string()
+}
+
 pub async fn run_argv(argv: &[String]) -> CliOutput {
     let cli = match fleetctl::args::Cli::try_parse_from(argv) {
         Ok(cli) => cli,

@@ -50,6 +50,7 @@ async fn controller_refuses_a_client_without_certificate() {
         .await
         .expect_err("a client without certificate must be refused");
     let explained = tls::explain_connect_error("controller", &status);
+    assert!(tls::ConnectFailure::of(&tls::error_chain(&status)).is_refusal());
     assert!(
         explained.contains("requires a client certificate"),
         "unclear refusal: {explained}"
@@ -70,6 +71,9 @@ async fn server_refusal(pki: &TestPki, address: &str, name: &str) -> String {
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .expect_err("the server must refuse this certificate");
+    // fleetctl never retries what is certainly a refusal.
+    let failure = tls::ConnectFailure::of(&tls::error_chain(&status));
+    assert!(failure.is_refusal(), "{failure:?}: {status:?}");
     tls::explain_connect_error("controller", &status)
 }
 

@@ -531,3 +531,64 @@ async fn verify_runs_http_and_exec_probes_and_reports_their_failure() {
     );
     roll_back(c, &run).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_streams_its_progress_up_to_its_totals() {
+    let mut h = host().await;
+    let base = tempfile::tempdir().unwrap();
+    // Two mounts, 48 MiB in big files and many small ones: several reports
+    // (every 16 MiB at the latest), counted across both mounts.
+    let mounts = [(base.path().join("a"), 8), (base.path().join("b"), 4)];
+    for (dir, big) in &mounts {
+        std::fs::create_dir_all(dir.join("small")).unwrap();
+        for i in 0..*big {
+            std::fs::write(dir.join(format!("big{i}")), vec![i as u8; 4 << 20]).unwrap();
+        }
+        for i in 0..500 {
+            std::fs::write(dir.join(format!("small/{i}")), format!("{i}")).unwrap();
+        }
+    }
+    let name = unique("progress");
+    let binds = mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (dir, _))| format!("{}:/m{i}", dir.display()))
+        .collect();
+    let create = ContainerCreateBody {
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            ..Default::default()
+        }),
+        ..body(&h.image, &["sleep", "3600"])
+    };
+    h.scope.run(&name, create).await;
+    let run = unique("run");
+    let done = collect(h.client.backup(backup(&run, &name, vec![], 1)).await)
+        .await
+        .unwrap();
+    let counts: Vec<(u64, u64)> = done
+        .progress
+        .iter()
+        .filter(|p| p.entries > 0 || p.bytes > 0)
+        .map(|p| (p.entries, p.bytes))
+        .collect();
+    assert!(counts.len() >= 4, "several reports: {counts:?}");
+    assert!(
+        counts
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "counts only grow: {counts:?}"
+    );
+    let meta = done.json();
+    let mut totals = (0, 0);
+    for m in meta["mounts"].as_array().unwrap() {
+        totals.0 += m["outcome"]["entries"].as_u64().unwrap();
+        totals.1 += m["outcome"]["bytes"].as_u64().unwrap();
+    }
+    assert_eq!(
+        counts.last(),
+        Some(&totals),
+        "the last report is the totals"
+    );
+    assert!(totals.1 >= 48 << 20 && totals.0 >= 1000, "{totals:?}");
+}

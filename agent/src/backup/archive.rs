@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{
     AtFlags, CWD, FileType, Mode, OFlags, Timespec, Timestamps, fstat, linkat, mkdirat, mknodat,
@@ -110,6 +111,48 @@ pub struct ArchiveOutcome {
     pub skipped: Vec<String>,
 }
 
+/// How far an archive is: entries, and bytes of file content, so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Archived {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// A report at most every 250 ms, or every 16 MiB of content (so a small
+/// fast backup still shows it moving): often enough for a bar, rarely
+/// enough to cost nothing — about the ownership walk's rate.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+const REPORT_BYTES: u64 = 16 << 20;
+
+/// Counts what is archived and reports it, throttled.
+struct Meter<'p> {
+    report: &'p (dyn Fn(Archived) + Sync),
+    now: Archived,
+    reported: Archived,
+    reported_at: Instant,
+}
+
+impl Meter<'_> {
+    fn add(&mut self, entries: u64, bytes: u64) {
+        self.now.entries += entries;
+        self.now.bytes += bytes;
+        if self.now.bytes - self.reported.bytes >= REPORT_BYTES
+            || self.reported_at.elapsed() >= REPORT_EVERY
+        {
+            self.flush();
+        }
+    }
+
+    /// Reports what is new since the last report (the last one: the totals).
+    fn flush(&mut self) {
+        if self.now != self.reported {
+            (self.report)(self.now);
+            self.reported = self.now;
+        }
+        self.reported_at = Instant::now();
+    }
+}
+
 /// Size of everything under `root` (regular files), for the free-space check.
 pub fn estimate_bytes(root: &Path) -> Result<u64, ArchiveError> {
     struct Sizer(u64);
@@ -170,8 +213,9 @@ fn reopen_for_read(fd: &OwnedFd) -> Result<File, Errno> {
     Ok(File::from(file))
 }
 
-struct Archiver<W: Write> {
+struct Archiver<'p, W: Write> {
     tar: tar::Builder<W>,
+    meter: Meter<'p>,
     manifest: BufWriter<File>,
     hashing: Hashing,
     items: Vec<Item>,
@@ -225,16 +269,18 @@ impl Hashing {
 const HASH_CHUNK: usize = 256 * 1024;
 
 /// Reads exactly `size` bytes (short files padded with zeros), passing
-/// what goes into the archive on to the hashing thread.
-struct Exact<'h, R: Read> {
+/// what goes into the archive on to the hashing thread, and counting it
+/// (a big file moves the progress too).
+struct Exact<'h, 'p, R: Read> {
     inner: R,
     left: u64,
     hashing: &'h std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    meter: &'h mut Meter<'p>,
     staged: Vec<u8>,
     short: bool,
 }
 
-impl<R: Read> Exact<'_, R> {
+impl<R: Read> Exact<'_, '_, R> {
     fn finish(mut self) -> (R, bool) {
         if !self.staged.is_empty() {
             let _ = self.hashing.send(Some(std::mem::take(&mut self.staged)));
@@ -244,7 +290,7 @@ impl<R: Read> Exact<'_, R> {
     }
 }
 
-impl<R: Read> Read for Exact<'_, R> {
+impl<R: Read> Read for Exact<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.left == 0 {
             return Ok(0);
@@ -266,11 +312,12 @@ impl<R: Read> Read for Exact<'_, R> {
             let _ = self.hashing.send(Some(chunk));
         }
         self.left -= n as u64;
+        self.meter.add(0, n as u64);
         Ok(n)
     }
 }
 
-impl<W: Write> Archiver<W> {
+impl<W: Write> Archiver<'_, W> {
     fn add(&mut self, entry: Entry) -> Result<(), ArchiveError> {
         let stat = entry.stat;
         let kind = entry.file_type();
@@ -335,6 +382,7 @@ impl<W: Write> Archiver<W> {
                     inner: BufReader::with_capacity(HASH_CHUNK, file),
                     left: size,
                     hashing: &self.hashing.tx,
+                    meter: &mut self.meter,
                     staged: Vec::with_capacity((size as usize).min(HASH_CHUNK)),
                     short: false,
                 };
@@ -401,18 +449,20 @@ impl<W: Write> Archiver<W> {
         }
         self.items.push(item);
         self.outcome.entries += 1;
+        self.meter.add(1, 0);
         Ok(())
     }
 
     /// Kept until the hashes are in; the manifest is written at the end.
     fn write_item(&mut self, item: &Item) -> Result<(), ArchiveError> {
         self.outcome.entries += 1;
+        self.meter.add(1, 0);
         self.items.push(item.clone());
         Ok(())
     }
 }
 
-impl<W: Write + Send> Visitor for Archiver<W> {
+impl<W: Write + Send> Visitor for Archiver<'_, W> {
     fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
         let is_dir = entry.file_type() == FileType::Directory;
         match self.add(entry) {
@@ -438,12 +488,15 @@ impl<W: Write + Send> Visitor for Archiver<W> {
     }
 }
 
-/// Archives the mount at `root` into `archive` (tar.zst) and `manifest`.
+/// Archives the mount at `root` into `archive` (tar.zst) and `manifest`,
+/// reporting how far it is to `progress` (throttled; the last report is
+/// the outcome's entries and bytes).
 pub fn write_mount(
     root: &Path,
     archive: &Path,
     manifest: &Path,
     threads: u32,
+    progress: &(dyn Fn(Archived) + Sync),
 ) -> Result<ArchiveOutcome, ArchiveError> {
     let root_fd = open_root(root)?;
     let out = File::create(archive).map_err(io_err("create", archive))?;
@@ -460,6 +513,12 @@ pub fn write_mount(
     tar.follow_symlinks(false);
     let mut archivers = vec![Archiver {
         tar,
+        meter: Meter {
+            report: progress,
+            now: Archived::default(),
+            reported: Archived::default(),
+            reported_at: Instant::now(),
+        },
         manifest: BufWriter::with_capacity(1 << 20, manifest_file),
         hashing: Hashing::start(),
         items: Vec::new(),
@@ -485,12 +544,13 @@ pub fn write_mount(
             parent: None,
         })?;
     }
-    let Some(archiver) = archivers.pop() else {
+    let Some(mut archiver) = archivers.pop() else {
         return Err(ArchiveError::Manifest {
             path: manifest.display().to_string(),
             reason: "no archiver".into(),
         });
     };
+    archiver.meter.flush();
     let mut manifest_out = archiver.manifest;
     let mut items = archiver.items;
     let digests = archiver.hashing.digests();

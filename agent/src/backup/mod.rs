@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use archive::{ArchiveError, ArchiveOutcome, RestoreOutcome, VerifyOutcome};
+pub use archive::{ArchiveError, ArchiveOutcome, Archived, RestoreOutcome, VerifyOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -133,8 +133,13 @@ impl BackupStore {
         Ok(needed)
     }
 
-    /// Writes a backup: the inspect document, then each mount.
-    pub fn create(&self, request: &NewBackup<'_>) -> Result<BackupMeta, BackupError> {
+    /// Writes a backup: the inspect document, then each mount, reporting
+    /// the mount being archived and the whole backup's counts so far.
+    pub fn create(
+        &self,
+        request: &NewBackup<'_>,
+        progress: &(dyn Fn(&str, Archived) + Sync),
+    ) -> Result<BackupMeta, BackupError> {
         let NewBackup {
             id,
             container_id,
@@ -156,6 +161,7 @@ impl BackupStore {
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         let mut out = Vec::new();
+        let mut before = Archived::default();
         for (index, mount) in mounts.iter().enumerate() {
             let archive = format!("mount-{index}.tar.zst");
             let manifest = format!("mount-{index}.manifest.jsonl");
@@ -164,7 +170,16 @@ impl BackupStore {
                 &dir.join(&archive),
                 &dir.join(&manifest),
                 threads,
+                &|this: Archived| {
+                    let so_far = Archived {
+                        entries: before.entries + this.entries,
+                        bytes: before.bytes + this.bytes,
+                    };
+                    progress(&mount.destination, so_far)
+                },
             )?;
+            before.entries += outcome.entries;
+            before.bytes += outcome.bytes;
             out.push(MountBackup {
                 index,
                 kind: mount.kind.clone(),

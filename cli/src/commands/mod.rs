@@ -2,6 +2,8 @@ pub mod audit;
 pub mod audit_render;
 pub mod certs;
 pub mod docs;
+pub mod follow;
 pub mod hosts;
 pub mod plan;
+pub mod progress;
 pub mod runs;

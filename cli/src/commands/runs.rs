@@ -2,18 +2,18 @@
 //! follow their events to the end, and say what happened with the exit code.
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
 
 use fleet_proto::controller::v1 as pb;
 use serde_json::Value;
 
 use crate::args::{ListFormat, MigrateArgs, RollbackArgs, RunsCommand};
 use crate::client::Controller;
-use crate::commands::plan::{bytes, describe_action, selection, text};
+use crate::commands::follow::follow;
+use crate::commands::plan::{describe_action, selection, text};
 use crate::exit::{self, CliError};
 use crate::render::Table;
 
-fn parse(json: &str) -> Result<Value, CliError> {
+pub(crate) fn parse(json: &str) -> Result<Value, CliError> {
     serde_json::from_str(json).map_err(|e| {
         CliError::error(format!(
             "the controller sent a document fleetctl cannot read: {e}"
@@ -108,7 +108,7 @@ pub async fn migrate(
     if args.output == ListFormat::Table {
         render_waves(&view, out);
     }
-    follow(controller, &id, 0, args.output, out).await
+    follow(controller, &id, 0, args.output, args.follow.duration(), out).await
 }
 
 async fn start(
@@ -160,7 +160,7 @@ fn render_waves(view: &Value, out: &mut dyn Write) {
 }
 
 /// One line for an event, as `watch` prints it.
-fn event_line(event: &Value) -> String {
+pub(crate) fn event_line(event: &Value) -> String {
     let secs = event["unix_ms"].as_u64().unwrap_or(0) / 1000;
     let clock = format!(
         "{:02}:{:02}:{:02}",
@@ -186,144 +186,6 @@ fn event_line(event: &Value) -> String {
     )
 }
 
-/// Per (host, container): entries to re-own and bytes to back up, from the plan.
-fn planned_totals(view: &Value) -> std::collections::HashMap<(String, String), (u64, u64)> {
-    view["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let action = &c["plan"]["action"];
-            let entries = action["mounts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| m["changing"].as_u64().unwrap_or(0))
-                .sum();
-            let key = (text(c, "host"), text(&c["plan"], "name"));
-            (key, (entries, action["backup_bytes"].as_u64().unwrap_or(0)))
-        })
-        .collect()
-}
-
-/// `[h1] db ownership ▕██████░░░░▏ 61% 120,000 entries, 48.2 MB`.
-fn progress_line(
-    event: &Value,
-    totals: &std::collections::HashMap<(String, String), (u64, u64)>,
-) -> String {
-    let (entries, changed, done_bytes) = (
-        event["entries"].as_u64().unwrap_or(0),
-        event["changed"].as_u64().unwrap_or(0),
-        event["bytes"].as_u64().unwrap_or(0),
-    );
-    let key = (text(event, "host"), text(event, "container"));
-    let (total_entries, total_bytes) = totals.get(&key).copied().unwrap_or_default();
-    let (done, total) = match event["step"].as_str() {
-        Some("backup") => (done_bytes, total_bytes),
-        _ => (changed, total_entries),
-    };
-    let done = done.min(total);
-    let bar = match (
-        (done * 20).checked_div(total),
-        (done * 100).checked_div(total),
-    ) {
-        (Some(filled), Some(percent)) => format!(
-            " ▕{}{}▏ {percent:>3}%",
-            "█".repeat(filled as usize),
-            "░".repeat(20 - filled as usize)
-        ),
-        _ => String::new(),
-    };
-    format!(
-        "[{}] {} {}{bar} {entries} entries, {changed} changed, {}",
-        key.0,
-        key.1,
-        text(event, "step"),
-        bytes(done_bytes)
-    )
-}
-
-/// Follows a run's events to its end (reconnecting if the controller
-/// restarts), prints its summary, and returns the exit code of its phase.
-async fn follow(
-    controller: &mut Controller,
-    id: &str,
-    after: u64,
-    output: ListFormat,
-    out: &mut dyn Write,
-) -> Result<u8, CliError> {
-    let mut last = after;
-    let mut failures = 0;
-    let progress = std::io::stderr().is_terminal() && output == ListFormat::Table;
-    let totals = if progress {
-        planned_totals(&get(controller, id).await?)
-    } else {
-        Default::default()
-    };
-    loop {
-        let stream = controller
-            .client
-            .watch_run(pb::WatchRunRequest {
-                run_id: id.into(),
-                after_seq: last,
-            })
-            .await;
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
-            Err(status) if failures < 60 && std::error::Error::source(&status).is_some() => {
-                failures += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(status) => return Err(controller.explain(status)),
-        };
-        let mut ended = false;
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    failures = 0;
-                    let value: Value =
-                        serde_json::from_str(&event.event_json).unwrap_or(Value::Null);
-                    if event.seq == 0 {
-                        if progress {
-                            eprint!("\r\x1b[2K{}", progress_line(&value, &totals));
-                        }
-                        continue;
-                    }
-                    last = last.max(event.seq);
-                    if progress {
-                        eprint!("\r\x1b[2K");
-                    }
-                    if output == ListFormat::Table {
-                        let _ = writeln!(out, "{}", event_line(&value));
-                    }
-                    if matches!(text(&value, "what").as_str(), "run-finished" | "paused") {
-                        ended = true;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) if failures < 60 => {
-                    failures += 1;
-                    break;
-                }
-                Err(status) => return Err(controller.explain(status)),
-            }
-        }
-        let view = get(controller, id).await?;
-        let phase = text(&view["run"], "phase");
-        if ended || phase != "running" {
-            match output {
-                ListFormat::Json => {
-                    let _ = writeln!(out, "{view}");
-                }
-                ListFormat::Table => render_summary(&view, out),
-            }
-            return Ok(phase_code(&phase));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 async fn get(controller: &mut Controller, id: &str) -> Result<Value, CliError> {
     let info = controller
         .client
@@ -334,7 +196,7 @@ async fn get(controller: &mut Controller, id: &str) -> Result<Value, CliError> {
     parse(&info.run_json)
 }
 
-fn render_summary(view: &Value, out: &mut dyn Write) {
+pub(crate) fn render_summary(view: &Value, out: &mut dyn Write) {
     let run = &view["run"];
     let mut table = Table::new(&["HOST", "CONTAINER", "STATE", "RUNS AS", "DOWNTIME", "NOTE"]);
     for c in view["containers"].as_array().into_iter().flatten() {
@@ -449,9 +311,12 @@ pub async fn runs(
             }
             Ok(exit::OK)
         }
-        RunsCommand::Watch { run, after, output } => {
-            follow(controller, &run, after, output, out).await
-        }
+        RunsCommand::Watch {
+            run,
+            after,
+            output,
+            follow: flags,
+        } => follow(controller, &run, after, output, flags.duration(), out).await,
         RunsCommand::Pause { run } => control(controller, &run, "pause", out).await,
         RunsCommand::Resume { run } => control(controller, &run, "resume", out).await,
         RunsCommand::Abort { run } => control(controller, &run, "abort", out).await,
@@ -508,7 +373,7 @@ pub async fn rollback(
         );
         return Ok(exit::OK);
     }
-    follow(controller, &id, 0, args.output, out).await
+    follow(controller, &id, 0, args.output, args.follow.duration(), out).await
 }
 
 pub async fn prune(
@@ -593,21 +458,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_bars_measure_against_the_plan() {
-        let totals = [(("h1".to_string(), "db".to_string()), (1000, 2000))].into();
-        let event = serde_json::json!({
-            "host": "h1", "container": "db", "step": "ownership",
-            "entries": 700, "changed": 500, "bytes": 0
-        });
-        let line = progress_line(&event, &totals);
-        assert!(line.contains("██████████░░░░░░░░░░▏  50%"), "{line}");
-        let backup = serde_json::json!({
-            "host": "h1", "container": "db", "step": "backup", "entries": 3, "changed": 0, "bytes": 2000
-        });
-        assert!(progress_line(&backup, &totals).contains("100%"));
-        let unknown = serde_json::json!({"host": "h9", "container": "x", "step": "ownership"});
-        assert!(!progress_line(&unknown, &totals).contains('%'));
+    fn each_phase_has_its_exit_code() {
+        assert_eq!(phase_code("succeeded"), exit::OK);
         assert_eq!(phase_code("halted"), exit::HALTED);
         assert_eq!(phase_code("completed-with-failures"), exit::ROLLED_BACK);
+        assert_eq!(phase_code("paused"), exit::PAUSED);
     }
 }

@@ -79,6 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &base.path().join("fleet.tar.zst"),
         &base.path().join("fleet.manifest.jsonl"),
         threads,
+        // As the step runs it: progress metered, reports dropped here.
+        &|_| {},
     )?;
     let fleet = started.elapsed();
     let mb = |d: std::time::Duration| args.bytes as f64 / 1e6 / d.as_secs_f64();
