@@ -93,20 +93,27 @@ async fn drive_migrate(
             return finish(ctx, shutdown, phase).await;
         }
         let wave = run.waves[run.waves_done].clone();
-        ctx.emit(Draft::run(
-            EventKind::WaveStarted,
-            format!(
-                "wave {}/{}{}: {}",
-                run.waves_done + 1,
-                run.waves.len(),
-                if run.waves_done == 0 && run.options.canary > 0 {
-                    " (canary)"
-                } else {
-                    ""
-                },
-                wave.join(", ")
-            ),
-        ))?;
+        // Resumed mid-wave after a restart: the wave has begun already.
+        let begun = run
+            .hosts
+            .iter()
+            .any(|h| wave.contains(&h.name) && h.state != HostState::Pending);
+        if !begun {
+            ctx.emit(Draft::run(
+                EventKind::WaveStarted,
+                format!(
+                    "wave {}/{}{}: {}",
+                    run.waves_done + 1,
+                    run.waves.len(),
+                    if run.waves_done == 0 && run.options.canary > 0 {
+                        " (canary)"
+                    } else {
+                        ""
+                    },
+                    wave.join(", ")
+                ),
+            ))?;
+        }
         let parallel = run.options.max_parallel.max(1) as usize;
         let tasks: Vec<_> = wave
             .iter()
@@ -152,7 +159,11 @@ async fn migrate_host(
         return Ok(());
     };
     match record.state {
-        HostState::Done | HostState::RolledBack | HostState::Failed | HostState::NeedsReconcile => {
+        HostState::Done
+        | HostState::RolledBack
+        | HostState::Failed
+        | HostState::NeedsReconcile
+        | HostState::Stopped => {
             return Ok(());
         }
         HostState::RollingBack => return rollback_host(&ctx, &host).await,
@@ -410,6 +421,10 @@ async fn finish(
             if h.state == HostState::NeedsReconcile && !h.containers.iter().any(|k| stuck.contains(k)) {
                 h.state = HostState::RolledBack;
             }
+            // A run that ends leaves no host running.
+            if h.state == HostState::Running {
+                h.state = HostState::Stopped;
+            }
         }
         if !stuck.is_empty() {
             r.note = Some(format!(
@@ -451,6 +466,9 @@ async fn finish(
 /// the records say) until every one is back, then says so in the run and
 /// the audit log. They stay held against other runs meanwhile.
 pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
+    if needing_reconcile(&ctx).is_empty() {
+        return;
+    }
     let mut pause = Duration::from_secs(2);
     loop {
         match reconcile_pass(&ctx).await {

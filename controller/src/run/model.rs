@@ -105,6 +105,10 @@ pub enum HostState {
     Failed,
     /// A rollback could not reach the agent or failed: retried until it is done.
     NeedsReconcile,
+    /// The run was aborted or halted while this host was
+    /// between containers: each is migrated or exactly as before, the rest
+    /// were never started.
+    Stopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
