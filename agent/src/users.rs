@@ -18,7 +18,9 @@ pub enum UserError {
     InvalidName { name: String, reason: String },
     #[error("{0}")]
     Conflict(String),
-    #[error("no free id left in the range {0}-{1}: widen user_uid_min/user_uid_max in the agent's config")]
+    #[error(
+        "no free id left in the range {0}-{1}: widen user_uid_min/user_uid_max in the agent's config"
+    )]
     RangeExhausted(u32, u32),
     #[error("`{command}` failed: {output}")]
     Tool { command: String, output: String },
