@@ -49,6 +49,17 @@ pub type ControllerProcess = Process;
 /// A fleet-agent process; killed (SIGKILL) on drop.
 pub type AgentProcess = Process;
 
+/// Adds `--ca --cert --key`: what every fleet binary takes.
+pub fn tls_args<'c>(command: &'c mut Command, tls: &TlsFiles) -> &'c mut Command {
+    command
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+}
+
 /// Adds what both servers take: `--listen address`, the TLS files,
 /// `--state-dir state_dir`, and FLEET_FAULT armed with `fault` or cleared.
 pub fn server_args<'c>(
@@ -58,15 +69,7 @@ pub fn server_args<'c>(
     state_dir: &Path,
     fault: Option<&str>,
 ) -> &'c mut Command {
-    command
-        .arg("--listen")
-        .arg(address)
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
+    tls_args(command.arg("--listen").arg(address), tls)
         .arg("--state-dir")
         .arg(state_dir)
         .env_remove(fleet_core::fault::FAULT_ENV);

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use super::{median, ms, sibling_binary};
 use crate::engine::{Scope, body, docker, test_image};
 use crate::pki::TestPki;
+use crate::process::tls_args;
 use crate::servers::{AgentOptions, agent_config, start_agent};
 
 #[derive(Debug, clap::Args)]
@@ -203,17 +204,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let alice = pki.files("alice");
     let audit = || -> anyhow::Result<(Duration, usize)> {
         let started = Instant::now();
-        let out = Command::new(&fleetctl)
-            .args(["--controller", &controller_address])
-            .arg("--ca")
-            .arg(&alice.ca)
-            .arg("--cert")
-            .arg(&alice.cert)
-            .arg("--key")
-            .arg(&alice.key)
-            .args(["audit", "-o", "json", "--skip-ownership"])
-            .stderr(Stdio::inherit())
-            .output()?;
+        let out = tls_args(
+            Command::new(&fleetctl).args(["--controller", &controller_address]),
+            &alice,
+        )
+        .args(["audit", "-o", "json", "--skip-ownership"])
+        .stderr(Stdio::inherit())
+        .output()?;
         let elapsed = started.elapsed();
         if !out.status.success() {
             bail!("fleetctl audit failed with {}", out.status);
@@ -255,18 +252,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     drop(listener);
     let files = pki.files("agent");
-    let mut child = Command::new(&agent_bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--ca")
-        .arg(&files.ca)
-        .arg("--cert")
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("FLEET_LOG", "warn")
-        .spawn()?;
+    let mut child = tls_args(
+        Command::new(&agent_bin).args(["serve", "--listen", &format!("127.0.0.1:{port}")]),
+        &files,
+    )
+    .arg("--state-dir")
+    .arg(state.path())
+    .env("FLEET_LOG", "warn")
+    .spawn()?;
     let rss = |pid: u32| -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kb: f64 = status
