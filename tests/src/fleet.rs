@@ -3,7 +3,7 @@
 //! controller listing them, operator and viewer certificates, and helpers
 //! to look at what a run did from the engine's side.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bollard::Docker;
@@ -15,9 +15,10 @@ use crate::cli::{CliOutput, fleetctl};
 use crate::engine::{Scope, body, docker, test_image};
 use crate::pki::TestPki;
 use crate::servers::{
-    AgentOptions, RunningAgent, RunningController, start_agent, start_controller,
+    AgentOptions, RunningAgent, RunningController, start_agent, start_controller_with,
 };
 use crate::unique;
+use fleet_controller::inventory::{Host, HostSource};
 
 /// The label that says which test host a container belongs to.
 pub const HOST_LABEL: &str = "fleet.test.host";
@@ -37,6 +38,13 @@ pub struct TestFleet {
 
 impl TestFleet {
     pub async fn start(hosts: usize) -> Self {
+        Self::start_labelled(&vec![&[][..]; hosts]).await
+    }
+
+    /// A fleet of `labels.len()` hosts; host `h{i+1}` carries `labels[i]`
+    /// in the controller's inventory (for `--selector`).
+    pub async fn start_labelled(labels: &[&[(&str, &str)]]) -> Self {
+        let hosts = labels.len();
         let docker = docker().await;
         let image = test_image(&docker).await;
         let pki = TestPki::new();
@@ -59,12 +67,21 @@ impl TestFleet {
             );
             names.push((name, label));
         }
-        let listed: Vec<(&str, &str)> = names
+        let listed: Vec<Host> = names
             .iter()
             .zip(&agents)
-            .map(|((name, _), agent)| (name.as_str(), agent.address.as_str()))
+            .zip(labels)
+            .map(|(((name, _), agent), labels)| Host {
+                name: name.clone(),
+                address: agent.address.clone(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+                source: HostSource::Config,
+            })
             .collect();
-        let controller = start_controller(pki.files("controller"), &listed).await;
+        let controller = start_controller_with(pki.files("controller"), listed).await;
         let operator = pki.issue(Role::Operator, "alice", &[]);
         let viewer = pki.issue(Role::Viewer, "victor", &[]);
         TestFleet {
@@ -227,11 +244,57 @@ pub async fn seen(docker: &Docker, name: &str) -> Seen {
     }
 }
 
-/// Removes the users a run created (by name), even when a test fails.
+/// The host-wide lock every agent holds while it changes the account
+/// databases (`/etc/.fleet-users.lock`, beside `/etc/passwd`): held, no
+/// fleet agent on this machine adds or removes a user. Released on drop.
+pub struct AccountsLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_accounts() -> AccountsLock {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/etc/.fleet-users.lock")
+        .unwrap_or_else(|e| panic!("/etc/.fleet-users.lock: {e}"));
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .unwrap_or_else(|e| panic!("locking /etc/.fleet-users.lock: {e}"));
+    AccountsLock(file)
+}
+
+/// Whether the host has a user of that name.
+pub fn user_exists(name: &str) -> bool {
+    std::process::Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .unwrap_or_else(|e| panic!("getent: {e}"))
+        .status
+        .success()
+}
+
+/// Runs as root; exits at once as anyone else: its migration fails at the
+/// health gate, on purpose.
+pub fn root_only(image: &str) -> ContainerCreateBody {
+    body(
+        image,
+        &[
+            "sh",
+            "-c",
+            "[ \"$(id -u)\" = 0 ] && exec sleep 3600; exit 3",
+        ],
+    )
+}
+
+/// Removes the users a run created (by name), even when a test fails,
+/// under the agents' accounts lock (never in the middle of an agent's
+/// read → decide → create).
 pub struct UsersCleanup(pub Vec<String>);
 
 impl Drop for UsersCleanup {
     fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let _lock = lock_accounts();
         for user in &self.0 {
             let _ = std::process::Command::new("userdel").arg(user).output();
             let _ = std::process::Command::new("groupdel").arg(user).output();

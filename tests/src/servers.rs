@@ -20,7 +20,8 @@ use crate::engine::engine_socket;
 pub struct RunningAgent {
     pub address: String,
     pub shutdown: CancellationToken,
-    _state: TempDir,
+    /// The agent's state directory (its run journals and backups).
+    pub state: TempDir,
 }
 
 impl Drop for RunningAgent {
@@ -81,7 +82,7 @@ pub async fn start_agent(tls: TlsFiles, options: AgentOptions) -> RunningAgent {
     RunningAgent {
         address,
         shutdown,
-        _state: state,
+        state,
     }
 }
 
@@ -99,6 +100,20 @@ impl Drop for RunningController {
 
 /// A controller whose config lists `hosts` (name, agent address).
 pub async fn start_controller(tls: TlsFiles, hosts: &[(&str, &str)]) -> RunningController {
+    let hosts = hosts
+        .iter()
+        .map(|(name, address)| Host {
+            name: name.to_string(),
+            address: address.to_string(),
+            labels: Default::default(),
+            source: HostSource::Config,
+        })
+        .collect();
+    start_controller_with(tls, hosts).await
+}
+
+/// A controller whose config lists `hosts`, labels and all.
+pub async fn start_controller_with(tls: TlsFiles, hosts: Vec<Host>) -> RunningController {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind controller");
@@ -108,15 +123,7 @@ pub async fn start_controller(tls: TlsFiles, hosts: &[(&str, &str)]) -> RunningC
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         tls,
         state_dir: state.path().to_path_buf(),
-        hosts: hosts
-            .iter()
-            .map(|(name, address)| Host {
-                name: name.to_string(),
-                address: address.to_string(),
-                labels: Default::default(),
-                source: HostSource::Config,
-            })
-            .collect(),
+        hosts,
         audit_timeout: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(3),
         agent_deadline: Duration::from_secs(30),

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use fleet_tests::engine::body;
 use fleet_tests::fleet::{
-    TestFleet, UsersCleanup, run_containers as containers, seen, users_of, write_policy,
+    TestFleet, UsersCleanup, root_only, run_containers as containers, seen, user_exists, users_of,
+    write_policy,
 };
 use fleet_tests::tree::{Snap, build_tree, snapshot};
 
@@ -75,15 +76,6 @@ async fn populate(fleet: &TestFleet, host: usize, base: &Path, svc_image: &str) 
             .await,
         data,
     }
-}
-
-fn user_exists(name: &str) -> bool {
-    std::process::Command::new("getent")
-        .args(["passwd", name])
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 fn contents(tree: &BTreeMap<String, Snap>) -> BTreeMap<String, String> {
@@ -240,19 +232,6 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
             .iter()
             .all(|c| c["state"] != "migrated")
     );
-}
-
-/// Runs as root; exits at once as anyone else: its migration fails at the
-/// health gate, on purpose.
-fn root_only(image: &str) -> ContainerCreateBody {
-    body(
-        image,
-        &[
-            "sh",
-            "-c",
-            "[ \"$(id -u)\" = 0 ] && exec sleep 3600; exit 3",
-        ],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
