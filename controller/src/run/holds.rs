@@ -75,10 +75,10 @@ mod tests {
     use crate::plan::{Action, ContainerPlan};
 
     fn container(host: &str, id: &str, name: &str, state: ContainerState) -> ContainerRun {
-        ContainerRun {
-            key: format!("{host}/0001"),
-            host: host.into(),
-            plan: ContainerPlan {
+        ContainerRun::new(
+            format!("{host}/0001"),
+            host.into(),
+            ContainerPlan {
                 name: name.into(),
                 id: id.into(),
                 image: "busybox".into(),
@@ -92,13 +92,7 @@ mod tests {
                 group: Vec::new(),
             },
             state,
-            steps: Vec::new(),
-            target: None,
-            error: None,
-            downtime_ms: None,
-            started_unix_ms: None,
-            finished_unix_ms: None,
-        }
+        )
     }
 
     #[test]

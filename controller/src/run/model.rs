@@ -248,6 +248,22 @@ pub struct ContainerRun {
 }
 
 impl ContainerRun {
+    /// A container's record before the run has done anything to it.
+    pub fn new(key: String, host: String, plan: ContainerPlan, state: ContainerState) -> Self {
+        ContainerRun {
+            key,
+            host,
+            plan,
+            state,
+            steps: Vec::new(),
+            target: None,
+            error: None,
+            downtime_ms: None,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+        }
+    }
+
     pub fn step(&self, kind: StepKind) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.kind == kind)
     }

@@ -166,18 +166,12 @@ pub async fn build(
                 Action::Migrate(_) => ContainerState::Pending,
                 _ => ContainerState::NotMigrated,
             };
-            containers.push(ContainerRun {
-                key: key.clone(),
-                host: host.host.clone(),
-                plan: c.clone(),
+            containers.push(ContainerRun::new(
+                key.clone(),
+                host.host.clone(),
+                c.clone(),
                 state,
-                steps: Vec::new(),
-                target: None,
-                error: None,
-                downtime_ms: None,
-                started_unix_ms: None,
-                finished_unix_ms: None,
-            });
+            ));
             keys.push(key);
         }
         hosts.push(HostRun {
