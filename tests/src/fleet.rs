@@ -137,6 +137,31 @@ impl TestFleet {
             .await
     }
 
+    /// A named volume `{prefix}-{role}`, labelled and removed with the scope.
+    pub async fn volume(&self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        self.docker()
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some([(crate::TEST_LABEL.to_string(), "1".to_string())].into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create volume {name}: {e}"));
+        self.scope.track_volume(&name);
+        name
+    }
+
+    /// Where a named volume's files are on this host.
+    pub async fn volume_path(&self, name: &str) -> std::path::PathBuf {
+        self.docker()
+            .inspect_volume(name)
+            .await
+            .unwrap_or_else(|e| panic!("inspect volume {name}: {e}"))
+            .mountpoint
+            .into()
+    }
+
     /// A root container with `dir` bind-mounted at /data.
     pub async fn with_data(&self, host: usize, role: &str, dir: &Path) -> String {
         self.container(

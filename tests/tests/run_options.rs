@@ -22,7 +22,7 @@ use fleet_tests::fleet::{
 };
 use fleet_tests::process::{tls_args, workspace_binary};
 use fleet_tests::tree::{Snap, build_tree, snapshot};
-use fleet_tests::{TEST_LABEL, wait_for};
+use fleet_tests::wait_for;
 use serde_json::Value;
 
 /// Short health gates: every test stays within seconds.
@@ -1015,16 +1015,7 @@ async fn a_dry_run_changes_nothing_on_a_full_host_snapshot() {
     build_tree(&data, &s.base.path().join("outside"));
     let web = s.sleeper(1, "web").await;
     let db = s.with_data(1, "db", &data).await;
-    let volume = format!("{}-vol", s.prefix);
-    s.docker()
-        .create_volume(bollard::models::VolumeCreateRequest {
-            name: Some(volume.clone()),
-            labels: Some([(TEST_LABEL.to_string(), "1".to_string())].into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    s.scope.track_volume(&volume);
+    let volume = s.volume("vol").await;
     let queue = s
         .container(
             1,

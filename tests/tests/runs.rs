@@ -102,6 +102,34 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
         }
     }
     let trees_before: Vec<_> = setups.iter().map(|s| snapshot(&s.data)).collect();
+    // On h1 also a store on a named volume whose files root wrote: it
+    // appends to them at every start, so it starts only if they moved too.
+    let volume = fleet.volume("h1-store-data").await;
+    let store = fleet
+        .container(
+            1,
+            "store",
+            ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    binds: Some(vec![format!("{volume}:/data")]),
+                    ..Default::default()
+                }),
+                ..body(
+                    &fleet.image,
+                    &["sh", "-c", "echo started >> /data/log && exec sleep 3600"],
+                )
+            },
+        )
+        .await;
+    let store_before = seen(fleet.docker(), &store).await;
+    let store_data = fleet.volume_path(&volume).await;
+    let store_log = store_data.join("log");
+    fleet_tests::wait_for(
+        "the store's first start",
+        std::time::Duration::from_secs(10),
+        || async { std::fs::metadata(&store_log).ok() },
+    )
+    .await;
 
     // The plan: what each becomes, in runbook order.
     let plan = fleet.ctl(&["plan", "--policy", policy, "-o", "json"]).await;
@@ -185,7 +213,23 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
             downtimes.push(c["downtime_ms"].as_u64().unwrap());
         }
     }
-    assert_eq!(downtimes.len(), 9);
+    let store_now = seen(fleet.docker(), &store).await;
+    assert!(store_now.is_non_root(), "{store_now:?}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&store_log).unwrap();
+        assert_eq!(
+            Some(meta.uid()),
+            store_now.process_uid,
+            "the volume's files moved"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&store_log).unwrap(),
+            "started\nstarted\n",
+            "kept, and written again by the new user"
+        );
+    }
+    assert_eq!(downtimes.len(), 10);
     eprintln!(
         "three-host run: {} ms end to end; downtime per container {:?} ms",
         view["run"]["finished_unix_ms"].as_u64().unwrap()
@@ -221,6 +265,16 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
             &snapshot(&s.data),
             tree_before,
             "ownership and data exactly as before"
+        );
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let store_back = seen(fleet.docker(), &store).await;
+        assert_eq!(store_back.id, store_before.id, "the very same store");
+        assert_eq!(
+            std::fs::metadata(&store_log).unwrap().uid(),
+            0,
+            "root's again"
         );
     }
     for user in users_of(&view) {
