@@ -448,7 +448,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::JournalRequest>,
     ) -> Result<Response<pb::JournalResponse>, Status> {
         caller(&request)?;
-        let records = self.steps.journal(&request.into_inner().run_id)?;
+        let records = self.steps.journal(&request.into_inner().run_id).await?;
         Ok(Response::new(pb::JournalResponse {
             records_json: serde_json::to_string(&records).unwrap_or_default(),
         }))

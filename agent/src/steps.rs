@@ -1110,7 +1110,15 @@ impl StepRunner {
     }
 
     /// The run's records, for the controller and for people.
-    pub fn journal(&self, run: &str) -> Result<Vec<crate::journal::Record>, StepError> {
+    ///
+    /// Waits for a step of the run in flight: a step whose caller went away
+    /// (a controller killed mid-call) still runs to its end here, and a
+    /// reader must never see "never reached the agent" for a step that is
+    /// about to write its intent.
+    pub async fn journal(&self, run: &str) -> Result<Vec<crate::journal::Record>, StepError> {
+        validate_id("run id", run)?;
+        let lock = self.run_lock(run);
+        let _guard = lock.lock().await;
         Ok(RunJournal::open(&self.runs_dir, run, false)?
             .records()
             .to_vec())

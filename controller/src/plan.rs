@@ -365,14 +365,25 @@ pub fn plan_host(
         .iter()
         .map(|c| plan_container(c, host, policy, selection))
         .collect();
-    // A partner left out of the selection would be broken by the move.
+    // A partner left out of the selection would be broken by the move (or
+    // have its files change owner under it).
     for (c, plan) in reports.iter().zip(containers.iter_mut()) {
-        let missing: Vec<&str> = c
+        let left_out = |name: &str| !reports.iter().any(|r| r.name == name);
+        let mut missing: Vec<&str> = c
             .linked
             .iter()
-            .filter(|n| !reports.iter().any(|r| &r.name == *n))
             .map(String::as_str)
+            .filter(|n| left_out(n))
             .collect();
+        missing.extend(
+            report
+                .containers
+                .iter()
+                .filter(|other| left_out(&other.name) && shares_a_mount(c, other))
+                .map(|other| other.name.as_str()),
+        );
+        missing.sort();
+        missing.dedup();
         if !missing.is_empty() && matches!(plan.action, Action::Migrate(_)) {
             plan.action = Action::Refused {
                 reasons: vec![format!(
@@ -465,9 +476,9 @@ fn linked_groups(reports: &[&ContainerReport]) -> Vec<Vec<(usize, usize)>> {
     let depth_of = |i: usize| {
         // Longest chain of `depends_on`, bounded so a cycle cannot loop.
         let mut depth = 0;
-        let mut frontier = vec![i];
+        let mut frontier = std::collections::BTreeSet::from([i]);
         while depth < reports.len() {
-            let deeper: Vec<usize> = frontier
+            let deeper: std::collections::BTreeSet<usize> = frontier
                 .iter()
                 .flat_map(|f| reports[*f].depends_on.iter())
                 .filter_map(|n| index.get(n.as_str()).copied())
@@ -754,6 +765,44 @@ mod tests {
         );
         assert!(matches!(p.containers[0].action, Action::Migrate(_)));
         assert!(matches!(p.containers[1].action, Action::Refused { .. }));
+        // Selecting one of them alone would change the other's files.
+        let (mut a, mut b) = (root("a", "busybox"), root("b", "busybox"));
+        volume(&mut a, "/srv/shared");
+        volume(&mut b, "/srv/shared");
+        let report = HostReport {
+            containers: vec![a, b],
+            ..Default::default()
+        };
+        let only_a = Selection {
+            containers: vec!["a".into()],
+            ..Default::default()
+        };
+        let p = plan_host(&host(), &report, &Policy::default(), &only_a);
+        let Action::Refused { reasons } = &p.containers[0].action else {
+            panic!("{:?}", p.containers[0])
+        };
+        assert!(
+            reasons[0].contains("leaves out") && reasons[0].contains('b'),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_cycle_of_links_is_planned_without_blowing_up() {
+        // a -> b, a -> c, b -> a, c -> a: every level doubles a naive frontier.
+        let mut cs: Vec<ContainerReport> =
+            ["a", "b", "c"].iter().map(|n| root(n, "busybox")).collect();
+        let deps = [("a", vec!["b", "c"]), ("b", vec!["a"]), ("c", vec!["a"])];
+        for (c, (_, to)) in cs.iter_mut().zip(&deps) {
+            c.depends_on = to.iter().map(|s| s.to_string()).collect();
+            c.linked = c.depends_on.clone();
+        }
+        let many: Vec<ContainerReport> = (0..60)
+            .map(|i| root(&format!("x{i:02}"), "busybox"))
+            .chain(cs)
+            .collect();
+        let p = plan(many);
+        assert_eq!(p.containers.len(), 63);
     }
 
     #[test]

@@ -305,24 +305,26 @@ pub async fn prune(pool: &AgentPool, host: &Host, run: &str) -> Result<Value, Ca
 }
 
 /// Retries `attempt` while the agent is unreachable, until it has been
-/// out of reach for `deadline` in a row: a long step whose stream breaks
-/// after an hour still gets its full deadline to be reached again.
+/// out of reach for `deadline` in all: time spent connected (a long step
+/// whose stream breaks after an hour) does not count, so that step still
+/// gets its whole deadline; an agent that accepts and drops every stream
+/// at once still runs out of it.
 pub async fn with_deadline<T, F, Fut>(deadline: Duration, mut attempt: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    let mut unreachable_since = Instant::now();
+    let mut away = Duration::ZERO;
     let mut pause = Duration::from_millis(200);
     loop {
+        let started = Instant::now();
         let result = attempt().await;
-        if matches!(result, Err(CallError::Lost(_))) {
-            unreachable_since = Instant::now();
-            pause = Duration::from_millis(200);
+        if matches!(result, Err(CallError::Unreachable(_))) {
+            away += started.elapsed();
         }
         match result {
             Err(CallError::Unreachable(message) | CallError::Lost(message)) => {
-                if unreachable_since.elapsed() >= deadline {
+                if away >= deadline {
                     return Err(CallError::Unreachable(format!(
                         "{message} (gave up after {} s)",
                         deadline.as_secs()
@@ -330,6 +332,7 @@ where
                 }
                 tracing::warn!(error = %message, "agent unreachable mid-step; retrying the same step");
                 tokio::time::sleep(pause).await;
+                away += pause;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             other => return other,
@@ -377,6 +380,16 @@ mod tests {
         .await;
         assert!(started.elapsed() < Duration::from_millis(800));
         assert!(attempts.load(Ordering::SeqCst) > 1);
+        // An agent that accepts and drops every stream at once runs out too.
+        let attempts = AtomicU32::new(0);
+        let started = Instant::now();
+        let result = with_deadline(deadline, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(CallError::Lost("dropped".into())) }
+        })
+        .await;
+        assert!(matches!(result, Err(CallError::Unreachable(ref m)) if m.contains("gave up")));
+        assert!(started.elapsed() < Duration::from_secs(3));
         // An agent's own error is final at once.
         let attempts = AtomicU32::new(0);
         let result = with_deadline(deadline, || {

@@ -188,6 +188,16 @@ impl RunCtx {
     pub fn update_header(&self, change: impl FnOnce(&mut Run)) -> Result<Run, ControllerError> {
         let mut header = lock(&self.header);
         change(&mut header);
+        // A prune and a rollback run record themselves on this run's record
+        // directly: keep what they wrote.
+        if let Some(stored) = self.store.run(&self.id)? {
+            header.pruned = header.pruned.take().or(stored.pruned);
+            for by in stored.rolled_back_by {
+                if !header.rolled_back_by.contains(&by) {
+                    header.rolled_back_by.push(by);
+                }
+            }
+        }
         self.store.put_run(&header)?;
         Ok(header.clone())
     }

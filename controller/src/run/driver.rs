@@ -385,10 +385,33 @@ async fn reconcile_pass(ctx: &Arc<RunCtx>) -> Result<bool, ControllerError> {
             continue;
         }
         let unit = unit_of(ctx, &key);
-        all &= rollback_unit(ctx, &unit).await?;
+        let back = rollback_unit(ctx, &unit).await?;
+        if back && is_rollback(ctx) {
+            for key in &unit {
+                mark_original_rolled_back(ctx, key)?;
+            }
+        }
+        all &= back;
         done.extend(unit);
     }
     Ok(all && needing_reconcile(ctx).is_empty())
+}
+
+fn is_rollback(ctx: &RunCtx) -> bool {
+    matches!(
+        ctx.with_header(|r| r.kind.clone()),
+        RunKind::Rollback { .. }
+    )
+}
+
+/// What a host whose containers are all back ends as: a rollback run's
+/// host is done; a migration's host was rolled back.
+fn settled(ctx: &RunCtx) -> HostState {
+    if is_rollback(ctx) {
+        HostState::Done
+    } else {
+        HostState::RolledBack
+    }
 }
 
 /// Waits a while for anything needing reconciling (an agent that was away
@@ -411,6 +434,14 @@ async fn finish(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
+    // A rollback run that put everything back in the grace period succeeded.
+    let phase = if phase == RunPhase::CompletedWithFailures && is_rollback(ctx) && stuck.is_empty()
+    {
+        RunPhase::Succeeded
+    } else {
+        phase
+    };
+    let back = settled(ctx);
     let run = ctx.update_header(|r| {
         r.phase = phase;
         r.stopping = None;
@@ -419,7 +450,7 @@ async fn finish(
         r.overhead = ctx.overhead();
         for h in &mut r.hosts {
             if h.state == HostState::NeedsReconcile && !h.containers.iter().any(|k| stuck.contains(k)) {
-                h.state = HostState::RolledBack;
+                h.state = back;
             }
             // A run that ends leaves no host running.
             if h.state == HostState::Running {
@@ -465,9 +496,15 @@ async fn finish(
 /// keeps trying (backing off to a minute, across controller restarts, as
 /// the records say) until every one is back, then says so in the run and
 /// the audit log. They stay held against other runs meanwhile.
-pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
-    if needing_reconcile(&ctx).is_empty() {
-        return;
+/// Returns whether nothing is left stuck (false: stopped by shutdown or a
+/// store error; a restart takes over).
+pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) -> bool {
+    // Hosts still marked stuck with no stuck container: a crash came
+    // between the last put-back and its record.
+    let hosts_stuck =
+        ctx.with_header(|r| r.hosts.iter().any(|h| h.state == HostState::NeedsReconcile));
+    if needing_reconcile(&ctx).is_empty() && !hosts_stuck {
+        return true;
     }
     let mut pause = Duration::from_secs(2);
     loop {
@@ -476,21 +513,26 @@ pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(run = %ctx.id, error = %e, "reconciling stopped on a store error; it resumes when the controller restarts");
-                return;
+                return false;
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(60));
     }
+    let back = settled(&ctx);
+    let rollback = is_rollback(&ctx);
     let result = ctx
         .update_header(|r| {
             for h in &mut r.hosts {
                 if h.state == HostState::NeedsReconcile {
-                    h.state = HostState::RolledBack;
+                    h.state = back;
                 }
+            }
+            if rollback && r.phase == RunPhase::CompletedWithFailures {
+                r.phase = RunPhase::Succeeded;
             }
             r.note = Some(format!(
                 "{}; since reconciled: every container is back as it was",
@@ -511,6 +553,7 @@ pub async fn reconcile(ctx: Arc<RunCtx>, shutdown: CancellationToken) {
     if let Err(e) = result {
         tracing::error!(run = %ctx.id, error = %e, "recording a reconciliation failed");
     }
+    true
 }
 
 /// A rollback run: every host at once (bounded by max-parallel), no canary;

@@ -95,7 +95,11 @@ impl Runs {
             if run.phase.is_terminal() {
                 let stuck = containers
                     .iter()
-                    .any(|c| c.state == ContainerState::NeedsReconcile);
+                    .any(|c| c.state == ContainerState::NeedsReconcile)
+                    || run
+                        .hosts
+                        .iter()
+                        .any(|h| h.state == HostState::NeedsReconcile);
                 if stuck {
                     tracing::info!(run = %run.id, "a finished run still has containers to put back: reconciling");
                     let ctx = self.adopt(run, containers)?;
@@ -140,8 +144,9 @@ impl Runs {
             if !ctx.header().phase.is_terminal() {
                 return;
             }
-            driver::reconcile(ctx.clone(), shutdown.clone()).await;
-            if !shutdown.is_cancelled() {
+            let settled = driver::reconcile(ctx.clone(), shutdown.clone()).await;
+            // What is still stuck (a store error) stays held until a restart.
+            if settled {
                 lock(&runs.live).remove(&ctx.id);
             }
         });
@@ -484,7 +489,7 @@ impl Runs {
             )));
         }
         let _gate = lock(&self.gate);
-        if lock(&self.pruning).contains(id) {
+        if lock(&self.pruning).contains(id) || self.find(id)?.pruned.is_some() {
             return Err(ControllerError::FailedPrecondition(format!(
                 "run {id} is being pruned: its checkpoints are going away"
             )));
@@ -579,6 +584,20 @@ impl Runs {
             if let Some(rollback) = rolling_back {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "run {id} is being rolled back by run {rollback}; prune it after that finishes"
+                )));
+            }
+            // Its checkpoints are what puts a stuck container back.
+            let stuck = lock(&self.live).values().find_map(|ctx| {
+                (ctx.agent_run == id
+                    && ctx
+                        .containers()
+                        .iter()
+                        .any(|c| c.state == ContainerState::NeedsReconcile))
+                .then(|| ctx.id.clone())
+            });
+            if let Some(holder) = stuck {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "run {holder} has not put every container of run {id} back yet (its agent was away); prune after it has (`fleetctl runs show {holder}`)"
                 )));
             }
             if !lock(&self.pruning).insert(id.to_string()) {

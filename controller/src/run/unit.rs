@@ -154,6 +154,13 @@ pub async fn migrate_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<Outcome,
         }
     }
     for (key, _) in &members {
+        // Resumed after a crash in this very loop: say it once.
+        if ctx
+            .container(key)
+            .is_some_and(|c| c.state == ContainerState::Migrated)
+        {
+            continue;
+        }
         let mut result = String::new();
         let c = ctx.update_container(key, |c| {
             c.state = ContainerState::Migrated;
