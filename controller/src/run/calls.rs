@@ -23,7 +23,7 @@ pub enum CallError {
     /// acted; the same call again is safe.
     Unreachable(String),
     /// The agent had answered, then the stream broke: as `Unreachable`, but
-    /// the agent was there until now (the deadline counts from here).
+    /// the time it was connected does not count against the deadline.
     Lost(String),
     /// The agent answered with an error: the step did not happen (or was
     /// put back by the agent).
@@ -346,7 +346,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
-    async fn the_deadline_counts_from_the_last_contact_not_the_first_attempt() {
+    async fn the_deadline_counts_only_the_time_out_of_reach() {
         // The first attempt streams for longer than the deadline, then the
         // stream breaks; the agent stays away after that.
         let attempts = AtomicU32::new(0);

@@ -16,7 +16,7 @@ use crate::run::ctx::{Draft, RunCtx, now_ms};
 use crate::run::model::{
     ContainerState, Control, EventKind, HostState, OnFailure, RunKind, RunPhase,
 };
-use crate::run::unit::{Outcome, migrate_unit, rollback_unit, touched, unit_of, units};
+use crate::run::unit::{Outcome, migrate_unit, rollback_unit, unit_of, units};
 use crate::store::LogEntry;
 
 /// Runs (or resumes) `ctx` until it ends, pauses, or the controller stops.
@@ -290,13 +290,9 @@ async fn rollback_host(ctx: &Arc<RunCtx>, host: &str) -> Result<(), ControllerEr
         .map(|h| h.containers)
         .unwrap_or_default();
     let mut clean = true;
+    // Units the run never touched are left as they are by rollback_unit.
     for unit in units(ctx, &keys).iter().rev() {
-        let needs = unit
-            .iter()
-            .any(|k| ctx.container(k).is_some_and(|c| touched(c.state)));
-        if needs {
-            clean &= rollback_unit(ctx, unit).await?;
-        }
+        clean &= rollback_unit(ctx, unit).await?;
     }
     ctx.update_header(|r| {
         if let Some(h) = r.host_mut(host) {
@@ -587,19 +583,10 @@ async fn drive_rollback(
                 })?;
                 let mut clean = true;
                 for unit in units(&ctx, &host.containers).iter().rev() {
-                    let states: Vec<ContainerState> = unit
-                        .iter()
-                        .filter_map(|k| ctx.container(k).map(|c| c.state))
-                        .collect();
-                    // Repeatable: a crash may have come between the rollback
-                    // and the original run's record of it.
-                    let ok = if states.iter().all(|s| {
-                        matches!(s, ContainerState::RolledBack | ContainerState::NotMigrated)
-                    }) {
-                        true
-                    } else {
-                        rollback_unit(&ctx, unit).await?
-                    };
+                    // A unit already back (a crash came between its rollback
+                    // and the original run's record of it) is left as it is,
+                    // and recorded again.
+                    let ok = rollback_unit(&ctx, unit).await?;
                     clean &= ok;
                     if ok {
                         for key in unit {

@@ -345,7 +345,7 @@ async fn run_step(
 
 /// Whether a container's record says the run touched it and it is not
 /// yet back: the states a rollback acts on.
-pub fn touched(state: ContainerState) -> bool {
+fn touched(state: ContainerState) -> bool {
     matches!(
         state,
         ContainerState::Migrated
