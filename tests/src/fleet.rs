@@ -164,15 +164,22 @@ impl TestFleet {
 
     /// A root container with `dir` bind-mounted at /data.
     pub async fn with_data(&self, host: usize, role: &str, dir: &Path) -> String {
+        self.mounting(host, role, &dir.display().to_string(), &["sleep", "3600"])
+            .await
+    }
+
+    /// A root container running `cmd` with `source` (a host directory or a
+    /// named volume) at /data.
+    pub async fn mounting(&self, host: usize, role: &str, source: &str, cmd: &[&str]) -> String {
         self.container(
             host,
             role,
             ContainerCreateBody {
                 host_config: Some(HostConfig {
-                    binds: Some(vec![format!("{}:/data", dir.display())]),
+                    binds: Some(vec![format!("{source}:/data")]),
                     ..Default::default()
                 }),
-                ..body(&self.image, &["sleep", "3600"])
+                ..body(&self.image, cmd)
             },
         )
         .await

@@ -12,10 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
 use fleet_agent::container::Api;
 use fleet_agent::engine::{Engine, EngineChoice};
-use fleet_tests::engine::{body, engine_socket};
+use fleet_tests::engine::engine_socket;
 use fleet_tests::fleet::{
     HOST_LABEL, Seen, TestFleet, UsersCleanup, lock_accounts, root_only, run_containers, seen,
     user_exists, users_of, write_policy,
@@ -1017,19 +1016,11 @@ async fn a_dry_run_changes_nothing_on_a_full_host_snapshot() {
     let db = s.with_data(1, "db", &data).await;
     let volume = s.volume("vol").await;
     let queue = s
-        .container(
+        .mounting(
             1,
             "queue",
-            ContainerCreateBody {
-                host_config: Some(HostConfig {
-                    binds: Some(vec![format!("{volume}:/data")]),
-                    ..Default::default()
-                }),
-                ..body(
-                    &s.image,
-                    &["sh", "-c", "echo m > /data/msg; exec sleep 3600"],
-                )
-            },
+            &volume,
+            &["sh", "-c", "echo m > /data/msg; exec sleep 3600"],
         )
         .await;
     let mon = s.sleeper(1, "mon").await;

@@ -106,19 +106,11 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
     // appends to them at every start, so it starts only if they moved too.
     let volume = fleet.volume("h1-store-data").await;
     let store = fleet
-        .container(
+        .mounting(
             1,
             "store",
-            ContainerCreateBody {
-                host_config: Some(HostConfig {
-                    binds: Some(vec![format!("{volume}:/data")]),
-                    ..Default::default()
-                }),
-                ..body(
-                    &fleet.image,
-                    &["sh", "-c", "echo started >> /data/log && exec sleep 3600"],
-                )
-            },
+            &volume,
+            &["sh", "-c", "echo started >> /data/log && exec sleep 3600"],
         )
         .await;
     let store_before = seen(fleet.docker(), &store).await;
