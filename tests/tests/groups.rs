@@ -263,3 +263,85 @@ async fn a_failing_member_puts_the_whole_group_back() {
         assert!(!known.status.success(), "{user} removed");
     }
 }
+
+/// DESIGN invariant 2 for a group: the controller is killed in the middle
+/// of the group — after the joined container's recreate, before its
+/// dependents'; and, in a group whose sidecar fails, after the first undo's
+/// intent. Restarted, each run ends whole: every member migrated (joined to
+/// the new partner), or every member exactly as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_mid_group_ends_with_the_whole_group_on_one_side() {
+    use fleet_tests::cli::fleetctl;
+    use fleet_tests::process::{free_port, spawn_controller, wait_died};
+    const SIGABRT: i32 = 6;
+    let root_only = [
+        "sh",
+        "-c",
+        "[ \"$(id -u)\" = 0 ] && exec sleep 3600; exit 3",
+    ];
+    for (point, side_cmd) in [
+        ("controller:after-done:recreate", &["sleep", "3600"][..]),
+        ("controller:after-undo-intent:recreate", &root_only[..]),
+    ] {
+        let (fleet, base, policy) = start().await;
+        let data = base.path().join("data");
+        build_tree(&data, &base.path().join("outside"));
+        let g = group(&fleet, &data, side_cmd).await;
+        let before = g.seen(&fleet).await;
+        let tree_before = snapshot(&data);
+        let tls = fleet.pki.files("controller");
+        let state = base.path().join("controller");
+        let port = free_port();
+        let hosts = [("h1", fleet.agents[0].address.as_str())];
+        let mut crashing = spawn_controller(&tls, &state, port, &hosts, Some(point));
+        let started = fleetctl(
+            &crashing.address,
+            &fleet.operator,
+            &[
+                "migrate", "--policy", &policy, "--yes", "--detach", "-o", "json",
+            ],
+        )
+        .await;
+        assert_eq!(started.code, 0, "{point}: {started:?}");
+        let run = started.json()["run"]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            wait_died(&mut crashing.child, std::time::Duration::from_secs(90)),
+            Some(SIGABRT),
+            "{point}: the controller aborted mid-group"
+        );
+        drop(crashing);
+        let restarted = spawn_controller(&tls, &state, port, &hosts, None);
+        let watched = fleetctl(
+            &restarted.address,
+            &fleet.operator,
+            &["runs", "watch", &run, "-o", "json"],
+        )
+        .await;
+        let view = watched.json();
+        let _users = UsersCleanup(users_of(&view));
+        let states: Vec<String> = states(&view).into_iter().map(|(_, s)| s).collect();
+        if side_cmd == ["sleep", "3600"] {
+            assert_eq!(watched.code, 0, "{point}: {view}");
+            assert!(states.iter().all(|s| s == "migrated"), "{point}: {view}");
+            for member in g.seen(&fleet).await {
+                assert!(member.is_non_root(), "{point}: {member:?}");
+            }
+            let new_net = id_of(&fleet, &g.net).await;
+            assert_eq!(
+                network_mode(&fleet, &g.side).await,
+                format!("container:{new_net}"),
+                "{point}: the sidecar joined the new net"
+            );
+        } else {
+            assert_eq!(watched.code, 6, "{point}: {view}");
+            assert!(states.iter().all(|s| s == "rolled-back"), "{point}: {view}");
+            assert_eq!(g.seen(&fleet).await, before, "{point}: exactly as before");
+            assert_eq!(snapshot(&data), tree_before, "{point}");
+        }
+        assert_eq!(
+            net_ns(&fleet, &g.side).await,
+            net_ns(&fleet, &g.net).await,
+            "{point}: the sidecar shares net's namespace"
+        );
+    }
+}
