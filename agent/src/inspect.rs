@@ -251,6 +251,8 @@ impl Inspector {
             containers,
             warnings,
             inspected_at_unix_ms: fleet_core::now_ms(),
+            host_users: Vec::new(),
+            host_groups: Vec::new(),
         })
     }
 
@@ -414,6 +416,8 @@ impl Inspector {
             depends_on: Vec::new(),
             auto_remove: doc.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true),
             stop_timeout_secs: config.stop_timeout.unwrap_or(10),
+            exposed_ports: exposed_ports(&config),
+            runtime_dirs: Vec::new(),
             id,
         }
     }
@@ -696,4 +700,11 @@ async fn read_archive_entry(
         }
     }
     Ok(None)
+}
+
+/// `Config.ExposedPorts` (`6379/tcp`, ...), sorted.
+fn exposed_ports(config: &bollard::models::ContainerConfig) -> Vec<String> {
+    let mut ports = config.exposed_ports.clone().unwrap_or_default();
+    ports.sort();
+    ports
 }

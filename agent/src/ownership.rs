@@ -97,6 +97,9 @@ pub fn summarize(root: &Path, bounds: WalkBounds) -> OwnershipSummary {
         bound_hit,
         error: None,
         skipped: false,
+        root_changing: 0,
+        left_alone: Vec::new(),
+        left_alone_count: 0,
     }
 }
 

@@ -15,6 +15,19 @@ pub struct HostReport {
     /// Problems that did not stop the inspection (a container that vanished, ...).
     pub warnings: Vec<String>,
     pub inspected_at_unix_ms: u64,
+    /// The host's own accounts and groups (its /etc/passwd and /etc/group):
+    /// a target id that already belongs to one is someone else's id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_users: Vec<HostAccount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_groups: Vec<HostAccount>,
+}
+
+/// An account or group of the host, by name and numeric id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAccount {
+    pub name: String,
+    pub id: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +95,38 @@ pub struct ContainerReport {
     pub auto_remove: bool,
     #[serde(default)]
     pub stop_timeout_secs: i64,
+    /// `Config.ExposedPorts`, e.g. `6379/tcp`: with the image, what kind of
+    /// service this is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+    /// Directories outside the mounts, in the writable layer, that the
+    /// container's processes own or write (runtime, lock and socket
+    /// directories): a recreate starts from the image, where they are not
+    /// theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_dirs: Vec<RuntimeDir>,
+}
+
+/// A directory the container's processes own or write outside its mounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeDir {
+    /// The path inside the container.
+    pub path: String,
+    /// Its owner and mode in the container now.
+    pub now: FileOwner,
+    /// Its owner and mode in the image the recreated container starts
+    /// from; `None` when the image does not have it.
+    pub image: Option<FileOwner>,
+    /// Why it counts: "owned by uid 999", "written (3 entries)".
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (07777).
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +294,17 @@ pub struct OwnershipSummary {
     pub error: Option<String>,
     /// True when the caller asked not to walk.
     pub skipped: bool,
+    /// Entries owned by uid 0 or gid 0 that a remap of root's ids would
+    /// change (device nodes and hard links with names outside the tree
+    /// excluded: a remap leaves those alone).
+    #[serde(default)]
+    pub root_changing: u64,
+    /// What a remap would leave alone, by path and why (at most 20), and
+    /// how many in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
+    #[serde(default)]
+    pub left_alone_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

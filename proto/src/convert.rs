@@ -25,6 +25,8 @@ impl From<domain::HostReport> for pb::HostReport {
             warnings: r.warnings,
             inspected_at_unix_ms: r.inspected_at_unix_ms,
             hostname: r.hostname,
+            host_users: r.host_users.into_iter().map(Into::into).collect(),
+            host_groups: r.host_groups.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -37,6 +39,68 @@ impl From<pb::HostReport> for domain::HostReport {
             containers: r.containers.into_iter().map(Into::into).collect(),
             warnings: r.warnings,
             inspected_at_unix_ms: r.inspected_at_unix_ms,
+            host_users: r.host_users.into_iter().map(Into::into).collect(),
+            host_groups: r.host_groups.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<domain::HostAccount> for pb::HostAccount {
+    fn from(a: domain::HostAccount) -> Self {
+        pb::HostAccount {
+            name: a.name,
+            id: a.id,
+        }
+    }
+}
+
+impl From<pb::HostAccount> for domain::HostAccount {
+    fn from(a: pb::HostAccount) -> Self {
+        domain::HostAccount {
+            name: a.name,
+            id: a.id,
+        }
+    }
+}
+
+impl From<domain::FileOwner> for pb::FileOwner {
+    fn from(o: domain::FileOwner) -> Self {
+        pb::FileOwner {
+            uid: o.uid,
+            gid: o.gid,
+            mode: o.mode,
+        }
+    }
+}
+
+impl From<pb::FileOwner> for domain::FileOwner {
+    fn from(o: pb::FileOwner) -> Self {
+        domain::FileOwner {
+            uid: o.uid,
+            gid: o.gid,
+            mode: o.mode,
+        }
+    }
+}
+
+impl From<domain::RuntimeDir> for pb::RuntimeDir {
+    fn from(d: domain::RuntimeDir) -> Self {
+        pb::RuntimeDir {
+            path: d.path,
+            now: Some(d.now.into()),
+            image: d.image.map(Into::into),
+            why: d.why,
+        }
+    }
+}
+
+impl From<pb::RuntimeDir> for domain::RuntimeDir {
+    fn from(d: pb::RuntimeDir) -> Self {
+        domain::RuntimeDir {
+            path: d.path,
+            now: d.now.map(Into::into).unwrap_or_default(),
+            image: d.image.map(Into::into),
+            why: d.why,
         }
     }
 }
@@ -100,6 +164,8 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             depends_on: c.depends_on,
             auto_remove: c.auto_remove,
             stop_timeout_secs: c.stop_timeout_secs,
+            exposed_ports: c.exposed_ports,
+            runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -133,6 +199,8 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             depends_on: c.depends_on,
             auto_remove: c.auto_remove,
             stop_timeout_secs: c.stop_timeout_secs,
+            exposed_ports: c.exposed_ports,
+            runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -329,6 +397,9 @@ impl From<domain::OwnershipSummary> for pb::OwnershipSummary {
                 .unwrap_or_default(),
             error: o.error.unwrap_or_default(),
             skipped: o.skipped,
+            root_changing: o.root_changing,
+            left_alone: o.left_alone,
+            left_alone_count: o.left_alone_count,
         }
     }
 }
@@ -354,6 +425,9 @@ impl From<pb::OwnershipSummary> for domain::OwnershipSummary {
             },
             error: non_empty(o.error),
             skipped: o.skipped,
+            root_changing: o.root_changing,
+            left_alone: o.left_alone,
+            left_alone_count: o.left_alone_count,
         }
     }
 }
@@ -410,16 +484,49 @@ mod tests {
                         }],
                         entries: 3,
                         bound_hit: Some(domain::WalkBound::Time),
+                        root_changing: 2,
+                        left_alone: vec!["dev/null (a device node)".into()],
+                        left_alone_count: 1,
                         ..Default::default()
                     },
                     ..Default::default()
                 }],
                 compose_project: Some("shop".into()),
                 pod: None,
+                exposed_ports: vec!["5432/tcp".into()],
+                runtime_dirs: vec![
+                    domain::RuntimeDir {
+                        path: "/run/postgresql".into(),
+                        now: domain::FileOwner {
+                            uid: 999,
+                            gid: 999,
+                            mode: 0o2775,
+                        },
+                        image: Some(domain::FileOwner {
+                            uid: 0,
+                            gid: 0,
+                            mode: 0o755,
+                        }),
+                        why: "owned by uid 999".into(),
+                    },
+                    domain::RuntimeDir {
+                        path: "/tmp/pg".into(),
+                        image: None,
+                        ..Default::default()
+                    },
+                ],
                 ..Default::default()
             }],
             warnings: vec!["x vanished".into()],
             inspected_at_unix_ms: 42,
+            host_users: vec![domain::HostAccount {
+                name: "systemd-network".into(),
+                id: 998,
+            }],
+            host_groups: vec![domain::HostAccount {
+                name: "systemd-journal".into(),
+                id: 999,
+            }],
         };
         let wire: pb::HostReport = report.clone().into();
         let back: domain::HostReport = wire.into();

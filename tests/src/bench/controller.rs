@@ -181,6 +181,7 @@ impl Agent for SimulatedAgent {
             warnings: Vec::new(),
             inspected_at_unix_ms: now_ms(),
             hostname: self.host.clone(),
+            ..Default::default()
         }))
     }
 
