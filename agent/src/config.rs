@@ -54,6 +54,7 @@ pub struct AgentFile {
     pub user_uid_min: Option<u32>,
     pub user_uid_max: Option<u32>,
     pub user_home_root: Option<PathBuf>,
+    pub user_id_record: Option<PathBuf>,
     pub scope_label: Option<String>,
 }
 
@@ -161,6 +162,7 @@ impl AgentFlags {
                         }
                     },
                     home_root: file.user_home_root.unwrap_or(defaults.home_root.clone()),
+                    id_record: file.user_id_record,
                     ..defaults
                 }
             },

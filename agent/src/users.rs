@@ -12,6 +12,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id_record::{self, Allocated, Allocation};
+
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error("invalid user name '{name}': {reason}")]
@@ -19,7 +21,7 @@ pub enum UserError {
     #[error("{0}")]
     Conflict(String),
     #[error(
-        "no free id left in the range {0}-{1}: widen user_uid_min/user_uid_max in the agent's config"
+        "no free id left in the range {0}-{1} (ids held by an account or group, or given by fleet before, are never reused): widen user_uid_min/user_uid_max in the agent's config"
     )]
     RangeExhausted(u32, u32),
     #[error("`{command}` failed: {output}")]
@@ -43,6 +45,17 @@ pub struct UserSettings {
     pub group: PathBuf,
     pub subuid: PathBuf,
     pub subgid: PathBuf,
+    /// The record of every id fleet ever allocated on this host
+    /// (`id_record`); beside the passwd file when unset.
+    pub id_record: Option<PathBuf>,
+}
+
+impl UserSettings {
+    pub fn id_record_path(&self) -> PathBuf {
+        self.id_record
+            .clone()
+            .unwrap_or_else(|| self.passwd.with_file_name(".fleet-allocated-ids"))
+    }
 }
 
 impl Default for UserSettings {
@@ -56,6 +69,7 @@ impl Default for UserSettings {
             group: "/etc/group".into(),
             subuid: "/etc/subuid".into(),
             subgid: "/etc/subgid".into(),
+            id_record: None,
         }
     }
 }
@@ -155,12 +169,13 @@ fn subordinate_ranges(path: &Path) -> Vec<(String, u32, u32)> {
 }
 
 /// The first `count` ids at or above `base` that overlap no existing range
-/// in either file.
-fn free_subordinate_range(settings: &UserSettings) -> (u32, u32) {
+/// in either file, nor any range fleet ever gave.
+fn free_subordinate_range(settings: &UserSettings, given: &Allocated) -> (u32, u32) {
     let mut taken: Vec<(u32, u32)> = subordinate_ranges(&settings.subuid)
         .into_iter()
         .chain(subordinate_ranges(&settings.subgid))
         .map(|(_, s, e)| (s, e))
+        .chain(given.ranges.iter().copied())
         .collect();
     taken.sort();
     let mut start = settings.subid_base;
@@ -241,6 +256,8 @@ pub fn ensure_user(
     let _lock = lock_accounts(settings)?;
     let users = read_accounts(&settings.passwd)?;
     let groups = read_accounts(&settings.group)?;
+    let record = settings.id_record_path();
+    let given = id_record::read(&record)?;
     let name = request.name.as_str();
     let home = settings.home_root.join(name);
     let mut outcome = UserOutcome {
@@ -284,12 +301,19 @@ pub fn ensure_user(
     } else {
         let (uid, gid) = match (request.uid, request.gid) {
             (Some(uid), gid) => (uid, gid.unwrap_or(uid)),
-            (None, Some(gid)) => (allocate(&users, &groups, settings)?, gid),
+            (None, Some(gid)) => (allocate(&users, &groups, &given, settings)?, gid),
             (None, None) => {
-                let id = allocate(&users, &groups, settings)?;
+                let id = allocate(&users, &groups, &given, settings)?;
                 (id, id)
             }
         };
+        for (what, id, asked) in [("uid", uid, request.uid), ("gid", gid, request.gid)] {
+            if asked.is_some() && given.contains(id) {
+                outcome.notes.push(format!(
+                    "{what} {id} was given by fleet to an earlier account on this host; used again because the policy names it"
+                ));
+            }
+        }
         if uid == 0 || gid == 0 {
             return Err(UserError::Conflict(
                 "a service user never gets uid or gid 0".into(),
@@ -316,9 +340,13 @@ pub fn ensure_user(
                         g.id
                     )));
                 }
+                record_ids(&record, name, uid, gid)?;
                 run("groupadd", &["--system", "--gid", &gid.to_string(), name])?;
                 outcome.created_group = true;
             }
+        }
+        if !outcome.created_group {
+            record_ids(&record, name, uid, gid)?;
         }
         let created = run(
             "useradd",
@@ -382,7 +410,16 @@ pub fn ensure_user(
                 .notes
                 .push(format!("'{name}' already has subordinate id ranges"));
         } else {
-            let (start, end) = free_subordinate_range(settings);
+            let (start, end) = free_subordinate_range(settings, &given);
+            id_record::append(
+                &record,
+                &Allocation::Subordinate {
+                    name: name.to_string(),
+                    start,
+                    end,
+                    unix_ms: fleet_core::now_ms(),
+                },
+            )?;
             let range = format!("{start}-{end}");
             run(
                 "usermod",
@@ -407,15 +444,35 @@ pub fn ensure_user(
     Ok(outcome)
 }
 
+/// The first id of the range that no account or group holds and fleet
+/// never gave before.
 fn allocate(
     users: &[Account],
     groups: &[Account],
+    given: &Allocated,
     settings: &UserSettings,
 ) -> Result<u32, UserError> {
     let (low, high) = settings.uid_range;
     (low..=high)
-        .find(|id| !users.iter().any(|u| u.id == *id) && !groups.iter().any(|g| g.id == *id))
+        .find(|id| {
+            !users.iter().any(|u| u.id == *id)
+                && !groups.iter().any(|g| g.id == *id)
+                && !given.contains(*id)
+        })
         .ok_or(UserError::RangeExhausted(low, high))
+}
+
+/// Records the ids of an account about to be created (synced first).
+fn record_ids(record: &Path, name: &str, uid: u32, gid: u32) -> Result<(), UserError> {
+    id_record::append(
+        record,
+        &Allocation::Ids {
+            name: name.to_string(),
+            uid,
+            gid,
+            unix_ms: fleet_core::now_ms(),
+        },
+    )
 }
 
 /// Removes exactly what `outcome` says was created.
@@ -499,8 +556,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            free_subordinate_range(&settings),
+            free_subordinate_range(&settings, &Allocated::default()),
             (1165536, 1165536 + 65535)
+        );
+        // A range fleet gave before is never given again, even once its
+        // owner's lines are gone from both files.
+        let given = Allocated {
+            ranges: vec![(1165536, 1165536 + 65535)],
+            ..Default::default()
+        };
+        assert_eq!(
+            free_subordinate_range(&settings, &given),
+            (1231072, 1231072 + 65535)
         );
     }
 }

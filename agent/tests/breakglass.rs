@@ -18,6 +18,7 @@ async fn the_agent_binary_rolls_a_run_back_on_its_own() {
     let users = UserSettings {
         home_root: homes.path().to_path_buf(),
         uid_range: (61600, 61699),
+        id_record: Some(homes.path().join(".allocated-ids")),
         ..Default::default()
     };
     let config = fleet_agent::AgentConfig {

@@ -32,10 +32,13 @@ impl Drop for Cleanup {
     }
 }
 
+/// Homes under `home`, and a record of allocated ids of the test's own
+/// (the host's record beside /etc/passwd would fill up over test runs).
 fn settings(home: &std::path::Path) -> UserSettings {
     UserSettings {
         home_root: home.to_path_buf(),
         uid_range: (61500, 61599),
+        id_record: Some(home.join(".allocated-ids")),
         ..Default::default()
     }
 }
@@ -220,4 +223,69 @@ fn concurrent_creations_never_share_an_id() {
     for name in &names {
         assert!(!exists(name) && !group_exists(name), "{name} left behind");
     }
+}
+
+/// A rollback removes the account it made; files the service wrote may
+/// still carry its ids. The next account never gets them, even from an
+/// agent that starts afresh, and the record says who had them.
+#[test]
+fn an_id_fleet_gave_once_is_never_given_again() {
+    let _cleanup = [
+        Cleanup("svc-fleet-test-r1".into()),
+        Cleanup("svc-fleet-test-r2".into()),
+        Cleanup("svc-fleet-test-r3".into()),
+    ];
+    let home = tempfile::tempdir().unwrap();
+    let settings = UserSettings {
+        uid_range: (61700, 61799),
+        ..settings(home.path())
+    };
+    let request = |name: &str, rootless: bool| UserRequest {
+        name: name.into(),
+        uid: None,
+        gid: None,
+        rootless,
+    };
+    let first = ensure_user(&request("svc-fleet-test-r1", true), &settings).unwrap();
+    undo_user(&first, &settings).unwrap();
+    assert!(!exists("svc-fleet-test-r1"));
+    // The same settings again, as a restarted (or reinstalled) agent reads them.
+    let settings = settings.clone();
+    let second = ensure_user(&request("svc-fleet-test-r2", true), &settings).unwrap();
+    assert_ne!(
+        second.uid, first.uid,
+        "a removed account's uid was handed out again"
+    );
+    assert_ne!(second.gid, first.gid);
+    let (a, b) = (first.subuids.unwrap(), second.subuids.unwrap());
+    assert!(
+        b.0 > a.1 || b.1 < a.0,
+        "subordinate ranges overlap: {a:?} {b:?}"
+    );
+    let record = std::fs::read_to_string(settings.id_record_path()).unwrap();
+    assert!(
+        record.contains("svc-fleet-test-r1") && record.contains(&first.uid.to_string()),
+        "{record}"
+    );
+    // An explicit id the policy names is honoured, with a note.
+    undo_user(&second, &settings).unwrap();
+    let explicit = ensure_user(
+        &UserRequest {
+            uid: Some(first.uid),
+            gid: Some(first.gid),
+            ..request("svc-fleet-test-r3", false)
+        },
+        &settings,
+    )
+    .unwrap();
+    assert_eq!(explicit.uid, first.uid);
+    assert!(
+        explicit
+            .notes
+            .iter()
+            .any(|n| n.contains("given by fleet to an earlier account")),
+        "{:?}",
+        explicit.notes
+    );
+    undo_user(&explicit, &settings).unwrap();
 }

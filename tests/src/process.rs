@@ -160,7 +160,17 @@ pub fn spawn_agent(
 ) -> AgentProcess {
     std::fs::create_dir_all(state_dir).expect("state dir");
     let config_path = state_dir.join("agent.toml");
-    std::fs::write(&config_path, format!("scope_label = \"{scope}\"\n")).expect("config");
+    // Restarts of this agent share its record of allocated ids, as a host's
+    // agents do; it stays out of /etc so test runs never use the range up.
+    let ids = state_dir.join("allocated-ids");
+    std::fs::write(
+        &config_path,
+        format!(
+            "scope_label = \"{scope}\"\nuser_id_record = \"{}\"\n",
+            ids.display()
+        ),
+    )
+    .expect("config");
     let address = format!("127.0.0.1:{port}");
     let mut command = Command::new(workspace_binary("fleet-agent"));
     command.arg("serve").arg("--config").arg(&config_path);

@@ -62,9 +62,19 @@ pub fn agent_config(tls: TlsFiles, options: &AgentOptions, state_dir: PathBuf) -
         inspect_cache: options.inspect_cache,
         // Tests change files between audits: never serve an old summary.
         ownership_cache_ttl: Duration::ZERO,
-        users: Default::default(),
+        users: fleet_agent::users::UserSettings {
+            id_record: Some(test_id_record()),
+            ..Default::default()
+        },
         scope: options.scope.clone(),
     }
+}
+
+/// The record of allocated ids every in-process agent of this test process
+/// shares (as the agents of one host share theirs), kept out of
+/// `/etc/.fleet-allocated-ids` so test runs never use up the id range.
+pub fn test_id_record() -> PathBuf {
+    std::env::temp_dir().join(format!("fleet-test-ids-{}", std::process::id()))
 }
 
 pub async fn start_agent(tls: TlsFiles, options: AgentOptions) -> RunningAgent {
