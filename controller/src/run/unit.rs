@@ -528,6 +528,8 @@ mod tests {
                     changing: 0,
                     bytes: 0,
                     partial: false,
+                    left_alone: Vec::new(),
+                    left_alone_count: 0,
                 }]
             } else {
                 Vec::new()
@@ -539,6 +541,9 @@ mod tests {
             deadline_secs: 0,
             retention_days: 0,
             expected_downtime_ms: 0,
+            host_id_collisions: Vec::new(),
+            instead_of: None,
+            runtime_dirs: Vec::new(),
         }
     }
 
