@@ -627,7 +627,8 @@ async fn compose_labels_are_reported_and_outputs_and_gates_work() {
         "{line}"
     );
     assert!(
-        table.stdout.contains("containers (") && table.stdout.contains("run as root on 1 host"),
+        table.stdout.contains("containers (")
+            && table.stdout.contains("run as root on 1 of 1 audited host"),
         "{}",
         table.stdout
     );

@@ -115,7 +115,7 @@ async fn broken_hosts_are_reported_and_the_others_still_audited() {
     assert_eq!(out.code, 4, "{out:?}");
     assert!(
         out.stdout
-            .contains("1 of 1 hosts not audited: closed (unreachable)"),
+            .contains("1 of 1 host not audited: closed (unreachable)"),
         "{}",
         out.stdout
     );
