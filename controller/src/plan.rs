@@ -214,9 +214,10 @@ fn migration(
                 )]);
             }
             OnHostIdCollision::Dedicated => {
-                let ids = uid
-                    .zip(gid)
-                    .map_or(String::new(), |(u, g)| format!(" ({u}:{g})"));
+                let ids = match uid.zip(gid) {
+                    Some((u, g)) if strategy != format!("{u}:{g}") => format!(" ({u}:{g})"),
+                    _ => String::new(),
+                };
                 instead_of = Some(format!(
                     "{strategy}{ids}: {found} (on_host_id_collision = \"dedicated\")"
                 ));

@@ -248,3 +248,31 @@ async fn missing_certificate_files_are_named() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_with_a_syntax_error_is_called_a_policy_and_says_what_was_expected() {
+    let pki = TestPki::new();
+    let controller = start_controller(pki.files("controller"), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\nmin_healthy_secs = 5\n\n[[rule]]\nimage = \"postgres:*\"\nstrategy = image-user\n",
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    for args in [
+        vec!["plan", "--policy", policy.as_str()],
+        vec!["migrate", "--policy", policy.as_str(), "--yes"],
+    ] {
+        let out = fleetctl(&controller.address, &pki.files("alice"), &args).await;
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(
+            out.error.unwrap(),
+            format!(
+                "policy {policy} is malformed: line 6, column 12: expected a quoted string, e.g. strategy = \"image-user\""
+            ),
+            "{args:?}"
+        );
+    }
+}
