@@ -197,12 +197,28 @@ impl From<OwnershipOutcomeView> for LeftAlone {
             refused_mounts: outcome.refusals,
             ..Default::default()
         };
-        for (_, report) in outcome.mounts {
-            left.hard_links.extend(report.refused_hardlinks);
-            left.devices.extend(report.devices_left);
-            left.other_filesystems.extend(report.other_filesystems);
-            left.raced.extend(report.raced);
-            left.vanished.extend(report.vanished);
+        for (mount, report) in outcome.mounts {
+            // The walk names entries relative to its mount: say which mount,
+            // as the container sees it.
+            let under = |paths: Vec<String>| -> Vec<String> {
+                let base = mount.destination.trim_end_matches('/');
+                paths
+                    .into_iter()
+                    .map(|p| {
+                        if base.is_empty() || p.starts_with('/') {
+                            p
+                        } else {
+                            format!("{base}/{p}")
+                        }
+                    })
+                    .collect()
+            };
+            left.hard_links.extend(under(report.refused_hardlinks));
+            left.devices.extend(under(report.devices_left));
+            left.other_filesystems
+                .extend(under(report.other_filesystems));
+            left.raced.extend(under(report.raced));
+            left.vanished.extend(under(report.vanished));
         }
         left
     }

@@ -109,6 +109,10 @@ pub fn describe_action(action: &Value) -> (String, String, String) {
                 action.get("uid").and_then(Value::as_u64),
                 action.get("gid").and_then(Value::as_u64),
             ) {
+                // `61500:61500` says its ids already.
+                (Some(u), Some(g)) if text(action, "strategy") == format!("{u}:{g}") => {
+                    text(action, "strategy")
+                }
                 (Some(u), Some(g)) => format!("{} ({u}:{g})", text(action, "strategy")),
                 (None, Some(g)) => format!(
                     "{} (uid from the agent's range, gid {g})",

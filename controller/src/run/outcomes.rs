@@ -74,16 +74,20 @@ mod tests {
         let outcome = json!({
             "mounts": [[
                 {"root": "/srv/a", "destination": "/data", "manifest": "m", "identity": [1, 2]},
-                {"root": "/srv/a", "entries": 10, "changed": 7, "refused_hardlinks": ["/srv/a/x (not all of its names are in the tree; the others could be host files)"],
-                 "devices_left": ["/srv/a/null"], "raced": [], "vanished": ["/srv/a/tmp.1"], "other_filesystems": [],
+                {"root": "/srv/a", "entries": 10, "changed": 7, "refused_hardlinks": ["x (not all of its names are in the tree; the others could be host files)"],
+                 "devices_left": ["dev/null"], "raced": [], "vanished": ["tmp.1"], "other_filesystems": [],
                  "reverse_walk": {"restored": 3}}
             ]],
             "refusals": ["/etc: a sensitive host path"]
         });
         let left = left_alone(&outcome);
-        assert_eq!(left.hard_links.len(), 1);
-        assert_eq!(left.devices, ["/srv/a/null"]);
-        assert_eq!(left.vanished, ["/srv/a/tmp.1"]);
+        // Named as the container sees them, under their mount.
+        assert_eq!(
+            left.hard_links,
+            ["/data/x (not all of its names are in the tree; the others could be host files)"]
+        );
+        assert_eq!(left.devices, ["/data/dev/null"]);
+        assert_eq!(left.vanished, ["/data/tmp.1"]);
         assert_eq!(left.refused_mounts, ["/etc: a sensitive host path"]);
         assert!(left_alone(&json!({"mounts": []})).is_empty());
     }
