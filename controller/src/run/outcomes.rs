@@ -28,6 +28,52 @@ pub fn left_alone(outcome: &Value) -> LeftAlone {
         .unwrap_or_default()
 }
 
+/// An ownership undo's report per mount, as the agent journals it; counts
+/// it adds later (a reverse walk's) are ignored here.
+#[derive(Debug, Default, Deserialize)]
+struct UndoReportView {
+    #[serde(default)]
+    root: String,
+    #[serde(default)]
+    restored: u64,
+    #[serde(default)]
+    missing: Vec<String>,
+    #[serde(default)]
+    impostors: Vec<String>,
+}
+
+/// What an undo event says: for the ownership step, what was restored and
+/// what the undo left as it found it.
+pub fn undone_line(outcome: &Value) -> String {
+    let Ok(reports) = serde_json::from_value::<Vec<UndoReportView>>(outcome.clone()) else {
+        return "undone".into();
+    };
+    if reports.is_empty() {
+        return "undone".into();
+    }
+    let restored: u64 = reports.iter().map(|r| r.restored).sum();
+    let roots: Vec<&str> = reports.iter().map(|r| r.root.as_str()).collect();
+    let mut line = format!(
+        "undone: {restored} entries restored under {}",
+        roots.join(", ")
+    );
+    let missing: Vec<&String> = reports.iter().flat_map(|r| &r.missing).collect();
+    let impostors: Vec<&String> = reports.iter().flat_map(|r| &r.impostors).collect();
+    if !missing.is_empty() {
+        line.push_str(&format!(
+            "; {} recorded entries no longer there",
+            missing.len()
+        ));
+    }
+    if !impostors.is_empty() {
+        line.push_str(&format!(
+            "; {} recorded inode(s) now another file's, left as they are",
+            impostors.len()
+        ));
+    }
+    line
+}
+
 /// `web on h1`: how notes and messages name a container of the run.
 pub fn named(c: &ContainerRun) -> String {
     format!("{} on {}", c.plan.name, c.host)
@@ -90,5 +136,13 @@ mod tests {
         assert_eq!(left.vanished, ["/data/tmp.1"]);
         assert_eq!(left.refused_mounts, ["/etc: a sensitive host path"]);
         assert!(left_alone(&json!({"mounts": []})).is_empty());
+        // An undo's reports, with a field added later.
+        assert_eq!(
+            undone_line(&json!([
+                {"root": "/srv/a", "restored": 7, "missing": ["x"], "impostors": [], "millis": 3, "reverse_walk": 9}
+            ])),
+            "undone: 7 entries restored under /srv/a; 1 recorded entries no longer there"
+        );
+        assert_eq!(undone_line(&json!({"stopped": true})), "undone");
     }
 }

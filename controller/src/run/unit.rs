@@ -464,7 +464,14 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
             })
             .await
         {
-            Ok(_) => mark_undone(ctx, key, &record, "undone")?,
+            Ok(reply) => {
+                let said = if kind == StepKind::Ownership {
+                    outcomes::undone_line(&reply.outcome)
+                } else {
+                    "undone".to_string()
+                };
+                mark_undone(ctx, key, &record, &said)?
+            }
             Err(e) => {
                 ctx.update_container(key, |c| {
                     if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
