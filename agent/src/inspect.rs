@@ -245,14 +245,15 @@ impl Inspector {
             .collect()
             .await;
         containers.sort_by(|a, b| a.name.cmp(&b.name));
+        let accounts = crate::host_accounts::for_planning(options.with_users, &mut warnings);
         Ok(HostReport {
             hostname: self.hostname.clone(),
             engine: conn.facts.clone(),
             containers,
             warnings,
             inspected_at_unix_ms: fleet_core::now_ms(),
-            host_users: Vec::new(),
-            host_groups: Vec::new(),
+            host_users: accounts.users,
+            host_groups: accounts.groups,
         })
     }
 

@@ -39,7 +39,7 @@ impl Controller {
     /// One sentence for a failed call, with the exit code it deserves.
     pub fn explain(&self, status: tonic::Status) -> CliError {
         use std::error::Error;
-        let peer = format!("controller at {}", self.address);
+        let peer = format!("the controller {}", self.address);
         if let Some(source) = status.source() {
             return CliError::error(explain_connect_error(&peer, source));
         }

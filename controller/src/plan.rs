@@ -1,15 +1,25 @@
 //! Policy → plan: for every selected container of every host, what it
 //! becomes (or why not), in the order a careful runbook would move them:
-//! stateless services first, then caches and queues, then databases;
-//! containers that share namespaces or volumes move together.
+//! stateless services first, then caches and queues, then databases (and
+//! other containers with data); containers that share namespaces or
+//! volumes move together.
+
+pub mod class;
+mod host_ids;
+mod runtime;
 
 use std::collections::BTreeMap;
 
 use fleet_core::audit::{ContainerReport, HostReport, Severity, Verdict};
+use fleet_core::migration::{IdCollision, RuntimeDirPlan};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Host;
-use crate::policy::{Decision, Policy, Probe, Strategy, Subject, glob};
+use crate::policy::{Decision, OnHostIdCollision, Policy, Probe, Strategy, Subject, glob};
+
+pub use class::image_base;
+use class::{class_of, class_rank};
+pub use fleet_core::migration::MountPlan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -37,7 +47,8 @@ pub struct ContainerPlan {
     /// Who it runs as now (the audit's verdict).
     pub current: String,
     pub action: Action,
-    /// Ordering class (stateless, cache, database, or the policy's).
+    /// Ordering class (stateless, cache, queue, database, stateful, or the
+    /// policy's).
     pub class: String,
     /// Position within the host, from 1; linked containers share a group.
     pub order: u32,
@@ -78,18 +89,18 @@ pub struct Migration {
     pub deadline_secs: u64,
     pub retention_days: u64,
     pub expected_downtime_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountPlan {
-    pub destination: String,
-    pub source: String,
-    pub entries: u64,
-    /// Entries owned by the ids that move (from the audit's summary).
-    pub changing: u64,
-    pub bytes: u64,
-    /// The audit's walk stopped at its bound: the counts are at least these.
-    pub partial: bool,
+    /// Target ids that already belong to a host account or group
+    /// (`on_host_id_collision = "warn"`): the service shares its files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_id_collisions: Vec<IdCollision>,
+    /// `on_host_id_collision = "dedicated"` chose this dedicated account
+    /// instead of what the strategy gave: what, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead_of: Option<String>,
+    /// Directories of the writable layer outside the mounts that the
+    /// recreate gives to the target ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_dirs: Vec<RuntimeDirPlan>,
 }
 
 /// What the planner is told to look at.
@@ -99,70 +110,6 @@ pub struct Selection {
     pub containers: Vec<String>,
     /// Plan pod members too (they are refused otherwise).
     pub include_pods: bool,
-}
-
-const CACHES: &[&str] = &[
-    "redis",
-    "valkey",
-    "memcached",
-    "keydb",
-    "rabbitmq",
-    "nats",
-    "kafka",
-    "zookeeper",
-    "mosquitto",
-];
-const DATABASES: &[&str] = &[
-    "postgres",
-    "postgresql",
-    "mysql",
-    "mariadb",
-    "mongo",
-    "mongodb",
-    "clickhouse",
-    "neo4j",
-    "elasticsearch",
-    "opensearch",
-    "qdrant",
-    "influxdb",
-    "cassandra",
-    "couchdb",
-    "etcd",
-    "cockroach",
-    "timescaledb",
-];
-
-/// `docker.io/library/postgres:16-alpine` → `postgres`.
-pub fn image_base(image: &str) -> String {
-    let no_digest = image.split('@').next().unwrap_or(image);
-    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
-    last.split(':').next().unwrap_or(last).to_lowercase()
-}
-
-fn class_rank(class: &str) -> u32 {
-    match class {
-        "stateless" => 10,
-        "cache" | "queue" => 20,
-        "database" => 30,
-        other => other.parse().unwrap_or(25),
-    }
-}
-
-fn auto_class(c: &ContainerReport) -> &'static str {
-    let base = image_base(&c.image);
-    if DATABASES.iter().any(|d| base.starts_with(d)) {
-        "database"
-    } else if CACHES.iter().any(|q| base.starts_with(q)) {
-        "cache"
-    } else if c
-        .mounts
-        .iter()
-        .any(|m| m.kind == "bind" || m.kind == "volume")
-    {
-        "database"
-    } else {
-        "stateless"
-    }
 }
 
 /// Reasons a container cannot be migrated safely, from the audit.
@@ -214,16 +161,23 @@ fn image_user(c: &ContainerReport) -> Option<(u32, u32, String)> {
         .map(|u| (u.uid, u.gid, u.name.clone()))
 }
 
-fn migration(c: &ContainerReport, decision: &Decision) -> Result<Migration, Vec<String>> {
-    let service = c.compose_service.clone().unwrap_or_else(|| c.name.clone());
-    let (strategy, uid, gid, user_to_create) = match &decision.strategy {
+/// The target a strategy gives: its description, ids when known, and the
+/// dedicated user to create, if any.
+type Target = (String, Option<u32>, Option<u32>, Option<String>);
+
+fn target(c: &ContainerReport, decision: &Decision, service: &str) -> Result<Target, Vec<String>> {
+    let dedicated = || {
+        let name = fleet_core::names::derive_user_name(service);
+        (format!("dedicated user {name}"), None, None, Some(name))
+    };
+    Ok(match &decision.strategy {
         Some(Strategy::Explicit { uid, gid }) => {
             (format!("{uid}:{gid}"), Some(*uid), Some(*gid), None)
         }
         Some(Strategy::Dedicated { name, uid, gid }) => {
             let name = name
                 .clone()
-                .unwrap_or_else(|| fleet_core::names::derive_user_name(&service));
+                .unwrap_or_else(|| fleet_core::names::derive_user_name(service));
             (format!("dedicated user {name}"), *uid, *gid, Some(name))
         }
         Some(Strategy::ImageUser) => match image_user(c) {
@@ -236,33 +190,63 @@ fn migration(c: &ContainerReport, decision: &Decision) -> Result<Migration, Vec<
         },
         None => match image_user(c) {
             Some((uid, gid, name)) => (format!("image user {name}"), Some(uid), Some(gid), None),
-            None => {
-                let name = fleet_core::names::derive_user_name(&service);
-                (format!("dedicated user {name}"), None, None, Some(name))
-            }
+            None => dedicated(),
         },
-    };
+    })
+}
+
+fn migration(
+    c: &ContainerReport,
+    host: &HostReport,
+    decision: &Decision,
+) -> Result<Migration, Vec<String>> {
+    let service = c.compose_service.clone().unwrap_or_else(|| c.name.clone());
+    let (mut strategy, mut uid, mut gid, mut user_to_create) = target(c, decision, &service)?;
+    let mut host_id_collisions = host_ids::collisions(host, uid, gid, user_to_create.as_deref());
+    let mut instead_of = None;
+    if !host_id_collisions.is_empty() {
+        let found = host_ids::describe(&host_id_collisions);
+        match decision.on_host_id_collision {
+            OnHostIdCollision::Warn => {}
+            OnHostIdCollision::Refuse => {
+                return Err(vec![format!(
+                    "its target ids belong to someone else on the host ({found}): without a user namespace the service would share their files (on_host_id_collision = \"refuse\"); give it free ids (strategy = \"UID:GID\") or a dedicated account (on_host_id_collision = \"dedicated\")"
+                )]);
+            }
+            OnHostIdCollision::Dedicated => {
+                let ids = match uid.zip(gid) {
+                    Some((u, g)) if strategy != format!("{u}:{g}") => format!(" ({u}:{g})"),
+                    _ => String::new(),
+                };
+                instead_of = Some(format!(
+                    "{strategy}{ids}: {found} (on_host_id_collision = \"dedicated\")"
+                ));
+                let name = user_to_create
+                    .take()
+                    .unwrap_or_else(|| fleet_core::names::derive_user_name(&service));
+                strategy = format!("dedicated user {name}");
+                (uid, gid, user_to_create) = (None, None, Some(name));
+                host_id_collisions.clear();
+            }
+        }
+    }
     let from_ids = vec![0];
     let mounts: Vec<MountPlan> = c
         .mounts
         .iter()
         .filter(|m| m.kind == "bind" || m.kind == "volume")
-        .map(|m| {
-            let changing = m
-                .ownership
-                .top_owners
-                .iter()
-                .filter(|o| from_ids.contains(&o.uid) || from_ids.contains(&o.gid))
-                .map(|o| o.entries)
-                .sum();
-            MountPlan {
-                destination: m.destination.clone(),
-                source: m.source.clone(),
-                entries: m.ownership.entries,
-                changing,
-                bytes: m.ownership.bytes,
-                partial: m.ownership.bound_hit.is_some(),
-            }
+        .map(|m| MountPlan {
+            destination: m.destination.clone(),
+            source: m.source.clone(),
+            entries: m.ownership.entries,
+            // Root's ids are what move: the walk counted what the remap
+            // changes by its own rules (not device nodes, not hard links
+            // with names outside the tree).
+            changing: m.ownership.root_changing,
+            bytes: m.ownership.bytes,
+            partial: m.ownership.bound_hit.is_some(),
+            left_alone: m.ownership.left_alone.clone(),
+            left_alone_count: m.ownership.left_alone_count,
         })
         .collect();
     let changing: u64 = mounts.iter().map(|m| m.changing).sum();
@@ -285,12 +269,16 @@ fn migration(c: &ContainerReport, decision: &Decision) -> Result<Migration, Vec<
         deadline_secs: decision.deadline_secs,
         retention_days: decision.retention_days,
         expected_downtime_ms,
+        host_id_collisions,
+        instead_of,
+        runtime_dirs: runtime::planned(c, uid.zip(gid)),
     })
 }
 
 fn plan_container(
     c: &ContainerReport,
     host: &Host,
+    report: &HostReport,
     policy: &Policy,
     selection: &Selection,
 ) -> ContainerPlan {
@@ -323,7 +311,7 @@ fn plan_container(
                 if !reasons.is_empty() {
                     Action::Refused { reasons }
                 } else {
-                    match migration(c, &decision) {
+                    match migration(c, report, &decision) {
                         Ok(m) => Action::Migrate(m),
                         Err(reasons) => Action::Refused { reasons },
                     }
@@ -341,7 +329,7 @@ fn plan_container(
         class: decision
             .order
             .clone()
-            .unwrap_or_else(|| auto_class(c).to_string()),
+            .unwrap_or_else(|| class_of(c).to_string()),
         order: 0,
         group: Vec::new(),
     }
@@ -363,7 +351,7 @@ pub fn plan_host(
     let reports: Vec<&ContainerReport> = report.containers.iter().filter(selected).collect();
     let mut containers: Vec<ContainerPlan> = reports
         .iter()
-        .map(|c| plan_container(c, host, policy, selection))
+        .map(|c| plan_container(c, host, report, policy, selection))
         .collect();
     // A partner left out of the selection would be broken by the move (or
     // have its files change owner under it).
@@ -643,7 +631,7 @@ mod tests {
                 ("web", "stateless"),
                 ("cache", "cache"),
                 ("db", "database"),
-                ("files", "database")
+                ("files", "stateful")
             ]
         );
         assert_eq!(

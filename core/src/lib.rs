@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod fault;
+pub mod migration;
 pub mod names;
 pub mod pki;
 pub mod process;

@@ -548,7 +548,12 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Primed<IO> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectFailure {
     Expired,
+    /// The server refused our certificate: not from its CA.
     UnknownCa,
+    /// We refused the server's certificate: not signed by our CA (another
+    /// CA of another name, or of the same name, as a second `certs init`
+    /// makes, whose signature does not verify).
+    PeerNotFromOurCa,
     NoClientCertificate,
     WrongRole,
     CertificateRefused,
@@ -569,8 +574,11 @@ impl ConnectFailure {
     /// by their alerts.
     pub fn of(chain: &str) -> Self {
         let has = |needle: &str| chain.contains(needle);
+        let peer_refused = has("invalid peer certificate");
         if has("CertificateExpired") || has("certificate expired") || has("Expired") {
             ConnectFailure::Expired
+        } else if peer_refused && (has("UnknownIssuer") || has("BadSignature")) {
+            ConnectFailure::PeerNotFromOurCa
         } else if has("UnknownCA") || has("UnknownIssuer") {
             ConnectFailure::UnknownCa
         } else if has("CertificateRequired") {
@@ -617,6 +625,10 @@ pub fn explain_connect_error(peer: &str, error: &(dyn std::error::Error + 'stati
         ),
         ConnectFailure::UnknownCa => format!(
             "{peer} refused the TLS handshake: the certificates are not signed by the same fleet CA; check --ca and --cert ({chain})"
+        ),
+        ConnectFailure::PeerNotFromOurCa => format!(
+            // The sentence says it all; rustls's `BadSignature` says less.
+            "{peer} presented a certificate not signed by the fleet CA given with --ca: it belongs to another fleet (or the CA was made again); point --ca at the CA that issued its certificate, or issue it a new one from this CA"
         ),
         ConnectFailure::NoClientCertificate => {
             format!("{peer} requires a client certificate and none was presented ({chain})")
@@ -667,6 +679,21 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_refused_whom_is_told_apart() {
+        let theirs = "transport error: invalid peer certificate: BadSignature";
+        assert_eq!(ConnectFailure::of(theirs), ConnectFailure::PeerNotFromOurCa);
+        assert_eq!(
+            ConnectFailure::of("invalid peer certificate: UnknownIssuer"),
+            ConnectFailure::PeerNotFromOurCa
+        );
+        assert_eq!(
+            ConnectFailure::of("received fatal alert: UnknownCA"),
+            ConnectFailure::UnknownCa
+        );
+        assert!(ConnectFailure::PeerNotFromOurCa.is_refusal());
+    }
 
     #[test]
     fn splits_addresses() {

@@ -627,7 +627,8 @@ async fn compose_labels_are_reported_and_outputs_and_gates_work() {
         "{line}"
     );
     assert!(
-        table.stdout.contains("containers (") && table.stdout.contains("run as root on 1 host"),
+        table.stdout.contains("containers (")
+            && table.stdout.contains("run as root on 1 of 1 audited host"),
         "{}",
         table.stdout
     );
@@ -864,4 +865,52 @@ async fn planning_facts_scope_users_links_and_a_fingerprint_that_notices_changes
         "a changed configuration changes the fingerprint"
     );
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_containers_is_an_audited_host_and_one_container_is_one() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let pki = TestPki::new();
+    let label = unique("lone");
+    let scoped = |value: &str| AgentOptions {
+        scope: Some(("fleet.test.host".into(), value.to_string())),
+        ..AgentOptions::default()
+    };
+    let empty = start_agent(pki.files("agent"), scoped(&format!("{label}-none"))).await;
+    let lone = start_agent(pki.files("agent"), scoped(&label)).await;
+    let controller = start_controller(
+        pki.files("controller"),
+        &[("empty", &empty.address), ("lone", &lone.address)],
+    )
+    .await;
+    let mut create = body(&image, &["sleep", "3600"]);
+    create.labels = Some(HashMap::from([(
+        "fleet.test.host".to_string(),
+        label.clone(),
+    )]));
+    scope.run(&format!("{label}-c"), create).await;
+    let out = fleetctl(&controller.address, &pki.files("alice"), &["audit"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(" — docker ") && out.stdout.contains(", 0 containers\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(", 1 container\n"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("1/1 container (100%) runs as root on 1 of 2 audited hosts"),
+        "{}",
+        out.stdout
+    );
+    let json = fleetctl(
+        &controller.address,
+        &pki.files("alice"),
+        &["audit", "-o", "json"],
+    )
+    .await
+    .json();
+    assert_eq!(json["summary"]["hosts_audited"], 2, "{json}");
 }

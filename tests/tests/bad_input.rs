@@ -115,7 +115,7 @@ async fn broken_hosts_are_reported_and_the_others_still_audited() {
     assert_eq!(out.code, 4, "{out:?}");
     assert!(
         out.stdout
-            .contains("1 of 1 hosts not audited: closed (unreachable)"),
+            .contains("1 of 1 host not audited: closed (unreachable)"),
         "{}",
         out.stdout
     );
@@ -247,4 +247,32 @@ async fn missing_certificate_files_are_named() {
         error.contains("cannot read certificate") && error.contains("nope.pem"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_with_a_syntax_error_is_called_a_policy_and_says_what_was_expected() {
+    let pki = TestPki::new();
+    let controller = start_controller(pki.files("controller"), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\nmin_healthy_secs = 5\n\n[[rule]]\nimage = \"postgres:*\"\nstrategy = image-user\n",
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    for args in [
+        vec!["plan", "--policy", policy.as_str()],
+        vec!["migrate", "--policy", policy.as_str(), "--yes"],
+    ] {
+        let out = fleetctl(&controller.address, &pki.files("alice"), &args).await;
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(
+            out.error.unwrap(),
+            format!(
+                "policy {policy} is malformed: line 6, column 12: expected a quoted string, e.g. strategy = \"image-user\""
+            ),
+            "{args:?}"
+        );
+    }
 }

@@ -305,3 +305,70 @@ async fn there_is_no_plaintext_mode() {
     };
     assert!(result.is_err(), "plaintext gRPC must not be answered");
 }
+
+/// A controller of another fleet: its certificate and its own CA, in a
+/// directory of their own. `same_name`: a second `certs init`, whose CA
+/// has the very name of the fleet's (the signature, not the issuer, is
+/// what differs).
+fn controller_from_another_ca(same_name: bool) -> (tempfile::TempDir, fleet_core::tls::TlsFiles) {
+    use fleet_core::pki::{self, IssueRequest, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let request = IssueRequest {
+        role: Role::Controller,
+        name: "impostor".into(),
+        sans: vec!["127.0.0.1".into()],
+        validity: Validity::days_from_now(1).unwrap(),
+    };
+    if same_name {
+        pki::init_ca(dir.path(), false).unwrap();
+        pki::issue(dir.path(), dir.path(), &request, true).unwrap();
+    } else {
+        let (ca, issuer) = pki::ephemeral_ca().unwrap();
+        let (cert, key) = pki::issue_pem(&issuer, &request).unwrap();
+        std::fs::write(dir.path().join(pki::CA_CERT_FILE), ca).unwrap();
+        std::fs::write(dir.path().join("impostor.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("impostor.key"), key).unwrap();
+    }
+    let files = fleet_core::tls::TlsFiles {
+        ca: dir.path().join(pki::CA_CERT_FILE),
+        cert: dir.path().join("impostor.pem"),
+        key: dir.path().join("impostor.key"),
+    };
+    (dir, files)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_from_another_ca_and_a_server_that_is_not_there_are_said_in_plain_words() {
+    let pki = TestPki::new();
+    for same_name in [false, true] {
+        let (_dir, impostor) = controller_from_another_ca(same_name);
+        let controller = start_controller(impostor, &[]).await;
+        let out = fleetctl(&controller.address, &pki.files("alice"), &["whoami"]).await;
+        assert_eq!(out.code, 1, "{out:?}");
+        let error = out.error.unwrap();
+        assert!(
+            error.starts_with(&format!(
+                "the controller {} presented a certificate not signed by the fleet CA given with --ca",
+                controller.address
+            )) && !error.contains("BadSignature")
+                && !error.contains("refused"),
+            "{error}"
+        );
+    }
+
+    let port = fleet_tests::process::free_port();
+    let out = fleetctl(
+        &format!("127.0.0.1:{port}"),
+        &pki.files("alice"),
+        &["whoami"],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "nothing is listening at the controller 127.0.0.1:{port}"
+        )),
+        "{error}"
+    );
+}

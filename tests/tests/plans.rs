@@ -248,16 +248,16 @@ async fn a_saved_plan_is_not_narrowed_or_replanned_and_zero_ids_never_load() {
         ),
         (
             vec!["plan", "--policy", zero_gid],
-            format!("config file {zero_gid} is malformed: line 5: rule 1: gid = 0 is root"),
+            format!("policy {zero_gid} is malformed: line 5: rule 1: gid = 0 is root"),
         ),
         (
             vec!["migrate", "--policy", zero_gid, "--yes"],
-            format!("config file {zero_gid} is malformed: line 5: rule 1: gid = 0 is root"),
+            format!("policy {zero_gid} is malformed: line 5: rule 1: gid = 0 is root"),
         ),
         (
             vec!["plan", "--policy", misspelt],
             format!(
-                "config file {misspelt} is malformed: line 3: rule 1: unknown order \"databse\": use one of stateless, cache, queue, database"
+                "policy {misspelt} is malformed: line 3: rule 1: unknown order \"databse\": use one of stateless, cache, queue, database"
             ),
         ),
     ] {
@@ -317,4 +317,263 @@ async fn the_agent_refuses_a_target_gid_of_zero_as_well_as_uid_zero() {
         let records: Value = serde_json::from_str(&journal.into_inner().records_json).unwrap();
         assert_eq!(records.as_array().map(Vec::len), Some(0), "{records}");
     }
+}
+
+/// Tags the test image as `repo:tag` (its passwd and busybox; the name
+/// is what the planner reads).
+async fn tagged(fleet: &TestFleet, repo: &str, tag: &str) -> String {
+    fleet
+        .docker()
+        .tag_image(
+            &fleet.image,
+            Some(bollard::query_parameters::TagImageOptions {
+                repo: Some(repo.into()),
+                tag: Some(tag.into()),
+            }),
+        )
+        .await
+        .unwrap();
+    format!("{repo}:{tag}")
+}
+
+/// `name:x:id:...` of this machine's passwd or group: (id, name).
+fn host_accounts(path: &str) -> Vec<(u32, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?.to_string();
+            f.next()?;
+            Some((f.next()?.parse().ok()?, name))
+        })
+        .collect()
+}
+
+/// What the plan should say about uid `uid` and gid `gid` on this host.
+fn expected_collisions(uid: u32, gid: u32) -> Vec<String> {
+    let mut out: Vec<String> = host_accounts("/etc/passwd")
+        .into_iter()
+        .filter(|(id, _)| *id == uid)
+        .map(|(id, name)| format!("uid {id} is the host's user {name}"))
+        .collect();
+    out.extend(
+        host_accounts("/etc/group")
+            .into_iter()
+            .filter(|(id, _)| *id == gid)
+            .map(|(id, name)| format!("gid {id} is the host's group {name}")),
+    );
+    out
+}
+
+fn collisions(action: &Value) -> Vec<String> {
+    action["host_id_collisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let kind = if c["kind"] == "uid" { "user" } else { "group" };
+            format!(
+                "{} {} is the host's {kind} {}",
+                c["kind"].as_str().unwrap(),
+                c["id"],
+                c["owner"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_ids_of_host_accounts_are_named_and_the_policy_warns_refuses_or_picks_a_dedicated_account()
+ {
+    let fleet = TestFleet::start(1).await;
+    let base = tempfile::tempdir().unwrap();
+    // The image's own user is svc, 999:999 (gid 999 is systemd-journal on
+    // Debian); "fixed" asks for the ids of this machine's first accounts.
+    let svc_image = tagged(&fleet, "fleet-test/svc", "plans").await;
+    let svc = fleet
+        .container(1, "svc", body(&svc_image, &["sleep", "3600"]))
+        .await;
+    let fixed = fleet.sleeper(1, "fixed").await;
+    let (uid, _) = host_accounts("/etc/passwd")
+        .into_iter()
+        .find(|(id, _)| *id > 0)
+        .unwrap();
+    let (gid, _) = host_accounts("/etc/group")
+        .into_iter()
+        .find(|(id, _)| *id > 0)
+        .unwrap();
+    let rules = format!("[[rule]]\nname = \"*-fixed\"\nstrategy = \"{uid}:{gid}\"\n");
+    let plan = |policy: String| {
+        let path = file(base.path(), "policy.toml", &policy);
+        let fleet = &fleet;
+        async move { fleet.ctl(&["plan", "--policy", &path, "-o", "json"]).await }
+    };
+    let made = plan(rules.clone()).await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let mut json = made.json();
+    let fixed_action = entry(&mut json, &fixed)["action"].clone();
+    let expected = expected_collisions(uid, gid);
+    assert!(
+        !expected.is_empty(),
+        "this machine has accounts {uid} and {gid}"
+    );
+    assert_eq!(collisions(&fixed_action), expected, "{fixed_action}");
+    let svc_action = entry(&mut json, &svc)["action"].clone();
+    assert_eq!(
+        (svc_action["uid"].as_u64(), svc_action["gid"].as_u64()),
+        (Some(999), Some(999))
+    );
+    assert_eq!(
+        collisions(&svc_action),
+        expected_collisions(999, 999),
+        "{svc_action}"
+    );
+
+    // The table marks each one under its container.
+    let path = file(base.path(), "policy.toml", &rules);
+    let table = fleet.ctl(&["plan", "--policy", &path]).await;
+    for c in &expected {
+        assert!(
+            table
+                .stdout
+                .contains(&format!("! {c}: without a user namespace")),
+            "{}",
+            table.stdout
+        );
+    }
+
+    // refuse: the container is refused, naming the account.
+    let refused = plan(format!(
+        "[defaults]\non_host_id_collision = \"refuse\"\n{rules}"
+    ))
+    .await;
+    let mut json = refused.json();
+    let action = entry(&mut json, &fixed)["action"].clone();
+    assert_eq!(action["kind"], "refused", "{action}");
+    assert!(
+        action["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains(&expected[0]),
+        "{action}"
+    );
+
+    // dedicated: a dedicated account instead, saying what it replaces.
+    let swapped = plan(format!("{rules}on_host_id_collision = \"dedicated\"\n")).await;
+    let mut json = swapped.json();
+    let action = entry(&mut json, &fixed)["action"].clone();
+    assert_eq!(action["kind"], "migrate", "{action}");
+    assert!(
+        action["user_to_create"]
+            .as_str()
+            .unwrap()
+            .starts_with("svc-"),
+        "{action}"
+    );
+    assert_eq!(action["uid"], Value::Null);
+    let instead = action["instead_of"].as_str().unwrap();
+    assert!(
+        instead.starts_with(&format!("{uid}:{gid}: {}", expected[0])),
+        "{instead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_class_is_what_the_container_is_and_each_path_says_what_stays_as_it_is() {
+    let fleet = TestFleet::start(1).await;
+    let base = tempfile::tempdir().unwrap();
+    let redis = tagged(&fleet, "fleet-test/redis", "7").await;
+    let cache = fleet
+        .container(1, "cache", body(&redis, &["sleep", "3600"]))
+        .await;
+    let mut listens = body(&fleet.image, &["sleep", "3600"]);
+    listens.exposed_ports = Some(vec!["5432/tcp".into()]);
+    let orders = fleet.container(1, "orders", listens).await;
+    let web = fleet.sleeper(1, "web").await;
+    // Data of its own, not a known service: stateful, not "database".
+    let data = base.path().join("data");
+    build_tree(&data, &base.path().join("outside"));
+    let files = fleet.with_data(1, "files", &data).await;
+    let policy = file(
+        base.path(),
+        "policy.toml",
+        "[[rule]]\nname = \"*\"\nstrategy = \"61530:61530\"\n",
+    );
+    let made = fleet
+        .ctl(&["plan", "--policy", &policy, "-o", "json"])
+        .await;
+    assert_eq!(made.code, 0, "{made:?}");
+    let json = made.json();
+    let order: Vec<(String, String)> = json["hosts"][0]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().into(),
+                c["class"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (web.clone(), "stateless".to_string()),
+            (cache.clone(), "cache".to_string()),
+            (files.clone(), "stateful".to_string()),
+            (orders.clone(), "database".to_string()),
+        ]
+    );
+
+    // The mount counts what the remap changes: not the device node, not
+    // the hard link with a name outside, the inner hard link once.
+    let mut json = json;
+    let mount = entry(&mut json, &files)["action"]["mounts"][0].clone();
+    let audit = fleet.ctl(&["audit", "-o", "json"]).await.json();
+    let owners = audit["hosts"][0]["report"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == files.as_str())
+        .unwrap()["mounts"][0]["ownership"]["top_owners"]
+        .clone();
+    let root_owned: u64 = owners
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["uid"] == 0 || o["gid"] == 0)
+        .map(|o| o["entries"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        mount["changing"].as_u64().unwrap(),
+        root_owned - 3,
+        "{mount} {owners}"
+    );
+    assert_eq!(mount["left_alone_count"], 2, "{mount}");
+    let left: Vec<&str> = mount["left_alone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        left.contains(&"data/null-device (a device node: never handed to a service)")
+            && left.iter().any(|l| l.starts_with(
+                "data/host-hardlink (a hard link with 1 of its 2 names outside the tree"
+            )),
+        "{left:?}"
+    );
+    let table = fleet.ctl(&["plan", "--policy", &policy]).await;
+    let source = mount["source"].as_str().unwrap();
+    assert!(
+        table.stdout.contains(&format!(
+            "{source} → /data: {} of {} entries change owner, 2 left alone",
+            mount["changing"], mount["entries"]
+        )) && table.stdout.contains(&format!(
+            "left alone: {source}/data/null-device (a device node"
+        )),
+        "{}",
+        table.stdout
+    );
 }

@@ -692,7 +692,7 @@ async fn policy_hooks_probes_and_order_decide_a_real_run() {
     assert_eq!(runbook.code, 0, "{runbook:?}");
     let runbook = planned_order(&runbook.json(), "h1");
     assert_eq!(runbook[&web], (1, "stateless".into()));
-    assert_eq!(runbook[&db], (2, "database".into()));
+    assert_eq!(runbook[&db], (2, "stateful".into()));
     let plan = s.ctl(&["plan", "--policy", s.policy(), "-o", "json"]).await;
     assert_eq!(plan.code, 0, "{plan:?}");
     let plan = planned_order(&plan.json(), "h1");

@@ -149,7 +149,11 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
         by_name(&s1.web)["action"]["user_to_create"].is_string(),
         "dedicated"
     );
-    assert_eq!(by_name(&s1.db)["class"], "database");
+    assert_eq!(
+        by_name(&s1.db)["class"],
+        "stateful",
+        "data, not a known database"
+    );
     assert!(
         by_name(&s1.web)["order"].as_u64() < by_name(&s1.db)["order"].as_u64(),
         "stateless before databases"
@@ -702,5 +706,90 @@ async fn on_failure_rollback_run_undoes_every_host_the_run_touched() {
             .iter()
             .all(|c| c["state"] == "rolled-back"),
         "{view}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_walk_left_alone_and_the_downtime_are_said_where_the_operator_looks() {
+    let fleet = TestFleet::start(1).await;
+    let base = tempfile::tempdir().unwrap();
+    // Fixed ids: no account to create.
+    let policy = write_policy(
+        base.path(),
+        "[defaults]\nmin_healthy_secs = 1\n\n[[rule]]\nname = \"*-db\"\nstrategy = \"61540:61540\"\n",
+    );
+    let policy = policy.to_str().unwrap();
+    let data = base.path().join("data");
+    // A device node and a hard link whose other name is a host file.
+    build_tree(&data, &base.path().join("outside"));
+    let db = fleet.with_data(1, "db", &data).await;
+
+    let run = fleet.ctl(&["migrate", "--policy", policy, "--yes"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    // The migrate output: one warning line for the container.
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(&format!("[h1] {db} ownership: warning ")))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", run.stdout);
+    assert!(
+        warnings[0].contains("left alone under its mounts (still owned as before): 1 hard link(s) with names outside the tree")
+            && warnings[0].contains("1 device node(s)")
+            && warnings[0].contains("(/data/data/null-device)"),
+        "{}",
+        warnings[0]
+    );
+
+    let id = fleet.ctl(&["runs", "list", "-o", "json"]).await.json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = fleet.ctl(&["runs", "show", &id, "-o", "json"]).await.json();
+    let c = &containers(&view)[0];
+    assert_eq!(c["state"], "migrated", "{view}");
+    assert!(
+        c["left_alone"]["hard_links"][0]
+            .as_str()
+            .unwrap()
+            .contains("host-hardlink"),
+        "{c}"
+    );
+    assert!(
+        c["left_alone"]["devices"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("null-device"),
+        "{c}"
+    );
+    let downtime = c["downtime_ms"].as_u64().unwrap();
+    // The table: both downtimes when the agent measured both, and the note.
+    let table = fleet.ctl(&["runs", "show", &id]).await;
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("h1") && l.contains(&db) && l.contains("migrated"))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    let shown =
+        fleet_core::migration::downtime_text(Some(downtime), c["downtime_from_stop_ms"].as_u64())
+            .unwrap();
+    assert!(
+        row.contains(&shown) && row.contains("left alone: 1 hard link(s)"),
+        "{row}"
+    );
+    // The audit log's line of the container.
+    let log = fleet.view(&["log", "-o", "json"]).await.json();
+    let line = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "container.migrated")
+        .unwrap_or_else(|| panic!("{log}"));
+    let result = line["result"].as_str().unwrap();
+    assert!(
+        result.starts_with(&format!("runs as 61540:61540, downtime {shown}"))
+            && result.contains("left alone under its mounts")
+            && result.contains("1 device node(s)"),
+        "{result}"
     );
 }

@@ -102,21 +102,31 @@ impl Summary {
         s
     }
 
-    /// `11/28 containers (39%) run as root on 3 hosts`
+    /// `11/28 containers (39%) run as root on 3 of 4 audited hosts`; a
+    /// host without containers is an audited host all the same.
     pub fn headline(&self) -> String {
+        let audited = plural(self.hosts_audited, "audited host", "audited hosts");
+        if self.containers == 0 {
+            return format!("no containers on {audited}");
+        }
         let percent = (self.root * 100 + self.containers / 2)
             .checked_div(self.containers)
             .unwrap_or(0);
-        let hosts = if self.hosts_with_root == 1 {
-            "host"
+        let (containers, run) = if self.containers == 1 {
+            ("container", "runs")
         } else {
-            "hosts"
+            ("containers", "run")
         };
         format!(
-            "{}/{} containers ({percent}%) run as root on {} {hosts}",
+            "{}/{} {containers} ({percent}%) {run} as root on {} of {audited}",
             self.root, self.containers, self.hosts_with_root
         )
     }
+}
+
+/// `1 container`, `2 containers`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn status_of(kind: i32) -> HostStatus {
@@ -281,8 +291,25 @@ mod tests {
         let a = audit(hosts);
         assert_eq!(
             a.summary.headline(),
-            "11/28 containers (39%) run as root on 3 hosts"
+            "11/28 containers (39%) run as root on 3 of 4 audited hosts"
         );
+        let one = audit(vec![host("a", Some(vec![container(Verdict::Root, None)]))]);
+        assert_eq!(
+            one.summary.headline(),
+            "1/1 container (100%) runs as root on 1 of 1 audited host"
+        );
+        // A host without containers was audited all the same.
+        let empty = audit(vec![
+            host("a", Some(vec![])),
+            host("b", Some(vec![container(Verdict::NonRoot, None)])),
+        ]);
+        assert_eq!(empty.summary.hosts_audited, 2);
+        assert_eq!(
+            empty.summary.headline(),
+            "0/1 container (0%) runs as root on 0 of 2 audited hosts"
+        );
+        let none = audit(vec![host("a", Some(vec![]))]);
+        assert_eq!(none.summary.headline(), "no containers on 1 audited host");
     }
 
     #[test]

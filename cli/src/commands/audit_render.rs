@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use fleet_core::audit::{ContainerReport, MountReport, Severity};
 
 use crate::args::AuditFormat;
-use crate::commands::audit::{FleetAudit, HostAudit};
+use crate::commands::audit::{FleetAudit, HostAudit, plural};
 use crate::render::{Table, csv_line};
 
 pub fn render(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::Result<()> {
@@ -238,9 +238,9 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
             .collect();
         writeln!(
             out,
-            "{} of {} hosts not audited: {}",
+            "{} of {} not audited: {}",
             s.hosts_not_audited,
-            s.hosts_audited + s.hosts_not_audited,
+            plural(s.hosts_audited + s.hosts_not_audited, "host", "hosts"),
             failed.join(", ")
         )?;
     }
@@ -250,7 +250,7 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
 fn host_heading(host: &HostAudit, markdown: bool, out: &mut dyn Write) -> io::Result<()> {
     let title = match &host.report {
         Some(r) => format!(
-            "{} ({}) — {} {}{}, {} containers",
+            "{} ({}) — {} {}{}, {}",
             host.name,
             host.address,
             r.engine.kind,
@@ -262,7 +262,7 @@ fn host_heading(host: &HostAudit, markdown: bool, out: &mut dyn Write) -> io::Re
             } else {
                 ""
             },
-            r.containers.len()
+            plural(r.containers.len(), "container", "containers")
         ),
         None => format!(
             "{} ({}) — NOT AUDITED, {}: {}",

@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn reconnecting_backs_off_to_a_cap_within_the_budget_and_never_retries_a_refusal() {
         let t0 = Instant::now();
-        let down = || CliError::error("nothing is listening at controller at x");
+        let down = || CliError::error("nothing is listening at the controller x");
         let mut r = Reconnect::new(Duration::from_secs(20));
         let first = r.failed(down(), true, t0).unwrap();
         assert_eq!(first.pause, FIRST_PAUSE);

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
+use fleet_core::migration::{IdCollision, MountPlan, RuntimeDirPlan};
 use fleet_proto::controller::v1 as pb;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::args::{ListFormat, PlanArgs, ScopeArgs};
@@ -107,6 +109,10 @@ pub fn describe_action(action: &Value) -> (String, String, String) {
                 action.get("uid").and_then(Value::as_u64),
                 action.get("gid").and_then(Value::as_u64),
             ) {
+                // `61500:61500` says its ids already.
+                (Some(u), Some(g)) if text(action, "strategy") == format!("{u}:{g}") => {
+                    text(action, "strategy")
+                }
                 (Some(u), Some(g)) => format!("{} ({u}:{g})", text(action, "strategy")),
                 (None, Some(g)) => format!(
                     "{} (uid from the agent's range, gid {g})",
@@ -224,13 +230,8 @@ fn render(plan: &Value, out: &mut dyn Write) {
                 target,
                 detail,
             ]);
-            for mount in action
-                .get("mounts")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                table.note(ownership_line(mount));
+            for line in migration_notes(&action) {
+                table.note(line);
             }
         }
     }
@@ -258,22 +259,76 @@ fn render(plan: &Value, out: &mut dyn Write) {
     }
 }
 
+/// What the plan says about a migration beyond its decision, read with
+/// the controller's own types; absent fields are empty.
+#[derive(Debug, Default, Deserialize)]
+struct MigrationNotes {
+    #[serde(default)]
+    mounts: Vec<MountPlan>,
+    #[serde(default)]
+    host_id_collisions: Vec<IdCollision>,
+    #[serde(default)]
+    instead_of: Option<String>,
+    #[serde(default)]
+    runtime_dirs: Vec<RuntimeDirPlan>,
+}
+
+/// Entries a remap leaves alone named under their path line; the rest counted.
+const LEFT_ALONE_SHOWN: usize = 5;
+
+/// The lines under a migrating container: each path whose ownership
+/// changes (and what stays as it is), each target id someone on the host
+/// has, the account chosen instead, each runtime directory.
+pub fn migration_notes(action: &Value) -> Vec<String> {
+    if action.get("kind").and_then(Value::as_str) != Some("migrate") {
+        return Vec::new();
+    }
+    let notes: MigrationNotes = serde_json::from_value(action.clone()).unwrap_or_default();
+    let mut lines = Vec::new();
+    if let Some(instead) = &notes.instead_of {
+        lines.push(format!("a dedicated account instead of {instead}"));
+    }
+    for collision in &notes.host_id_collisions {
+        lines.push(format!(
+            "! {collision}: without a user namespace the service shares its files (on_host_id_collision = \"refuse\" or \"dedicated\" avoids it)"
+        ));
+    }
+    for mount in &notes.mounts {
+        lines.push(ownership_line(mount));
+        for entry in mount.left_alone.iter().take(LEFT_ALONE_SHOWN) {
+            lines.push(format!("  left alone: {}/{entry}", mount.source));
+        }
+        let named = mount.left_alone.len().min(LEFT_ALONE_SHOWN) as u64;
+        if mount.left_alone_count > named {
+            lines.push(format!(
+                "  left alone: {} more (`-o json` lists up to 20)",
+                mount.left_alone_count - named
+            ));
+        }
+    }
+    for dir in &notes.runtime_dirs {
+        lines.push(format!("runtime dir {dir}"));
+    }
+    lines
+}
+
 /// One path whose ownership changes: where it is on the host, where the
-/// container sees it, and how many entries move (at least, if the audit's
-/// walk stopped at its bound).
-fn ownership_line(mount: &Value) -> String {
-    let at_least = if mount.get("partial").and_then(Value::as_bool) == Some(true) {
-        "≥"
+/// container sees it, how many entries move (at least, if the audit's
+/// walk stopped at its bound), and how many the remap leaves alone.
+fn ownership_line(mount: &MountPlan) -> String {
+    let at_least = if mount.partial { "≥" } else { "" };
+    let left = if mount.left_alone_count > 0 {
+        format!(", {} left alone", mount.left_alone_count)
     } else {
-        ""
+        String::new()
     };
     format!(
-        "{} → {}: {at_least}{} of {at_least}{} entries change owner, {}",
-        text(mount, "source"),
-        text(mount, "destination"),
-        num(mount, "changing"),
-        num(mount, "entries"),
-        bytes(num(mount, "bytes"))
+        "{} → {}: {at_least}{} of {at_least}{} entries change owner{left}, {}",
+        mount.source,
+        mount.destination,
+        mount.changing,
+        mount.entries,
+        bytes(mount.bytes)
     )
 }
 
@@ -292,9 +347,13 @@ mod tests {
                     "kind": "migrate", "strategy": "dedicated user svc-db", "uid": null, "gid": 2001,
                     "user_to_create": "svc-db", "backup_bytes": 4000, "expected_downtime_ms": 6000,
                     "mounts": [
-                        {"source": "/srv/db", "destination": "/var/lib/db", "entries": 40, "changing": 12, "bytes": 4000, "partial": false},
+                        {"source": "/srv/db", "destination": "/var/lib/db", "entries": 40, "changing": 12, "bytes": 4000, "partial": false,
+                         "left_alone": ["dev/null (a device node: never handed to a service)"], "left_alone_count": 1},
                         {"source": "/srv/logs", "destination": "/logs", "entries": 100000, "changing": 100000, "bytes": 0, "partial": true}
-                    ]
+                    ],
+                    "host_id_collisions": [{"kind": "gid", "id": 999, "owner": "systemd-journal"}],
+                    "runtime_dirs": [{"path": "/run/db", "now": {"uid": 999, "gid": 999, "mode": 493},
+                                      "image": {"uid": 0, "gid": 0, "mode": 493}, "target": null, "why": "owned by uid 999"}]
                 }
             }]}]
         });
@@ -309,12 +368,14 @@ mod tests {
             "{out}"
         );
         assert_eq!(
-            lines[2],
-            "    /srv/db → /var/lib/db: 12 of 40 entries change owner, 4.0 kB"
-        );
-        assert_eq!(
-            lines[3],
-            "    /srv/logs → /logs: ≥100000 of ≥100000 entries change owner, 0 B"
+            &lines[2..7],
+            [
+                "    ! gid 999 is the host's group systemd-journal: without a user namespace the service shares its files (on_host_id_collision = \"refuse\" or \"dedicated\" avoids it)",
+                "    /srv/db → /var/lib/db: 12 of 40 entries change owner, 1 left alone, 4.0 kB",
+                "      left alone: /srv/db/dev/null (a device node: never handed to a service)",
+                "    /srv/logs → /logs: ≥100000 of ≥100000 entries change owner, 0 B",
+                "    runtime dir /run/db: 999:999 0755 now (owned by uid 999), 0:0 0755 in the image → the new user's ids, 0755",
+            ]
         );
         assert!(out.ends_with("policy: p.toml (sha256 ab12)\n"), "{out}");
     }

@@ -3,7 +3,9 @@
 
 use std::io::{IsTerminal, Write};
 
+use fleet_core::migration::{LeftAlone, downtime_text};
 use fleet_proto::controller::v1 as pb;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::args::{ListFormat, MigrateArgs, RollbackArgs, RunsCommand};
@@ -205,15 +207,23 @@ pub(crate) fn render_summary(view: &Value, out: &mut dyn Write) {
             .filter(|_| c["state"] == "migrated")
             .map(|t| format!("{}:{}", t[0], t[1]))
             .unwrap_or_else(|| "-".into());
-        let downtime = c["downtime_ms"]
-            .as_u64()
-            .map_or("-".into(), |d| format!("{:.1} s", d as f64 / 1000.0));
+        let notes: ContainerNotes = serde_json::from_value(c.clone()).unwrap_or_default();
+        let downtime = downtime_text(notes.downtime_ms, notes.downtime_from_stop_ms)
+            .unwrap_or_else(|| "-".into());
         let state = text(c, "state");
-        let note = if state == "not-migrated" {
+        let mut note = if state == "not-migrated" {
             describe_action(&c["plan"]["action"]).2
         } else {
             c["error"].as_str().unwrap_or("").to_string()
         };
+        if !notes.left_alone.is_empty() {
+            let left = format!("left alone: {}", notes.left_alone.summary());
+            note = if note.is_empty() {
+                left
+            } else {
+                format!("{note}; {left}")
+            };
+        }
         table.row(vec![
             text(c, "host"),
             text(&c["plan"], "name"),
@@ -234,6 +244,13 @@ pub(crate) fn render_summary(view: &Value, out: &mut dyn Write) {
         (Some(a), Some(b)) => format!(" in {:.1} s", b.saturating_sub(a) as f64 / 1000.0),
         _ => String::new(),
     };
+    let stuck: Vec<String> = view["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] == "needs-reconcile")
+        .map(|c| format!("{} on {}", text(&c["plan"], "name"), text(c, "host")))
+        .collect();
     let _ = writeln!(
         out,
         "\nrun {} {}{elapsed}: {} of {} host(s) failed, failure budget {}{}",
@@ -246,6 +263,33 @@ pub(crate) fn render_summary(view: &Value, out: &mut dyn Write) {
             .as_str()
             .map_or(String::new(), |n| format!("\n{n}")),
     );
+    let terminal = !matches!(text(run, "phase").as_str(), "running" | "paused");
+    if terminal && !stuck.is_empty() {
+        // The run has ended; putting these back has not: say how to see it.
+        let id = text(run, "id");
+        let how = match run["finished_seq"].as_u64() {
+            Some(seq) => format!("follow it with `fleetctl runs watch {id} --after {seq}`"),
+            None => format!("`fleetctl runs show {id}` says when they are"),
+        };
+        let _ = writeln!(
+            out,
+            "{} container(s) still to be put back ({}): the controller keeps trying; {how}",
+            stuck.len(),
+            stuck.join(", ")
+        );
+    }
+}
+
+/// What the run records about a container beyond its state, read with
+/// the controller's own types.
+#[derive(Debug, Default, Deserialize)]
+struct ContainerNotes {
+    #[serde(default)]
+    downtime_ms: Option<u64>,
+    #[serde(default)]
+    downtime_from_stop_ms: Option<u64>,
+    #[serde(default)]
+    left_alone: LeftAlone,
 }
 
 pub async fn runs(
@@ -456,6 +500,36 @@ pub async fn log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_shows_both_downtimes_what_was_left_alone_and_how_to_follow_what_is_stuck() {
+        let view = serde_json::json!({
+            "run": {"id": "r1", "phase": "halted", "created_unix_ms": 1000, "finished_unix_ms": 3000,
+                    "failed_hosts": 1, "hosts": [{}, {}], "budget": 0, "finished_seq": 42,
+                    "note": "1 container(s) could not be put back yet (db on h2): the controller keeps trying"},
+            "containers": [
+                {"host": "h1", "state": "migrated", "target": [999, 999], "error": null,
+                 "downtime_ms": 5300, "downtime_from_stop_ms": 14800,
+                 "left_alone": {"hard_links": ["/srv/a/x (not all of its names are in the tree)"]},
+                 "plan": {"name": "web", "action": {"kind": "migrate"}}},
+                {"host": "h2", "state": "needs-reconcile", "target": null, "error": "undo of the stop step failed",
+                 "plan": {"name": "db", "action": {"kind": "migrate"}}}
+            ]
+        });
+        let mut out = Vec::new();
+        render_summary(&view, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        let web = out.lines().find(|l| l.starts_with("h1")).unwrap();
+        assert!(
+            web.contains("5.3 s (14.8 s from the stop request)")
+                && web.contains("left alone: 1 hard link(s) with names outside the tree (/srv/a/x"),
+            "{out}"
+        );
+        assert_eq!(
+            out.lines().last().unwrap(),
+            "1 container(s) still to be put back (db on h2): the controller keeps trying; follow it with `fleetctl runs watch r1 --after 42`"
+        );
+    }
 
     #[test]
     fn each_phase_has_its_exit_code() {

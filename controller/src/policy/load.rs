@@ -5,13 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use fleet_core::config::{ConfigError, parse_toml};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Defaults, Policy, PolicySource, Probe, Rule, Strategy};
+use super::{Defaults, OnHostIdCollision, Policy, PolicySource, Probe, Rule, Strategy};
+
+/// A policy that cannot be used, naming the file, the line and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {path} is malformed: {message}")]
+    Malformed { path: PathBuf, message: String },
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +34,7 @@ struct DefaultsFile {
     min_healthy_secs: Option<u64>,
     deadline_secs: Option<u64>,
     retention_days: Option<u64>,
+    on_host_id_collision: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +59,7 @@ struct RuleFile {
     deadline_secs: Option<u64>,
     /// A name or a number, as a string or an integer: checked here.
     order: Option<Spanned<toml::Value>>,
+    on_host_id_collision: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,7 +71,7 @@ struct ProbeFile {
 }
 
 /// The ordering classes the planner ranks (a number ranks as itself).
-const ORDER_CLASSES: &[&str] = &["stateless", "cache", "queue", "database"];
+const ORDER_CLASSES: &[&str] = crate::plan::class::CLASSES;
 
 /// Where each complaint points: the file, and the line of a span.
 struct Source<'a> {
@@ -72,20 +80,49 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn error(&self, span: Range<usize>, rule: usize, message: String) -> ConfigError {
+    fn error(&self, span: Range<usize>, rule: usize, message: String) -> PolicyError {
+        self.at(span, &format!("rule {rule}"), message)
+    }
+
+    fn at(&self, span: Range<usize>, place: &str, message: String) -> PolicyError {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        ConfigError::Malformed {
+        PolicyError::Malformed {
             path: self.file.to_path_buf(),
-            message: format!("line {line}: rule {rule}: {message}"),
+            message: format!("line {line}: {place}: {message}"),
         }
     }
 }
 
+/// The TOML itself; a syntax error says in plain words what was expected.
+fn parse_file(file: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let (location, plain) = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (
+                    format!("line {line}, column {column}: "),
+                    super::plain::bare_word(text, span.start),
+                )
+            }
+            None => (String::new(), None),
+        };
+        PolicyError::Malformed {
+            path: file.to_path_buf(),
+            message: format!(
+                "{location}{}",
+                plain.unwrap_or_else(|| e.message().to_string())
+            ),
+        }
+    })
+}
+
 impl Policy {
     /// Parses a policy; errors name the file, the line and what is wrong.
-    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let parsed: PolicyFile = parse_toml(file, text)?;
+    pub fn parse(file: &Path, text: &str) -> Result<Self, PolicyError> {
+        let parsed = parse_file(file, text)?;
         let source = Source { file, text };
         let rules = parsed
             .rules
@@ -94,6 +131,13 @@ impl Policy {
             .map(|(index, rule)| check_rule(&source, index + 1, rule))
             .collect::<Result<_, _>>()?;
         let d = parsed.defaults;
+        let on_host_id_collision = match &d.on_host_id_collision {
+            None => None,
+            Some(spanned) => Some(
+                on_collision(spanned.get_ref())
+                    .map_err(|m| source.at(spanned.span(), "[defaults]", m))?,
+            ),
+        };
         Ok(Policy {
             source: PolicySource {
                 path: file.display().to_string(),
@@ -103,13 +147,14 @@ impl Policy {
                 min_healthy_secs: d.min_healthy_secs,
                 deadline_secs: d.deadline_secs,
                 retention_days: d.retention_days,
+                on_host_id_collision,
             },
             rules,
         })
     }
 
     /// The policy a source holds: empty text is the default policy.
-    pub fn from_source(source: &PolicySource) -> Result<Self, ConfigError> {
+    pub fn from_source(source: &PolicySource) -> Result<Self, PolicyError> {
         if source.text.trim().is_empty() {
             return Ok(Policy::default());
         }
@@ -122,7 +167,7 @@ impl Policy {
     }
 }
 
-fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, ConfigError> {
+fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, PolicyError> {
     let strategy = strategy(source, n, &rule)?;
     if let Some(user) = &rule.user
         && !matches!(strategy, Some(Strategy::Dedicated { .. }))
@@ -163,6 +208,12 @@ fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, Con
             Some(order(spanned.get_ref()).map_err(|m| source.error(spanned.span(), n, m))?)
         }
     };
+    let on_host_id_collision = match &rule.on_host_id_collision {
+        None => None,
+        Some(spanned) => {
+            Some(on_collision(spanned.get_ref()).map_err(|m| source.error(spanned.span(), n, m))?)
+        }
+    };
     Ok(Rule {
         name: rule.name,
         image: rule.image,
@@ -176,6 +227,15 @@ fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, Con
         min_healthy_secs: rule.min_healthy_secs,
         deadline_secs: rule.deadline_secs,
         order,
+        on_host_id_collision,
+    })
+}
+
+fn on_collision(text: &str) -> Result<OnHostIdCollision, String> {
+    OnHostIdCollision::parse(text).ok_or_else(|| {
+        format!(
+            "unknown on_host_id_collision \"{text}\": use \"warn\" (plan it, marked), \"refuse\" or \"dedicated\" (a dedicated account instead)"
+        )
     })
 }
 
@@ -186,7 +246,7 @@ fn strategy(
     source: &Source<'_>,
     n: usize,
     rule: &RuleFile,
-) -> Result<Option<Strategy>, ConfigError> {
+) -> Result<Option<Strategy>, PolicyError> {
     let strategy = match &rule.strategy {
         None => None,
         Some(spanned) => Some(
@@ -283,7 +343,7 @@ fn probe(p: &ProbeFile) -> Result<Probe, String> {
 fn order(value: &toml::Value) -> Result<String, String> {
     let wrong = |shown: String| {
         format!(
-            "unknown order {shown}: use one of {} (ranked 10, 20, 20, 30), or a number to rank it yourself, e.g. order = 15",
+            "unknown order {shown}: use one of {} (ranked 10, 20, 20, 30, 30), or a number to rank it yourself, e.g. order = 15",
             ORDER_CLASSES.join(", ")
         )
     };
@@ -311,7 +371,7 @@ mod tests {
     /// The message names the file, the line, the rule, and says `needles`.
     fn assert_names(text: &str, line: usize, needles: &[&str]) {
         let e = err(text);
-        let at = format!("config file {FILE} is malformed: line {line}: rule ");
+        let at = format!("policy {FILE} is malformed: line {line}: rule ");
         assert!(e.starts_with(&at), "want {at:?}: {e}");
         for needle in needles {
             assert!(e.contains(needle), "want {needle:?}: {e}");

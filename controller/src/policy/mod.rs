@@ -5,6 +5,9 @@
 //! dedicated user. `load` reads and checks the file.
 
 mod load;
+mod plain;
+
+pub use load::PolicyError;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,32 @@ pub enum Probe {
     Exec { argv: Vec<String> },
 }
 
+/// What a plan does when a target uid or gid already belongs to an account
+/// or group of the host (without a user namespace, the same id is the same
+/// owner on the host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnHostIdCollision {
+    /// Migrate, and mark each collision in the plan, naming the account.
+    #[default]
+    Warn,
+    /// Refuse the container, naming the account.
+    Refuse,
+    /// Move it to a dedicated account (ids from the agent's range) instead.
+    Dedicated,
+}
+
+impl OnHostIdCollision {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "warn" => Some(OnHostIdCollision::Warn),
+            "refuse" => Some(OnHostIdCollision::Refuse),
+            "dedicated" => Some(OnHostIdCollision::Dedicated),
+            _ => None,
+        }
+    }
+}
+
 /// What the policy says about one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -56,6 +85,7 @@ pub struct Decision {
     pub order: Option<String>,
     /// Which rule decided (1-based), if any.
     pub rule: Option<usize>,
+    pub on_host_id_collision: OnHostIdCollision,
 }
 
 /// The text a policy was read from. A saved plan carries it, so applying
@@ -80,6 +110,7 @@ struct Defaults {
     min_healthy_secs: Option<u64>,
     deadline_secs: Option<u64>,
     retention_days: Option<u64>,
+    on_host_id_collision: Option<OnHostIdCollision>,
 }
 
 /// One checked rule: what it matches, and what it decides.
@@ -97,6 +128,7 @@ struct Rule {
     min_healthy_secs: Option<u64>,
     deadline_secs: Option<u64>,
     order: Option<String>,
+    on_host_id_collision: Option<OnHostIdCollision>,
 }
 
 /// What a rule is matched against.
@@ -141,6 +173,7 @@ impl Policy {
             retention_days: defaults.retention_days.unwrap_or(14),
             order: None,
             rule: None,
+            on_host_id_collision: defaults.on_host_id_collision.unwrap_or_default(),
         };
         let Some((index, rule)) = self
             .rules
@@ -158,6 +191,9 @@ impl Policy {
         decision.deadline_secs = rule.deadline_secs.unwrap_or(decision.deadline_secs);
         decision.order = rule.order.clone();
         decision.rule = Some(index + 1);
+        decision.on_host_id_collision = rule
+            .on_host_id_collision
+            .unwrap_or(decision.on_host_id_collision);
         decision
     }
 }

@@ -325,10 +325,12 @@ where
         match result {
             Err(CallError::Unreachable(message) | CallError::Lost(message)) => {
                 if away >= deadline {
-                    return Err(CallError::Unreachable(format!(
-                        "{message} (gave up after {} s)",
-                        deadline.as_secs()
-                    )));
+                    let waited = if deadline.is_zero() {
+                        "still out of reach".to_string()
+                    } else {
+                        format!("gave up after {} s", deadline.as_secs())
+                    };
+                    return Err(CallError::Unreachable(format!("{message} ({waited})")));
                 }
                 tracing::warn!(error = %message, "agent unreachable mid-step; retrying the same step");
                 tokio::time::sleep(pause).await;

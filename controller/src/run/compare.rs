@@ -230,8 +230,15 @@ fn decided(c: &ContainerPlan) -> Result<Value, ControllerError> {
         top.remove("order");
     }
     if let Some(action) = value.get_mut("action").and_then(Value::as_object_mut) {
-        action.remove("backup_bytes");
-        action.remove("expected_downtime_ms");
+        // Estimates and what the host is like today: warnings, not decisions.
+        for estimate in [
+            "backup_bytes",
+            "expected_downtime_ms",
+            "host_id_collisions",
+            "runtime_dirs",
+        ] {
+            action.remove(estimate);
+        }
         for mount in action
             .get_mut("mounts")
             .and_then(Value::as_array_mut)
@@ -239,7 +246,14 @@ fn decided(c: &ContainerPlan) -> Result<Value, ControllerError> {
             .flatten()
         {
             if let Some(mount) = mount.as_object_mut() {
-                for estimate in ["entries", "changing", "bytes", "partial"] {
+                for estimate in [
+                    "entries",
+                    "changing",
+                    "bytes",
+                    "partial",
+                    "left_alone",
+                    "left_alone_count",
+                ] {
                     mount.remove(estimate);
                 }
             }
@@ -324,6 +338,8 @@ mod tests {
                 changing: 10,
                 bytes: 100,
                 partial: false,
+                left_alone: Vec::new(),
+                left_alone_count: 0,
             }],
             backup_bytes: 100,
             hooks: Vec::new(),
@@ -332,6 +348,9 @@ mod tests {
             deadline_secs: 60,
             retention_days: 14,
             expected_downtime_ms: 6_000,
+            host_id_collisions: Vec::new(),
+            instead_of: None,
+            runtime_dirs: Vec::new(),
         })
     }
 

@@ -2,10 +2,10 @@
 //! every change written (and flushed) to the store before it is acted on,
 //! and its events fanned out to watchers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -78,8 +78,11 @@ pub struct RunCtx {
     pub store: Store,
     pub pool: Arc<AgentPool>,
     pub agent_deadline: Duration,
-    /// How long `finish` waits for what needs reconciling.
+    /// How long the run waits for an agent found out of reach (counted
+    /// from then, shared by every call to it) before it ends.
     pub reconcile_grace: Duration,
+    /// Hosts found out of reach (a call gave up), and since when.
+    away: Mutex<HashMap<String, Instant>>,
     header: Mutex<Run>,
     containers: Mutex<BTreeMap<String, ContainerRun>>,
     seq: AtomicU64,
@@ -125,6 +128,7 @@ impl RunCtx {
             pool,
             agent_deadline,
             reconcile_grace,
+            away: Mutex::new(HashMap::new()),
             header: Mutex::new(run),
             containers: Mutex::new(containers.into_iter().map(|c| (c.key.clone(), c)).collect()),
             seq: AtomicU64::new(seq),
@@ -158,10 +162,16 @@ impl RunCtx {
 
     /// A durable event (flushed), then fanned out.
     pub fn emit(&self, draft: Draft) -> Result<(), ControllerError> {
+        self.emit_numbered(draft).map(|_| ())
+    }
+
+    /// The same, returning the event's sequence number.
+    pub fn emit_numbered(&self, draft: Draft) -> Result<u64, ControllerError> {
         let event = self.stamp(draft);
+        let seq = event.seq;
         self.store.append_event(&self.id, &event)?;
         let _ = self.events.send(event);
-        Ok(())
+        Ok(seq)
     }
 
     /// A progress event: live only (watchers see it; the journal keeps the
@@ -253,6 +263,49 @@ impl RunCtx {
                     source: HostSource::Store,
                 })
         })
+    }
+
+    /// How long a call to `host` may wait for it: the agent deadline; once
+    /// the host was found out of reach, what is left of the grace counted
+    /// from then (zero: one attempt), so that a vanished agent holds the
+    /// run up for one deadline and one grace, not a deadline per call.
+    pub fn call_deadline(&self, host: &str) -> Duration {
+        match lock(&self.away).get(host) {
+            Some(since) => self.reconcile_grace.saturating_sub(since.elapsed()),
+            None => self.agent_deadline,
+        }
+    }
+
+    /// When the grace for `host` ends, if it was found out of reach.
+    pub fn grace_ends(&self, host: &str) -> Option<Instant> {
+        lock(&self.away)
+            .get(host)
+            .map(|since| *since + self.reconcile_grace)
+    }
+
+    /// Calls `host` (retrying while it is out of reach, for `deadline`),
+    /// and records whether it answered.
+    pub async fn call<T, F, Fut>(
+        &self,
+        host: &str,
+        deadline: Duration,
+        attempt: F,
+    ) -> Result<T, crate::run::calls::CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::run::calls::CallError>>,
+    {
+        let result = crate::run::calls::with_deadline(deadline, attempt).await;
+        let mut away = lock(&self.away);
+        match &result {
+            Err(crate::run::calls::CallError::Unreachable(_)) => {
+                away.entry(host.to_string()).or_insert_with(Instant::now);
+            }
+            _ => {
+                away.remove(host);
+            }
+        }
+        result
     }
 
     pub fn record_overhead(&self, us: u64) {

@@ -16,6 +16,7 @@ use crate::run::ctx::{Draft, RunCtx, now_ms};
 use crate::run::model::{
     ContainerState, Control, EventKind, HostState, OnFailure, RunKind, RunPhase,
 };
+use crate::run::outcomes;
 use crate::run::unit::{Outcome, migrate_unit, rollback_unit, unit_of, units};
 use crate::store::LogEntry;
 
@@ -410,6 +411,19 @@ fn settled(ctx: &RunCtx) -> HostState {
     }
 }
 
+/// When the run stops waiting for what needs reconciling: the grace of
+/// each such container's host, counted from when the host was found out
+/// of reach (or from now, for an undo the agent refused).
+fn grace_ends(ctx: &RunCtx) -> Instant {
+    let now = Instant::now();
+    ctx.containers()
+        .iter()
+        .filter(|c| c.state == ContainerState::NeedsReconcile)
+        .map(|c| ctx.grace_ends(&c.host).unwrap_or(now + ctx.reconcile_grace))
+        .max()
+        .unwrap_or(now)
+}
+
 /// Waits a while for anything needing reconciling (an agent that was away
 /// mid-undo comes back), then records the run's end. What is still stuck
 /// then is left to `reconcile`, which keeps trying after the run ends.
@@ -418,7 +432,7 @@ async fn finish(
     shutdown: &CancellationToken,
     phase: RunPhase,
 ) -> Result<(), ControllerError> {
-    let give_up = Instant::now() + ctx.agent_deadline.max(ctx.reconcile_grace);
+    let give_up = grace_ends(ctx);
     let mut stuck = Vec::new();
     while !reconcile_pass(ctx).await? {
         if Instant::now() >= give_up {
@@ -438,6 +452,12 @@ async fn finish(
         phase
     };
     let back = settled(ctx);
+    // Named as the operator knows them, not by their record keys.
+    let stuck_names: Vec<String> = stuck
+        .iter()
+        .filter_map(|key| ctx.container(key))
+        .map(|c| outcomes::named(&c))
+        .collect();
     let run = ctx.update_header(|r| {
         r.phase = phase;
         r.stopping = None;
@@ -457,7 +477,7 @@ async fn finish(
             r.note = Some(format!(
                 "{} container(s) could not be put back yet ({}): the controller keeps trying and puts them back when their agent answers (or run `fleet-agent rollback --run {}` on the host)",
                 stuck.len(),
-                stuck.join(", "),
+                stuck_names.join(", "),
                 ctx.agent_run
             ));
         }
@@ -478,7 +498,8 @@ async fn finish(
             .as_ref()
             .map_or(String::new(), |n| format!("; {n}")),
     );
-    ctx.emit(Draft::run(EventKind::RunFinished, message.clone()))?;
+    let seq = ctx.emit_numbered(Draft::run(EventKind::RunFinished, message.clone()))?;
+    ctx.update_header(|r| r.finished_seq = Some(seq))?;
     ctx.store.append_log(&LogEntry::new(
         &run.created_by,
         "operator",

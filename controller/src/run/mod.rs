@@ -12,6 +12,7 @@ pub mod ctx;
 pub mod driver;
 pub mod holds;
 pub mod model;
+pub mod outcomes;
 pub mod saved;
 pub mod start;
 pub mod unit;
@@ -279,7 +280,28 @@ impl Runs {
         // happens after is then either in the store or on the channel.
         let live = self.live(id);
         let mut rx = live.as_ref().map(|ctx| ctx.subscribe());
-        let still_going = live.is_some_and(|ctx| ctx.header().phase == RunPhase::Running);
+        let running = live
+            .as_ref()
+            .is_some_and(|ctx| ctx.header().phase == RunPhase::Running);
+        // Asked for what comes after the run's end while it still puts
+        // containers back: follow that until it says they are back.
+        let reconciling = live.as_ref().is_some_and(|ctx| {
+            let header = ctx.header();
+            header.phase.is_terminal()
+                && header.finished_seq.is_some_and(|seq| after >= seq)
+                && ctx
+                    .containers()
+                    .iter()
+                    .any(|c| c.state == ContainerState::NeedsReconcile)
+        });
+        let still_going = running || reconciling;
+        let last = move |event: &RunEvent| {
+            if reconciling {
+                event.what == EventKind::Reconciled && event.container.is_none()
+            } else {
+                matches!(event.what, EventKind::RunFinished | EventKind::Paused)
+            }
+        };
         let run = self.find(id)?;
         let stored = self.store.events(&run.id, after)?;
         let store = self.store.clone();
@@ -290,7 +312,11 @@ impl Runs {
             let mut sent = std::collections::BTreeSet::new();
             for event in stored {
                 sent.insert(event.seq);
-                let end = matches!(event.what, EventKind::RunFinished);
+                let end = if reconciling {
+                    last(&event)
+                } else {
+                    matches!(event.what, EventKind::RunFinished)
+                };
                 if tx.send(event).await.is_err() || end {
                     return;
                 }
@@ -312,7 +338,7 @@ impl Runs {
                     if event.seq != 0 && (event.seq <= after || !sent.insert(event.seq)) {
                         continue;
                     }
-                    let end = matches!(event.what, EventKind::RunFinished | EventKind::Paused);
+                    let end = last(&event);
                     if tx.send(event).await.is_err() || end {
                         return;
                     }
@@ -538,6 +564,7 @@ impl Runs {
             overhead: Default::default(),
             pruned: None,
             rolled_back_by: Vec::new(),
+            finished_seq: None,
         };
         self.launch(
             run.clone(),

@@ -3,6 +3,7 @@
 //! container's migration (its steps and their outcomes) is another, so a
 //! step's journal write stays small however large the fleet.
 
+use fleet_core::migration::LeftAlone;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -161,6 +162,10 @@ pub struct Run {
     pub pruned: Option<Pruned>,
     /// Set on a migrate run that a later rollback run undid.
     pub rolled_back_by: Vec<String>,
+    /// The sequence number of its `run-finished` event: a watch from there
+    /// follows what the run still puts back after it ended.
+    #[serde(default)]
+    pub finished_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,8 +246,17 @@ pub struct ContainerRun {
     /// The ids the container runs as after the migration.
     pub target: Option<(u32, u32)>,
     pub error: Option<String>,
-    /// Stop → verified healthy, as the agent measured it.
+    /// The service's downtime as the agent measured it: the old container
+    /// exited → the new one verified.
+    #[serde(default)]
     pub downtime_ms: Option<u64>,
+    /// The stop requested → the new one verified (the stop's own grace
+    /// period included).
+    #[serde(default)]
+    pub downtime_from_stop_ms: Option<u64>,
+    /// What the ownership step left as it was (its outcome, read).
+    #[serde(default, skip_serializing_if = "LeftAlone::is_empty")]
+    pub left_alone: LeftAlone,
     pub started_unix_ms: Option<u64>,
     pub finished_unix_ms: Option<u64>,
 }
@@ -259,6 +273,8 @@ impl ContainerRun {
             target: None,
             error: None,
             downtime_ms: None,
+            downtime_from_stop_ms: None,
+            left_alone: LeftAlone::default(),
             started_unix_ms: None,
             finished_unix_ms: None,
         }
@@ -301,6 +317,9 @@ pub enum EventKind {
     UndoDone,
     UndoFailed,
     ContainerRolledBack,
+    /// Something an operator should know that did not fail the step (what
+    /// the ownership walk left alone).
+    Warning,
     HostDone,
     HostFailed,
     Reconciled,

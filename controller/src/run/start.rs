@@ -214,6 +214,7 @@ pub async fn build(
         overhead: Default::default(),
         pruned: None,
         rolled_back_by: Vec::new(),
+        finished_seq: None,
     };
     Ok(RunView { run, containers })
 }

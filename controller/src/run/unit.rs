@@ -23,6 +23,7 @@ use crate::run::ctx::{Draft, RunCtx, now_ms};
 use crate::run::model::{
     ContainerRun, ContainerState, EventKind, StepKind, StepRecord, StepStatus,
 };
+use crate::run::outcomes;
 
 /// A unit either migrates or ends exactly as it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +166,7 @@ pub async fn migrate_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<Outcome,
         let c = ctx.update_container(key, |c| {
             c.state = ContainerState::Migrated;
             c.finished_unix_ms = Some(now_ms());
-            let (uid, gid) = c.target.unwrap_or_default();
-            let downtime = c
-                .downtime_ms
-                .map_or(String::new(), |d| format!(", downtime {d} ms"));
-            result = format!("runs as {uid}:{gid}{downtime}");
+            result = outcomes::migrated_line(c);
             Some(Draft::container(
                 c,
                 None,
@@ -215,11 +212,12 @@ async fn run_step(
             // The controller stopped between the intent and the outcome:
             // what does the agent's own journal say?
             if agent_journal.is_none() {
-                *agent_journal = calls::with_deadline(ctx.agent_deadline, || {
-                    calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
-                })
-                .await
-                .ok();
+                *agent_journal = ctx
+                    .call(&host.name, ctx.call_deadline(&host.name), || {
+                        calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
+                    })
+                    .await
+                    .ok();
             }
             let seen = agent_journal.as_ref().is_some_and(|j| j.contains(&id));
             ctx.emit(Draft::container(
@@ -273,10 +271,12 @@ async fn run_step(
         ctx.progress(progress_draft.clone(), p.entries, p.changed, p.bytes)
     };
     let call_started = Instant::now();
-    let result = calls::with_deadline(ctx.agent_deadline, || {
-        calls::step(&ctx.pool, &host, &call, &on_progress)
-    })
-    .await;
+    // A step gets the whole deadline, whatever came before.
+    let result = ctx
+        .call(&host.name, ctx.agent_deadline, || {
+            calls::step(&ctx.pool, &host, &call, &on_progress)
+        })
+        .await;
     let agent_ms = call_started.elapsed().as_millis() as u64;
     let after_call = Instant::now();
     match result {
@@ -287,10 +287,10 @@ async fn run_step(
                     Some((id("uid")? as u32, id("gid")? as u32))
                 })
                 .flatten();
-            let downtime = (kind == StepKind::Verify)
-                .then(|| reply.outcome.get("downtime_ms").and_then(|v| v.as_u64()))
-                .flatten();
-            ctx.update_container(key, |c| {
+            let downtime = (kind == StepKind::Verify).then(|| outcomes::downtime(&reply.outcome));
+            let left_alone =
+                (kind == StepKind::Ownership).then(|| outcomes::left_alone(&reply.outcome));
+            let c = ctx.update_container(key, |c| {
                 if let Some(s) = c.steps.iter_mut().find(|s| s.kind == kind) {
                     s.status = StepStatus::Done;
                     s.outcome = Some(reply.outcome.clone());
@@ -298,8 +298,12 @@ async fn run_step(
                     s.agent_ms = agent_ms;
                 }
                 c.target = made.or(call.target);
-                if downtime.is_some() {
-                    c.downtime_ms = downtime;
+                if let Some((from_exit, from_stop)) = downtime {
+                    c.downtime_ms = from_exit;
+                    c.downtime_from_stop_ms = from_stop;
+                }
+                if let Some(left) = &left_alone {
+                    c.left_alone = left.clone();
                 }
                 let note = if reply.replayed {
                     " (the agent had already done it)"
@@ -314,6 +318,10 @@ async fn run_step(
                 ))
             })?;
             ctx.record_overhead((before_call + after_call.elapsed()).as_micros() as u64);
+            // Said once, where the operator follows the run.
+            if let Some(line) = left_alone.as_ref().and_then(outcomes::left_alone_line) {
+                ctx.emit(Draft::container(&c, Some(kind), EventKind::Warning, line))?;
+            }
             fault::point(&format!("controller:after-done:{}", kind.as_str()));
             Ok(true)
         }
@@ -413,10 +421,12 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
         }
         Ok(())
     };
-    let known = match calls::with_deadline(ctx.agent_deadline, || {
-        calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
-    })
-    .await
+    // An agent already found away shares one grace across these calls.
+    let known = match ctx
+        .call(&host.name, ctx.call_deadline(&host.name), || {
+            calls::agent_steps(&ctx.pool, &host, &ctx.agent_run)
+        })
+        .await
     {
         Ok(known) => known,
         Err(e) => {
@@ -448,12 +458,20 @@ pub async fn rollback_unit(ctx: &Arc<RunCtx>, keys: &[String]) -> Result<bool, C
             None
         })?;
         fault::point(&format!("controller:after-undo-intent:{}", kind.as_str()));
-        match calls::with_deadline(ctx.agent_deadline, || {
-            calls::undo(&ctx.pool, &host, &ctx.agent_run, &record.id)
-        })
-        .await
+        match ctx
+            .call(&host.name, ctx.call_deadline(&host.name), || {
+                calls::undo(&ctx.pool, &host, &ctx.agent_run, &record.id)
+            })
+            .await
         {
-            Ok(_) => mark_undone(ctx, key, &record, "undone")?,
+            Ok(reply) => {
+                let said = if kind == StepKind::Ownership {
+                    outcomes::undone_line(&reply.outcome)
+                } else {
+                    "undone".to_string()
+                };
+                mark_undone(ctx, key, &record, &said)?
+            }
             Err(e) => {
                 ctx.update_container(key, |c| {
                     if let Some(s) = c.steps.iter_mut().find(|s| s.id == record.id) {
@@ -528,6 +546,8 @@ mod tests {
                     changing: 0,
                     bytes: 0,
                     partial: false,
+                    left_alone: Vec::new(),
+                    left_alone_count: 0,
                 }]
             } else {
                 Vec::new()
@@ -539,6 +559,9 @@ mod tests {
             deadline_secs: 0,
             retention_days: 0,
             expected_downtime_ms: 0,
+            host_id_collisions: Vec::new(),
+            instead_of: None,
+            runtime_dirs: Vec::new(),
         }
     }
 

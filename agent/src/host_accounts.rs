@@ -1,0 +1,115 @@
+//! The host's own accounts and groups, by name and id: without a user
+//! namespace a container's uid is the host's uid, so a target id that
+//! already names a host account (gid 999 is `systemd-journal` on Debian)
+//! hands that account's files to the service, and the service's to it.
+//! Planning reads them; the controller marks every collision.
+
+use std::path::Path;
+
+use fleet_core::audit::HostAccount;
+
+pub const PASSWD: &str = "/etc/passwd";
+pub const GROUP: &str = "/etc/group";
+
+/// A passwd or group file larger than this is not read whole.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostAccounts {
+    pub users: Vec<HostAccount>,
+    pub groups: Vec<HostAccount>,
+}
+
+/// The host's accounts when planning (`wanted`), else none; a file that
+/// cannot be read is a warning of the report, not a failed inspection.
+pub fn for_planning(wanted: bool, warnings: &mut Vec<String>) -> HostAccounts {
+    if !wanted {
+        return HostAccounts::default();
+    }
+    read(Path::new(PASSWD), Path::new(GROUP), warnings)
+}
+
+pub fn read(passwd: &Path, group: &Path, warnings: &mut Vec<String>) -> HostAccounts {
+    let mut load = |path: &Path| match read_bounded(path) {
+        Ok(text) => parse(&text),
+        Err(e) => {
+            warnings.push(format!(
+                "cannot read the host's {}: {e}; target ids are not checked against the host's accounts",
+                path.display()
+            ));
+            Vec::new()
+        }
+    };
+    HostAccounts {
+        users: load(passwd),
+        groups: load(group),
+    }
+}
+
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// `name:x:id:...` lines (passwd and group share the first three fields);
+/// comments, NIS `+`/`-` entries and malformed lines are passed over.
+pub fn parse(text: &str) -> Vec<HostAccount> {
+    let mut out: Vec<HostAccount> = text
+        .lines()
+        .filter(|line| !line.starts_with(['#', '+', '-']))
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?.trim();
+            let _password = fields.next()?;
+            let id = fields.next()?.trim().parse::<u32>().ok()?;
+            (!name.is_empty()).then(|| HostAccount {
+                name: name.to_string(),
+                id,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.id, &a.name).cmp(&(b.id, &b.name)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_and_ids_and_passes_over_what_is_not_an_account() {
+        let accounts = parse(
+            "root:x:0:0:root:/root:/bin/bash\n# a comment\n+nis\nsystemd-network:x:998:998::/:/usr/sbin/nologin\nbroken\nbad:x:abc:1\n",
+        );
+        assert_eq!(
+            accounts,
+            [
+                HostAccount {
+                    name: "root".into(),
+                    id: 0
+                },
+                HostAccount {
+                    name: "systemd-network".into(),
+                    id: 998
+                },
+            ]
+        );
+        let mut warnings = Vec::new();
+        let none = read(
+            Path::new("/nonexistent/passwd"),
+            Path::new(GROUP),
+            &mut warnings,
+        );
+        assert!(none.users.is_empty() && !none.groups.is_empty());
+        assert!(warnings[0].contains("/nonexistent/passwd"), "{warnings:?}");
+        assert_eq!(
+            for_planning(false, &mut warnings),
+            HostAccounts::default(),
+            "an audit does not carry them"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The agent's step outcomes (the JSON it journaled), read for what a run
+//! records and says about a container: its downtime by both definitions,
+//! and what the ownership walk left alone. Tolerant of fields added later.
+
+use fleet_core::migration::{LeftAlone, OwnershipOutcomeView, downtime_text};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::run::model::ContainerRun;
+
+#[derive(Debug, Default, Deserialize)]
+struct VerifyOutcomeView {
+    #[serde(default)]
+    downtime_ms: Option<u64>,
+    #[serde(default)]
+    downtime_from_stop_ms: Option<u64>,
+}
+
+/// (old container exited → verified, stop requested → verified).
+pub fn downtime(outcome: &Value) -> (Option<u64>, Option<u64>) {
+    let view: VerifyOutcomeView = serde_json::from_value(outcome.clone()).unwrap_or_default();
+    (view.downtime_ms, view.downtime_from_stop_ms)
+}
+
+pub fn left_alone(outcome: &Value) -> LeftAlone {
+    serde_json::from_value::<OwnershipOutcomeView>(outcome.clone())
+        .map(LeftAlone::from)
+        .unwrap_or_default()
+}
+
+/// An ownership undo's report per mount, as the agent journals it; counts
+/// it adds later (a reverse walk's) are ignored here.
+#[derive(Debug, Default, Deserialize)]
+struct UndoReportView {
+    #[serde(default)]
+    root: String,
+    #[serde(default)]
+    restored: u64,
+    #[serde(default)]
+    missing: Vec<String>,
+    #[serde(default)]
+    impostors: Vec<String>,
+}
+
+/// What an undo event says: for the ownership step, what was restored and
+/// what the undo left as it found it.
+pub fn undone_line(outcome: &Value) -> String {
+    let Ok(reports) = serde_json::from_value::<Vec<UndoReportView>>(outcome.clone()) else {
+        return "undone".into();
+    };
+    if reports.is_empty() {
+        return "undone".into();
+    }
+    let restored: u64 = reports.iter().map(|r| r.restored).sum();
+    let roots: Vec<&str> = reports.iter().map(|r| r.root.as_str()).collect();
+    let mut line = format!(
+        "undone: {restored} entries restored under {}",
+        roots.join(", ")
+    );
+    let missing: Vec<&String> = reports.iter().flat_map(|r| &r.missing).collect();
+    let impostors: Vec<&String> = reports.iter().flat_map(|r| &r.impostors).collect();
+    if !missing.is_empty() {
+        line.push_str(&format!(
+            "; {} recorded entries no longer there",
+            missing.len()
+        ));
+    }
+    if !impostors.is_empty() {
+        line.push_str(&format!(
+            "; {} recorded inode(s) now another file's, left as they are",
+            impostors.len()
+        ));
+    }
+    line
+}
+
+/// `web on h1`: how notes and messages name a container of the run.
+pub fn named(c: &ContainerRun) -> String {
+    format!("{} on {}", c.plan.name, c.host)
+}
+
+/// `left alone under its mounts: 1 hard link(s) ...`, or None.
+pub fn left_alone_line(left: &LeftAlone) -> Option<String> {
+    (!left.is_empty()).then(|| {
+        format!(
+            "left alone under its mounts (still owned as before): {}",
+            left.summary()
+        )
+    })
+}
+
+/// What a migrated container's event and audit-log line say: who it runs
+/// as, its downtime by both definitions, what was left alone.
+pub fn migrated_line(c: &ContainerRun) -> String {
+    let (uid, gid) = c.target.unwrap_or_default();
+    let mut line = format!("runs as {uid}:{gid}");
+    if let Some(downtime) = downtime_text(c.downtime_ms, c.downtime_from_stop_ms) {
+        line.push_str(&format!(", downtime {downtime}"));
+    }
+    if let Some(left) = left_alone_line(&c.left_alone) {
+        line.push_str(&format!("; {left}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcomes_are_read_with_fields_missing_or_added() {
+        assert_eq!(
+            downtime(&json!({"downtime_ms": 5300, "downtime_from_stop_ms": 14800, "probe": "x"})),
+            (Some(5300), Some(14800))
+        );
+        assert_eq!(downtime(&json!({"downtime_ms": 900})), (Some(900), None));
+        assert_eq!(downtime(&Value::Null), (None, None));
+        // The ownership step's outcome: mounts as [OwnedMount, RemapReport].
+        let outcome = json!({
+            "mounts": [[
+                {"root": "/srv/a", "destination": "/data", "manifest": "m", "identity": [1, 2]},
+                {"root": "/srv/a", "entries": 10, "changed": 7, "refused_hardlinks": ["x (not all of its names are in the tree; the others could be host files)"],
+                 "devices_left": ["dev/null"], "raced": [], "vanished": ["tmp.1"], "other_filesystems": [],
+                 "reverse_walk": {"restored": 3}}
+            ]],
+            "refusals": ["/etc: a sensitive host path"]
+        });
+        let left = left_alone(&outcome);
+        // Named as the container sees them, under their mount.
+        assert_eq!(
+            left.hard_links,
+            ["/data/x (not all of its names are in the tree; the others could be host files)"]
+        );
+        assert_eq!(left.devices, ["/data/dev/null"]);
+        assert_eq!(left.vanished, ["/data/tmp.1"]);
+        assert_eq!(left.refused_mounts, ["/etc: a sensitive host path"]);
+        assert!(left_alone(&json!({"mounts": []})).is_empty());
+        // An undo's reports, with a field added later.
+        assert_eq!(
+            undone_line(&json!([
+                {"root": "/srv/a", "restored": 7, "missing": ["x"], "impostors": [], "millis": 3, "reverse_walk": 9}
+            ])),
+            "undone: 7 entries restored under /srv/a; 1 recorded entries no longer there"
+        );
+        assert_eq!(undone_line(&json!({"stopped": true})), "undone");
+    }
+}

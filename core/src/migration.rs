@@ -1,0 +1,304 @@
+//! What a plan and a run say about one container's migration beyond its
+//! decision: the paths whose owner changes and what stays as it is, ids
+//! that already belong to a host account, runtime directories, what the
+//! ownership walk left alone, and the downtime. The controller records
+//! these; fleetctl reads them with the same types.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::FileOwner;
+
+/// One mount whose files change owner, with the audit's estimates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPlan {
+    pub destination: String,
+    pub source: String,
+    pub entries: u64,
+    /// Entries the remap will change (the audit's walk, by the remap's rules).
+    pub changing: u64,
+    pub bytes: u64,
+    /// The audit's walk stopped at its bound: the counts are at least these.
+    pub partial: bool,
+    /// What the remap will leave alone, known in advance (at most 20,
+    /// `path (why)`, relative to the mount), and how many in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<String>,
+    #[serde(default)]
+    pub left_alone_count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdKind {
+    Uid,
+    Gid,
+}
+
+/// A target id that already belongs to an account or group of the host
+/// (without a user namespace the container's ids are the host's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IdCollision {
+    pub kind: IdKind,
+    pub id: u32,
+    /// The host account (uid) or group (gid) that has it.
+    pub owner: String,
+}
+
+impl fmt::Display for IdCollision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            IdKind::Uid => write!(f, "uid {} is the host's user {}", self.id, self.owner),
+            IdKind::Gid => write!(f, "gid {} is the host's group {}", self.id, self.owner),
+        }
+    }
+}
+
+/// A directory of the container's writable layer, outside its mounts,
+/// that its processes own or write: the recreate gives it to the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeDirPlan {
+    pub path: String,
+    pub now: FileOwner,
+    /// In the image the new container starts from (None: not there).
+    pub image: Option<FileOwner>,
+    /// What the recreate gives it (None: the ids of a user the run creates).
+    pub target: Option<FileOwner>,
+    pub why: String,
+}
+
+fn owner(o: &FileOwner) -> String {
+    format!("{}:{} {:04o}", o.uid, o.gid, o.mode)
+}
+
+impl fmt::Display for RuntimeDirPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let image = self.image.as_ref().map_or("not in the image".into(), |o| {
+            format!("{} in the image", owner(o))
+        });
+        let target = self.target.as_ref().map_or_else(
+            || format!("the new user's ids, {:04o}", self.now.mode),
+            owner,
+        );
+        write!(
+            f,
+            "{}: {} now ({}), {image} → {target}",
+            self.path,
+            owner(&self.now),
+            self.why
+        )
+    }
+}
+
+/// What an ownership step left as it was, from its outcome: by the
+/// walk's rules (hard links with names outside the tree, device nodes,
+/// other filesystems) or because the tree moved under it (raced,
+/// vanished), and mounts refused outright.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftAlone {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hard_links: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_filesystems: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raced: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_mounts: Vec<String>,
+}
+
+/// How many paths of each kind a one-line summary names.
+const NAMED: usize = 3;
+
+impl LeftAlone {
+    pub fn is_empty(&self) -> bool {
+        self.kinds().iter().all(|(list, _)| list.is_empty())
+    }
+
+    fn kinds(&self) -> [(&Vec<String>, &'static str); 6] {
+        [
+            (&self.hard_links, "hard link(s) with names outside the tree"),
+            (&self.devices, "device node(s)"),
+            (&self.other_filesystems, "other filesystem(s), not entered"),
+            (&self.raced, "entry(ies) that changed while the walk ran"),
+            (
+                &self.vanished,
+                "entry(ies) that vanished while the walk ran",
+            ),
+            (&self.refused_mounts, "mount(s) refused"),
+        ]
+    }
+
+    /// `2 hard link(s) with names outside the tree (a, b), 1 device node(s) (c)`.
+    pub fn summary(&self) -> String {
+        self.kinds()
+            .iter()
+            .filter(|(list, _)| !list.is_empty())
+            .map(|(list, what)| {
+                let mut named: Vec<&str> = list.iter().take(NAMED).map(String::as_str).collect();
+                if list.len() > NAMED {
+                    named.push("…");
+                }
+                format!("{} {what} ({})", list.len(), named.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn extend(&mut self, other: LeftAlone) {
+        self.hard_links.extend(other.hard_links);
+        self.devices.extend(other.devices);
+        self.other_filesystems.extend(other.other_filesystems);
+        self.raced.extend(other.raced);
+        self.vanished.extend(other.vanished);
+        self.refused_mounts.extend(other.refused_mounts);
+    }
+}
+
+/// The ownership step's outcome as the agent journals it, read for what
+/// it left alone; fields added later are ignored, missing ones empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OwnershipOutcomeView {
+    #[serde(default)]
+    pub mounts: Vec<(OwnedMountView, RemapReportView)>,
+    #[serde(default)]
+    pub refusals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OwnedMountView {
+    #[serde(default)]
+    pub root: String,
+    #[serde(default)]
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RemapReportView {
+    #[serde(default)]
+    pub other_filesystems: Vec<String>,
+    #[serde(default)]
+    pub raced: Vec<String>,
+    #[serde(default)]
+    pub refused_hardlinks: Vec<String>,
+    #[serde(default)]
+    pub devices_left: Vec<String>,
+    #[serde(default)]
+    pub vanished: Vec<String>,
+}
+
+impl From<OwnershipOutcomeView> for LeftAlone {
+    fn from(outcome: OwnershipOutcomeView) -> Self {
+        let mut left = LeftAlone {
+            refused_mounts: outcome.refusals,
+            ..Default::default()
+        };
+        for (mount, report) in outcome.mounts {
+            // The walk names entries relative to its mount: say which mount,
+            // as the container sees it.
+            let under = |paths: Vec<String>| -> Vec<String> {
+                let base = mount.destination.trim_end_matches('/');
+                paths
+                    .into_iter()
+                    .map(|p| {
+                        if base.is_empty() || p.starts_with('/') {
+                            p
+                        } else {
+                            format!("{base}/{p}")
+                        }
+                    })
+                    .collect()
+            };
+            left.hard_links.extend(under(report.refused_hardlinks));
+            left.devices.extend(under(report.devices_left));
+            left.other_filesystems
+                .extend(under(report.other_filesystems));
+            left.raced.extend(under(report.raced));
+            left.vanished.extend(under(report.vanished));
+        }
+        left
+    }
+}
+
+/// `5.3 s (14.8 s from the stop request)`: the service's downtime, from
+/// the old container exiting to the new one verified, and from the stop
+/// request; None when neither was measured.
+pub fn downtime_text(from_exit_ms: Option<u64>, from_stop_ms: Option<u64>) -> Option<String> {
+    let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+    match (from_exit_ms, from_stop_ms) {
+        (Some(exit), Some(stop)) => Some(format!(
+            "{} ({} from the stop request)",
+            secs(exit),
+            secs(stop)
+        )),
+        (Some(exit), None) => Some(secs(exit)),
+        (None, Some(stop)) => Some(format!("{} from the stop request", secs(stop))),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_left_alone_in_one_line() {
+        let left = LeftAlone {
+            hard_links: vec!["/srv/a (not all of its names are in the tree)".into()],
+            devices: vec!["d1".into(), "d2".into(), "d3".into(), "d4".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            left.summary(),
+            "1 hard link(s) with names outside the tree (/srv/a (not all of its names are in the tree)), 4 device node(s) (d1, d2, d3, …)"
+        );
+        assert!(LeftAlone::default().is_empty() && !left.is_empty());
+    }
+
+    #[test]
+    fn downtime_says_both_definitions() {
+        assert_eq!(
+            downtime_text(Some(5_300), Some(14_800)).as_deref(),
+            Some("5.3 s (14.8 s from the stop request)")
+        );
+        assert_eq!(downtime_text(Some(800), None).as_deref(), Some("0.8 s"));
+        assert_eq!(downtime_text(None, None), None);
+    }
+
+    #[test]
+    fn collisions_and_runtime_dirs_read_plainly() {
+        let c = IdCollision {
+            kind: IdKind::Gid,
+            id: 999,
+            owner: "systemd-journal".into(),
+        };
+        assert_eq!(c.to_string(), "gid 999 is the host's group systemd-journal");
+        let dir = RuntimeDirPlan {
+            path: "/var/run/app".into(),
+            now: FileOwner {
+                uid: 999,
+                gid: 999,
+                mode: 0o755,
+            },
+            image: Some(FileOwner {
+                uid: 0,
+                gid: 0,
+                mode: 0o755,
+            }),
+            target: Some(FileOwner {
+                uid: 2001,
+                gid: 2001,
+                mode: 0o755,
+            }),
+            why: "owned by uid 999".into(),
+        };
+        assert_eq!(
+            dir.to_string(),
+            "/var/run/app: 999:999 0755 now (owned by uid 999), 0:0 0755 in the image → 2001:2001 0755"
+        );
+    }
+}
