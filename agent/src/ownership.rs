@@ -1,12 +1,18 @@
 //! Who owns what under a mount's host path: a bounded, read-only walk that
-//! never follows a symlink and never leaves the mount's filesystem.
+//! never follows a symlink and never leaves the mount's filesystem. It
+//! walks by descriptor (each directory opened relative to its parent with
+//! `O_NOFOLLOW`, checked to be the very directory just listed), so a root
+//! container that swaps a queued directory for a symlink to `/` cannot lead
+//! it into the host.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleet_core::audit::{OwnerCount, OwnershipSummary, WalkBound};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, fstat, openat, statat};
+use rustix::io::Errno;
 
 /// Bounds of one walk.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +33,7 @@ impl Default for WalkBounds {
 /// How many owners to list, most common first.
 const TOP_OWNERS: usize = 5;
 /// How many entries a remap would leave alone are named (all are counted).
-const LEFT_ALONE_SHOWN: usize = 20;
+pub const LEFT_ALONE_SHOWN: usize = 20;
 
 /// What a remap of root's ids (uid 0 → target, gid 0 → target) would do
 /// with the entries seen, by the remap's own rules: device nodes are never
@@ -51,23 +57,23 @@ impl RootRemap {
     }
 
     /// One name seen by the walk; `nested` says it is a directory of
-    /// another filesystem (not entered).
-    fn see(&mut self, meta: &std::fs::Metadata, path: String, nested: bool) {
+    /// another filesystem (not entered). The path is made only when needed.
+    fn see(&mut self, stat: &Stat, path: impl FnOnce() -> String, nested: bool) {
         if nested {
-            self.leave(path, "another filesystem mounted here: not entered");
+            self.leave(path(), "another filesystem mounted here: not entered");
             return;
         }
-        if meta.uid() != 0 && meta.gid() != 0 {
+        if stat.st_uid != 0 && stat.st_gid != 0 {
             return;
         }
-        let kind = meta.file_type();
-        if kind.is_block_device() || kind.is_char_device() {
-            self.leave(path, "a device node: never handed to a service");
-        } else if !meta.is_dir() && meta.nlink() > 1 {
-            let link =
-                self.links
-                    .entry((meta.dev(), meta.ino()))
-                    .or_insert((path, 0, meta.nlink()));
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if matches!(kind, FileType::BlockDevice | FileType::CharacterDevice) {
+            self.leave(path(), "a device node: never handed to a service");
+        } else if kind != FileType::Directory && stat.st_nlink > 1 {
+            let link = self
+                .links
+                .entry((stat.st_dev, stat.st_ino))
+                .or_insert_with(|| (path(), 0, stat.st_nlink));
             link.1 += 1;
         } else {
             self.changing += 1;
@@ -99,56 +105,94 @@ impl RootRemap {
     }
 }
 
-/// `root`-relative, for the plan's per-path lines.
-fn relative(root: &Path, path: &Path) -> String {
-    match path.strip_prefix(root) {
-        Ok(rel) if rel.as_os_str().is_empty() => ".".into(),
-        Ok(rel) => rel.display().to_string(),
-        Err(_) => path.display().to_string(),
+/// A directory queued for listing: its descriptor (opened without
+/// following a symlink, verified against what was listed), and its path
+/// relative to the root.
+struct Queued {
+    fd: OwnedFd,
+    path: Vec<u8>,
+}
+
+/// `dir/name` relative to the root, for the plan's per-path lines; control
+/// characters a container put in a name are escaped.
+fn child_path(dir: &[u8], name: &[u8]) -> String {
+    let mut joined = dir.to_vec();
+    if !joined.is_empty() {
+        joined.push(b'/');
+    }
+    joined.extend_from_slice(name);
+    fleet_core::text::printable(&String::from_utf8_lossy(&joined))
+}
+
+/// Opens `name` in `parent` as a directory, only if it is still the very
+/// directory `seen` (a container may have swapped it for a link since).
+fn open_subdir(parent: &OwnedFd, name: &std::ffi::CStr, seen: &Stat) -> Option<OwnedFd> {
+    let fd = openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let now = fstat(&fd).ok()?;
+    ((now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino)).then_some(fd)
+}
+
+fn unusable(root: &Path, errno: Errno) -> OwnershipSummary {
+    let error = match errno {
+        Errno::NOENT => format!("host path {} does not exist", root.display()),
+        Errno::LOOP | Errno::XDEV => format!(
+            "host path {} has a symbolic link in it: fleet never follows one",
+            root.display()
+        ),
+        e => format!("cannot open host path {}: {e}", root.display()),
+    };
+    OwnershipSummary {
+        error: Some(error),
+        ..Default::default()
     }
 }
 
 pub fn summarize(root: &Path, bounds: WalkBounds) -> OwnershipSummary {
     let started = Instant::now();
-    let meta = match std::fs::symlink_metadata(root) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return OwnershipSummary {
-                error: Some(format!("host path {} does not exist", root.display())),
-                ..Default::default()
-            };
-        }
-        Err(e) => {
-            return OwnershipSummary {
-                error: Some(format!("cannot stat host path {}: {e}", root.display())),
-                ..Default::default()
-            };
-        }
+    let opened = crate::remap::walk::open_mount_root(root).and_then(|fd| Ok((fstat(&fd)?, fd)));
+    let (stat, root_fd) = match opened {
+        Ok(found) => found,
+        Err(errno) => return unusable(root, errno),
     };
-    let device = meta.dev();
+    let device = stat.st_dev;
     let mut owners: HashMap<(u32, u32), u64> = HashMap::new();
     let mut entries = 0u64;
     let mut bytes = 0u64;
     let mut bound_hit = None;
     let mut remap = RootRemap::default();
-    let mut count = |meta: &std::fs::Metadata, entries: &mut u64| {
-        *owners.entry((meta.uid(), meta.gid())).or_default() += 1;
+    let mut count = |stat: &Stat, entries: &mut u64| {
+        *owners.entry((stat.st_uid, stat.st_gid)).or_default() += 1;
         *entries += 1;
-        if meta.is_file() {
-            bytes += meta.len();
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
+            bytes += stat.st_size as u64;
         }
     };
-    count(&meta, &mut entries);
-    remap.see(&meta, ".".into(), false);
-    let mut pending: Vec<PathBuf> = Vec::new();
-    if meta.is_dir() {
-        pending.push(root.to_path_buf());
+    count(&stat, &mut entries);
+    remap.see(&stat, || ".".into(), false);
+    let mut pending: Vec<Queued> = Vec::new();
+    if FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+        && let Some(fd) = open_subdir(&root_fd, c".", &stat)
+    {
+        pending.push(Queued {
+            fd,
+            path: Vec::new(),
+        });
     }
     'walk: while let Some(dir) = pending.pop() {
-        let Ok(listing) = std::fs::read_dir(&dir) else {
+        let Ok(listing) = Dir::read_from(&dir.fd) else {
             continue;
         };
         for entry in listing.flatten() {
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
             if entries >= bounds.max_entries {
                 bound_hit = Some(WalkBound::Entries);
                 break 'walk;
@@ -157,16 +201,26 @@ pub fn summarize(root: &Path, bounds: WalkBounds) -> OwnershipSummary {
                 bound_hit = Some(WalkBound::Time);
                 break 'walk;
             }
-            // symlink_metadata: the link itself, never its target.
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            // The name itself, never what a symlink points at.
+            let Ok(stat) = statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            count(&meta, &mut entries);
+            count(&stat, &mut entries);
             // A mount point (a directory, or a file bind-mounted over one).
-            let nested = meta.dev() != device;
-            remap.see(&meta, relative(root, &entry.path()), nested);
-            if meta.is_dir() && !nested {
-                pending.push(entry.path());
+            let nested = stat.st_dev != device;
+            let name = name.to_bytes();
+            remap.see(&stat, || child_path(&dir.path, name), nested);
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+                && !nested
+                && let Ok(cname) = std::ffi::CString::new(name)
+                && let Some(fd) = open_subdir(&dir.fd, &cname, &stat)
+            {
+                let mut path = dir.path.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name);
+                pending.push(Queued { fd, path });
             }
         }
     }
@@ -297,5 +351,52 @@ mod tests {
             !bounded.left_alone.iter().any(|l| l.contains("hard link")),
             "{bounded:?}"
         );
+    }
+
+    /// A root container swapping a directory the walk has queued for a
+    /// symlink to a host directory cannot make the walk list the host's.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_walk_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        for i in 0..2000 {
+            let path = outside.path().join(format!("host-{i}"));
+            std::fs::write(&path, b"").unwrap();
+            std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
+        }
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        for i in 0..50 {
+            std::fs::write(root.join(format!("sub/f{i}")), b"").unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (root, target, stop) = (root.clone(), outside.path().to_path_buf(), stop.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::rename(root.join("sub"), root.join("real"));
+                    let _ = std::os::unix::fs::symlink(&target, root.join("sub"));
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    let _ = std::fs::remove_file(root.join("sub"));
+                    let _ = std::fs::rename(root.join("real"), root.join("sub"));
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        for _ in 0..300 {
+            let s = summarize(&root, WalkBounds::default());
+            assert!(
+                s.top_owners.iter().all(|o| o.uid != 4242),
+                "the walk listed a host directory: {s:?}"
+            );
+            // At most the tree seen twice (under both of the names the
+            // racer gives it), never anything of the host's.
+            assert!(s.entries <= 1 + 2 * 51, "{s:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(racer.join().unwrap() > 10, "the race ran");
     }
 }

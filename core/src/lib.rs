@@ -10,6 +10,7 @@ pub mod names;
 pub mod pki;
 pub mod process;
 pub mod role;
+pub mod text;
 pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,45 @@
+//! Text that came from a container (file names, user names) on its way to
+//! an operator's terminal: a hostile container picks its file names, and a
+//! newline or an escape sequence in one could fake or erase lines of the
+//! plan the operator is approving.
+
+/// `text` with every control character (C0, DEL, C1) escaped as `\n`,
+/// `\t`, `\e` or `\u{XX}`; a backslash is doubled so the escape cannot be
+/// forged. Everything else is kept as is.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{1b}' => out.push_str("\\e"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_cannot_reach_a_terminal() {
+        assert_eq!(printable("data/plain-name"), "data/plain-name");
+        assert_eq!(printable("a\nb"), "a\\nb");
+        assert_eq!(printable("\u{1b}[2J\u{1b}[Hok"), "\\e[2J\\e[Hok");
+        assert_eq!(printable("x\u{7f}\u{9b}y"), "x\\u{7f}\\u{9b}y");
+        assert_eq!(printable("back\\nslash"), "back\\\\nslash");
+        assert_eq!(printable("héllo wörld"), "héllo wörld");
+        for c in (0u32..0x20).chain(0x7f..0xa0) {
+            let c = char::from_u32(c).unwrap();
+            assert!(!printable(&format!("a{c}b")).contains(c), "{c:?}");
+        }
+    }
+}
