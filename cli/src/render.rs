@@ -21,9 +21,11 @@ impl Table {
     }
 
     /// A line printed under the last row, indented, outside the columns.
+    /// Control characters (a container's file names end up here) are
+    /// escaped: nothing shown can move the cursor or fake a line.
     pub fn note(&mut self, line: String) {
         if let Some(row) = self.rows.len().checked_sub(1) {
-            self.notes.push((row, line));
+            self.notes.push((row, fleet_core::text::printable(&line)));
         }
     }
 
@@ -34,8 +36,14 @@ impl Table {
             .map(|(_, line)| line.as_str())
     }
 
+    /// A row; control characters in its cells are escaped, as in notes.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .iter()
+                .map(|c| fleet_core::text::printable(c))
+                .collect(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,5 +162,21 @@ mod tests {
             csv_line(&["a,b".into(), "say \"hi\"".into(), "c".into()]),
             "\"a,b\",\"say \"\"hi\"\"\",c"
         );
+    }
+
+    /// A container names its files; those names reach tables and notes.
+    #[test]
+    fn a_name_cannot_fake_a_line_or_move_the_cursor() {
+        let mut t = Table::new(&["PATH"]);
+        t.row(vec!["data/x\nOK  fake row".into()]);
+        t.note("left alone: y\u{1b}[2K\r".into());
+        let mut out = Vec::new();
+        t.write_text(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "PATH\ndata/x\\nOK  fake row\n    left alone: y\\e[2K\\r\n"
+        );
+        assert!(!text.contains('\u{1b}') && text.lines().count() == 3);
     }
 }

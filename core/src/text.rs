@@ -4,16 +4,15 @@
 //! plan the operator is approving.
 
 /// `text` with every control character (C0, DEL, C1) escaped as `\n`,
-/// `\t`, `\e` or `\u{XX}`; a backslash is doubled so the escape cannot be
-/// forged. Everything else is kept as is.
+/// `\t`, `\e` or `\u{XX}`; everything else kept as is. Idempotent, so
+/// text escaped where it was read can be escaped again where it is shown.
 pub fn printable(text: &str) -> String {
-    if !text.chars().any(|c| c.is_control() || c == '\\') {
+    if !text.chars().any(char::is_control) {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -35,7 +34,8 @@ mod tests {
         assert_eq!(printable("a\nb"), "a\\nb");
         assert_eq!(printable("\u{1b}[2J\u{1b}[Hok"), "\\e[2J\\e[Hok");
         assert_eq!(printable("x\u{7f}\u{9b}y"), "x\\u{7f}\\u{9b}y");
-        assert_eq!(printable("back\\nslash"), "back\\\\nslash");
+        let once = printable("a\u{1b}b\nc");
+        assert_eq!(printable(&once), once, "idempotent");
         assert_eq!(printable("héllo wörld"), "héllo wörld");
         for c in (0u32..0x20).chain(0x7f..0xa0) {
             let c = char::from_u32(c).unwrap();

@@ -287,7 +287,8 @@ impl Follower<'_> {
             let table = self.output == ListFormat::Table;
             self.progress.above(|| {
                 if table {
-                    let _ = writeln!(out, "{}", event_line(&value));
+                    let line = fleet_core::text::printable(&event_line(&value));
+                    let _ = writeln!(out, "{line}");
                     let _ = out.flush();
                 }
             });
