@@ -46,13 +46,22 @@ pub fn read(passwd: &Path, group: &Path, warnings: &mut Vec<String>) -> HostAcco
     }
 }
 
+/// The whole file, decoded leniently (a Latin-1 comment field must not
+/// hide every account); a file over the bound is refused rather than cut,
+/// since a cut last line could parse as a wrong id.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
-        .take(MAX_FILE)
-        .read_to_string(&mut text)?;
-    Ok(text)
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_FILE >> 20
+        )));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// `name:x:id:...` lines (passwd and group share the first three fields);
@@ -110,6 +119,25 @@ mod tests {
             for_planning(false, &mut warnings),
             HostAccounts::default(),
             "an audit does not carry them"
+        );
+    }
+
+    /// A comment field in Latin-1 must not hide every account.
+    #[test]
+    fn a_file_that_is_not_utf8_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            b"root:x:0:0:root:/root:/bin/sh\nfran:x:1001:1001:Fran\xe7ois:/home/f:/bin/sh\n",
+        )
+        .unwrap();
+        let mut warnings = Vec::new();
+        let found = read(&passwd, &passwd, &mut warnings);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            found.users.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [0, 1001]
         );
     }
 }

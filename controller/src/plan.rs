@@ -202,8 +202,21 @@ fn migration(
 ) -> Result<Migration, Vec<String>> {
     let service = c.compose_service.clone().unwrap_or_else(|| c.name.clone());
     let (mut strategy, mut uid, mut gid, mut user_to_create) = target(c, decision, &service)?;
-    let mut host_id_collisions = host_ids::collisions(host, uid, gid, user_to_create.as_deref());
+    let mut host_id_collisions = host_ids::collisions(host, uid, gid);
     let mut instead_of = None;
+    let checked = !matches!(decision.on_host_id_collision, OnHostIdCollision::Warn);
+    if checked && (uid.is_some() || gid.is_some()) && !host_ids::known(host) {
+        // Fail closed: a refusal asked for cannot be skipped unseen.
+        return Err(vec![format!(
+            "the host's accounts are unknown (its agent reported none{}), so on_host_id_collision = \"{}\" cannot check the target ids; fix what the agent says, or give the container free ids",
+            if host.warnings.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", host.warnings.join("; "))
+            },
+            decision.on_host_id_collision.as_str()
+        )]);
+    }
     if !host_id_collisions.is_empty() {
         let found = host_ids::describe(&host_id_collisions);
         match decision.on_host_id_collision {
@@ -224,6 +237,11 @@ fn migration(
                 let name = user_to_create
                     .take()
                     .unwrap_or_else(|| fleet_core::names::derive_user_name(&service));
+                if host.host_users.iter().any(|a| a.name == name) {
+                    return Err(vec![format!(
+                        "its target ids belong to someone else on the host ({found}), and the dedicated account {name} exists already with them: name another account (user = \"...\") for on_host_id_collision = \"dedicated\""
+                    )]);
+                }
                 strategy = format!("dedicated user {name}");
                 (uid, gid, user_to_create) = (None, None, Some(name));
                 host_id_collisions.clear();

@@ -2,26 +2,22 @@
 //! namespace a container's uid and gid are the host's: an image user's
 //! 999:999 is, on a Debian host, the `systemd-journal` group, so the
 //! service would read and write what that group may, and the group the
-//! service's files. The account a run creates itself is no collision.
+//! service's files. An account the run is to create does not exist yet, so
+//! it is never among them; one of the same name that exists already is
+//! someone's (the service would share it) and is named like any other.
 
 use fleet_core::audit::{HostAccount, HostReport};
 use fleet_core::migration::{IdCollision, IdKind};
 
-/// Every host account (for `uid`) and group (for `gid`) holding a target
-/// id, except the account and group named `creates` (the run's own).
-pub fn collisions(
-    host: &HostReport,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    creates: Option<&str>,
-) -> Vec<IdCollision> {
+/// Every host account (for `uid`) and group (for `gid`) holding a target id.
+pub fn collisions(host: &HostReport, uid: Option<u32>, gid: Option<u32>) -> Vec<IdCollision> {
     let theirs = |accounts: &[HostAccount], id: Option<u32>, kind: IdKind| -> Vec<IdCollision> {
         let Some(id) = id else {
             return Vec::new();
         };
         accounts
             .iter()
-            .filter(|a| a.id == id && Some(a.name.as_str()) != creates)
+            .filter(|a| a.id == id)
             .map(|a| IdCollision {
                 kind,
                 id,
@@ -34,6 +30,12 @@ pub fn collisions(
     out.sort();
     out.dedup();
     out
+}
+
+/// Whether the host told its accounts at all: every host has root in its
+/// passwd, so none means its agent could not read them (or predates them).
+pub fn known(host: &HostReport) -> bool {
+    !host.host_users.is_empty() && !host.host_groups.is_empty()
 }
 
 /// `gid 999 is the host's group systemd-journal; uid 998 is ...`.
@@ -57,31 +59,34 @@ mod tests {
     }
 
     #[test]
-    fn a_target_id_of_a_host_account_is_named_but_not_the_runs_own() {
+    fn a_target_id_of_a_host_account_is_named_even_one_of_the_dedicated_name() {
         let host = HostReport {
             host_users: vec![account("systemd-network", 998), account("svc-web", 2001)],
             host_groups: vec![account("systemd-journal", 999), account("svc-web", 2001)],
             ..Default::default()
         };
-        let found = collisions(&host, Some(999), Some(999), None);
+        let found = collisions(&host, Some(999), Some(999));
         assert_eq!(
             describe(&found),
             "gid 999 is the host's group systemd-journal"
         );
-        let found = collisions(&host, Some(998), Some(999), None);
+        let found = collisions(&host, Some(998), Some(999));
         assert_eq!(found.len(), 2);
         assert_eq!(
             describe(&found),
             "uid 998 is the host's user systemd-network; gid 999 is the host's group systemd-journal"
         );
-        // The dedicated account the run creates (or made in an earlier run).
-        assert!(collisions(&host, Some(2001), Some(2001), Some("svc-web")).is_empty());
+        // An existing account of the dedicated user's name is someone's:
+        // the service would share it (a rule naming `postgres` on a host
+        // that has postgres:999 already).
         assert_eq!(
-            collisions(&host, Some(2001), Some(2001), Some("svc-api")).len(),
-            2
+            describe(&collisions(&host, Some(2001), Some(2001))),
+            "uid 2001 is the host's user svc-web; gid 2001 is the host's group svc-web"
         );
         // Ids the agent allocates are checked by the agent.
-        assert!(collisions(&host, None, None, Some("svc-x")).is_empty());
+        assert!(collisions(&host, None, None).is_empty());
+        assert!(known(&host));
+        assert!(!known(&HostReport::default()));
     }
 }
 
@@ -126,6 +131,10 @@ mod plan_tests {
     }
 
     fn plan(policy: &str) -> Action {
+        plan_on(&report(), policy)
+    }
+
+    fn plan_on(report: &HostReport, policy: &str) -> Action {
         let host = Host {
             name: "h1".into(),
             address: "127.0.0.1:1".into(),
@@ -133,7 +142,7 @@ mod plan_tests {
             source: HostSource::Config,
         };
         let policy = Policy::parse(Path::new("p.toml"), policy).unwrap();
-        let mut p = plan_host(&host, &report(), &policy, &Selection::default());
+        let mut p = plan_host(&host, report, &policy, &Selection::default());
         p.containers.remove(0).action
     }
 
@@ -185,6 +194,50 @@ mod plan_tests {
             panic!()
         };
         assert!(m.host_id_collisions.is_empty() && m.instead_of.is_none());
+    }
+
+    /// A host whose agent reported no accounts cannot be checked: a
+    /// refusal the policy asked for fails closed, a warning goes on.
+    #[test]
+    fn unknown_host_accounts_fail_closed_when_the_policy_checks() {
+        let mut blind = report();
+        blind.host_users.clear();
+        blind.host_groups.clear();
+        blind.warnings = vec!["cannot read the host's /etc/group: denied".into()];
+        for setting in ["refuse", "dedicated"] {
+            let Action::Refused { reasons } = plan_on(
+                &blind,
+                &format!("[defaults]\non_host_id_collision = \"{setting}\"\n"),
+            ) else {
+                panic!("{setting}: refused")
+            };
+            assert!(
+                reasons[0].contains("accounts are unknown")
+                    && reasons[0].contains("/etc/group: denied"),
+                "{reasons:?}"
+            );
+        }
+        assert!(matches!(plan_on(&blind, ""), Action::Migrate(_)));
+    }
+
+    /// `dedicated` cannot fix a collision with the very account it would
+    /// use: an existing account of that name keeps its ids.
+    #[test]
+    fn a_dedicated_name_that_exists_with_the_colliding_ids_is_refused() {
+        let mut host = report();
+        host.host_users.push(HostAccount {
+            name: "svc-cache".into(),
+            id: 999,
+        });
+        let Action::Refused { reasons } =
+            plan_on(&host, "[defaults]\non_host_id_collision = \"dedicated\"\n")
+        else {
+            panic!("refused")
+        };
+        assert!(
+            reasons[0].contains("the dedicated account svc-cache exists already"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -68,6 +68,14 @@ impl OnHostIdCollision {
             _ => None,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnHostIdCollision::Warn => "warn",
+            OnHostIdCollision::Refuse => "refuse",
+            OnHostIdCollision::Dedicated => "dedicated",
+        }
+    }
 }
 
 /// What the policy says about one container.
