@@ -5,7 +5,7 @@
 //! volumes move together.
 
 pub mod class;
-mod host_ids;
+pub mod host_ids;
 mod runtime;
 
 use std::collections::BTreeMap;

@@ -131,6 +131,27 @@ fn check_container(
             ),
         ));
     }
+    let accounts = |c: &ContainerPlan| match &c.action {
+        Action::Migrate(m) => (m.host_id_collisions.clone(), m.instead_of.clone()),
+        _ => (Vec::new(), None),
+    };
+    if accounts(now) != accounts(saved) {
+        // Reviewed with the plan: a collision that appeared since (or went
+        // away) is the host changing under it, not an estimate.
+        let said = |c: &ContainerPlan| match accounts(c) {
+            (found, _) if !found.is_empty() => crate::plan::host_ids::describe(&found),
+            (_, Some(instead)) => format!("a dedicated account instead of {instead}"),
+            _ => "no collision".into(),
+        };
+        return Err(stale(
+            at,
+            format!(
+                "the host's accounts holding its target ids changed ({} → {})",
+                said(saved),
+                said(now)
+            ),
+        ));
+    }
     if std::mem::discriminant(&now.action) != std::mem::discriminant(&saved.action) {
         return Err(edited(format!(
             "{at}: the file says {}, but its policy says {} now",
@@ -230,11 +251,14 @@ fn decided(c: &ContainerPlan) -> Result<Value, ControllerError> {
         top.remove("order");
     }
     if let Some(action) = value.get_mut("action").and_then(Value::as_object_mut) {
-        // Estimates and what the host is like today: warnings, not decisions.
+        // Estimates, and what the host is like today (collisions are
+        // checked above; runtime directories the agent decides again at
+        // the recreate, from the container as it is then).
         for estimate in [
             "backup_bytes",
             "expected_downtime_ms",
             "host_id_collisions",
+            "instead_of",
             "runtime_dirs",
         ] {
             action.remove(estimate);
@@ -494,6 +518,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run.hosts[0].containers.len(), 1);
+    }
+
+    #[test]
+    fn a_host_account_that_took_a_target_id_since_makes_the_plan_stale() {
+        use fleet_core::migration::{IdCollision, IdKind};
+        let saved = plan(vec![container("web", 1, migration(61000))]);
+        let mut now = container("web", 1, migration(61000));
+        if let Action::Migrate(m) = &mut now.action {
+            m.host_id_collisions = vec![IdCollision {
+                kind: IdKind::Uid,
+                id: 61000,
+                owner: "backup".into(),
+            }];
+        }
+        let e = refusal(&saved, &[now]);
+        assert!(
+            e.starts_with("saved plan is stale: container web on host h1: the host's accounts holding its target ids changed (no collision → uid 61000 is the host's user backup)"),
+            "{e}"
+        );
     }
 
     #[test]
