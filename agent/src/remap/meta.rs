@@ -164,6 +164,23 @@ pub fn remap_acl(
     changed.then_some(out)
 }
 
+/// Whether a POSIX ACL (xattr form) has a named-user entry `user` accepts
+/// or a named-group entry `group` accepts.
+pub fn acl_names(value: &[u8], user: &dyn Fn(u32) -> bool, group: &dyn Fn(u32) -> bool) -> bool {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
+        return false;
+    }
+    value[4..].chunks_exact(8).any(|entry| {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        match tag {
+            ACL_USER => user(id),
+            ACL_GROUP => group(id),
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +216,8 @@ mod tests {
             "nothing to change"
         );
         assert!(remap_acl(b"junk", &|_| Some(1), &|_| Some(1)).is_none());
+        assert!(acl_names(&acl, &|u| u == 1000, &|_| false));
+        assert!(acl_names(&acl, &|_| false, &|g| g == 999));
+        assert!(!acl_names(&acl, &|u| u == 999, &|g| g == 1000));
     }
 }
