@@ -12,7 +12,7 @@ use std::time::Instant;
 use rustix::fs::{FileType, Stat, fstat};
 use rustix::io::Errno;
 
-use super::ledger::{Batch, Ledger, Plan, Resumed, kept_record, plan, resume};
+use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, kept_record, plan, resume};
 use super::links::{HardLinks, all_names_inside, open_first, protected_hardlinks};
 use super::manifest::{self, End, Header};
 use super::walk::{self, Entry, Skipped};
@@ -102,6 +102,9 @@ impl<'s, 'a> Worker<'s, 'a> {
                 Resumed::Redo(pending) => self.batch.push(ledger, pending)?,
                 Resumed::Done => {
                     ledger.changed.fetch_add(1, Ordering::Relaxed);
+                }
+                Resumed::Kept => {
+                    ledger.kept.fetch_add(1, Ordering::Relaxed);
                 }
                 Resumed::Left => {}
             }
@@ -269,7 +272,10 @@ pub fn remap(
         header,
         recorded,
         batch_size(options.batch, workers),
-        "agent:ownership-entries",
+        Faults {
+            synced: "agent:ownership-synced",
+            made: "agent:ownership-entries",
+        },
         progress,
     );
     ledger.open()?;

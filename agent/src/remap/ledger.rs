@@ -59,6 +59,14 @@ impl Handled {
     }
 }
 
+/// Fault points of a walk (see `fleet_core::fault`): `synced` once a
+/// batch is synced but before any of it is made, `made` after.
+#[derive(Clone, Copy)]
+pub(super) struct Faults {
+    pub synced: &'static str,
+    pub made: &'static str,
+}
+
 /// One journaled walk's shared state: its manifest, what an interrupted
 /// walk recorded, and the counts (each entry once).
 pub(super) struct Ledger<'a> {
@@ -80,8 +88,8 @@ pub(super) struct Ledger<'a> {
     /// Changes per commit per thread: each pending change holds a
     /// descriptor, so this stays within the process's descriptor budget.
     pub batch: usize,
-    /// The fault point counting changes made (a test aid).
-    fault: &'static str,
+    /// The fault points (a test aid) counting changes synced, and made.
+    faults: Faults,
 }
 
 impl<'a> Ledger<'a> {
@@ -91,7 +99,7 @@ impl<'a> Ledger<'a> {
         header: Header,
         recorded: HashMap<(u64, u64), Change>,
         batch: usize,
-        fault: &'static str,
+        faults: Faults,
         progress: &'a (dyn Fn(&Progress) + Sync),
     ) -> Self {
         Ledger {
@@ -107,7 +115,7 @@ impl<'a> Ledger<'a> {
             bytes: AtomicU64::new(0),
             progress,
             batch,
-            fault,
+            faults,
         }
     }
 
@@ -229,6 +237,11 @@ impl Batch {
                 writer.commit().map_err(|e| ledger.manifest_error(e))?;
             }
         }
+        // Test aid: a crash with this batch recorded and none of it made.
+        fleet_core::fault::count(
+            ledger.faults.synced,
+            ledger.changed.load(Ordering::Relaxed) + self.pending.len() as u64,
+        );
         ledger
             .kept
             .fetch_add(self.kept.len() as u64, Ordering::Relaxed);
@@ -238,7 +251,7 @@ impl Batch {
             ledger.changed.fetch_add(1, Ordering::Relaxed);
         }
         // Test aid: a crash after N entries were recorded, synced and changed.
-        fleet_core::fault::count(ledger.fault, ledger.changed.load(Ordering::Relaxed));
+        fleet_core::fault::count(ledger.faults.made, ledger.changed.load(Ordering::Relaxed));
         Ok(())
     }
 }
@@ -387,13 +400,18 @@ pub(super) enum Resumed {
     Redo(Pending),
     /// Made before the interruption.
     Done,
-    /// Kept, or no longer the recorded inode or owner: left alone.
+    /// Recorded as kept.
+    Kept,
+    /// No longer the recorded inode or owner: left alone.
     Left,
 }
 
 pub(super) fn resume(entry: Entry, previous: &Change, mapping: &IdMapping) -> Resumed {
-    if previous.kept || !same_inode(&entry, previous) {
+    if !same_inode(&entry, previous) {
         return Resumed::Left;
+    }
+    if previous.kept {
+        return Resumed::Kept;
     }
     let owner = (entry.stat.st_uid, entry.stat.st_gid);
     if owner == (previous.uid, previous.gid) {

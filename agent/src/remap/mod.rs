@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 pub use forward::remap;
 use manifest::Change;
-pub use undo::undo;
+pub use undo::{UndoOptions, undo, undo_with};
 use walk::Entry;
 
 /// Old id → new id. Ids not named are left alone, unless `everything` is

@@ -17,7 +17,7 @@ use std::time::Instant;
 use rustix::fs::{FileType, fstat};
 use rustix::io::Errno;
 
-use super::ledger::{Batch, Ledger, Plan, Resumed, plan, resume};
+use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, plan, resume};
 use super::links::{HardLinks, all_names_inside};
 use super::manifest::{self, Change, Header};
 use super::walk::{self, Entry, Skipped};
@@ -151,7 +151,7 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
                 Resumed::Done => {
                     ledger.changed.fetch_add(1, Ordering::Relaxed);
                 }
-                Resumed::Left => {}
+                Resumed::Kept | Resumed::Left => {}
             }
             return Ok(());
         }
@@ -209,6 +209,33 @@ fn reverse_skipped(forward: &manifest::Manifest) -> Option<String> {
 /// to a target id the prior ids, recorded first in the reverse manifest
 /// next to `manifest_path`. Safe to repeat, and to run again after a crash.
 pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError> {
+    undo_with(root, manifest_path, &UndoOptions::default())
+}
+
+/// How an undo runs.
+#[derive(Debug, Clone)]
+pub struct UndoOptions {
+    /// Reverse changes recorded and synced per commit (per thread).
+    pub batch: usize,
+    /// Walk threads; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for UndoOptions {
+    fn default() -> Self {
+        UndoOptions {
+            batch: 8192,
+            threads: 0,
+        }
+    }
+}
+
+/// `undo`, with its batch and threads chosen.
+pub fn undo_with(
+    root: &Path,
+    manifest_path: &Path,
+    options: &UndoOptions,
+) -> Result<UndoReport, RemapError> {
     let started = Instant::now();
     let root_text = root.display().to_string();
     let manifest_err = |path: &Path, source| RemapError::Manifest {
@@ -259,14 +286,20 @@ pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError>
         ino: 0,
         mapping: IdMapping::default(),
     });
-    let threads = walk::threads();
+    let threads = match options.threads {
+        0 => walk::threads(),
+        n => n,
+    };
     let ledger = Ledger::new(
         root_text.clone(),
         &reverse_path,
         reverse_header,
         reverse_recorded,
-        super::forward::batch_size(8192, threads),
-        "agent:reverse-entries",
+        super::forward::batch_size(options.batch, threads),
+        Faults {
+            synced: "agent:reverse-synced",
+            made: "agent:reverse-entries",
+        },
         &|_| {},
     );
     let known = Known {
