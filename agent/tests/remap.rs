@@ -143,6 +143,8 @@ fn an_interrupted_walk_resumes_without_remapping_twice() {
     }
     let report = remap(&root, &manifest, &options(chain), &|_| {}).unwrap();
     assert_eq!(report.resumed, 51);
+    // 25 finished now, 26 found done: each counted once.
+    assert_eq!((report.entries, report.changed), (51, 51));
     let after = snapshot(&root);
     for (path, snap) in &after {
         assert_eq!(
@@ -167,6 +169,8 @@ fn root_mismatch_shortcut_and_mapping_validation() {
     let report = remap(&root, &base.path().join("m"), &opts, &|_| {}).unwrap();
     assert!(report.skipped_root_already_owned);
     assert_eq!(snapshot(&root)["f"].uid, 0, "nothing walked");
+    // Not re-owned by the run: no manifest, so nothing for an undo to reverse.
+    assert!(!base.path().join("m").exists());
 
     let err = remap(
         &root,

@@ -4,7 +4,6 @@
 //! all) while a racing container keeps entries from being seen; resumed
 //! from its manifest after a crash. Each entry is counted once.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,12 +11,13 @@ use std::time::Instant;
 use rustix::fs::{FileType, Stat, fstat};
 use rustix::io::Errno;
 
+use super::index::Index;
 use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, kept_record, plan, resume};
 use super::links::{HardLinks, all_names_inside, open_first, protected_hardlinks};
 use super::manifest::{self, End, Header};
 use super::walk::{self, Entry, Skipped};
 use super::{
-    IdMapping, Progress, RemapError, RemapOptions, RemapReport, Targets, display, open_root,
+    Birth, IdMapping, Progress, RemapError, RemapOptions, RemapReport, Targets, display, open_root,
     preflight,
 };
 
@@ -56,7 +56,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         &self.cx.options.mapping
     }
 
-    fn consider(&mut self, entry: Entry) -> Result<(), RemapError> {
+    fn consider(&mut self, entry: Entry, birth: Birth) -> Result<(), RemapError> {
         let kind = entry.file_type();
         if kind != FileType::Directory && entry.stat.st_nlink > 1 {
             // Judged once every name in the tree has been seen.
@@ -65,17 +65,17 @@ impl<'s, 'a> Worker<'s, 'a> {
             }
             return Ok(());
         }
-        self.consider_once(entry)
+        self.consider_once(entry, birth)
     }
 
-    fn keep(&mut self, entry: &Entry) -> Result<(), RemapError> {
+    fn keep(&mut self, entry: &Entry, birth: Birth) -> Result<(), RemapError> {
         if self.cx.record_kept {
-            self.batch.keep(self.ledger, kept_record(entry))?;
+            self.batch.keep(self.ledger, kept_record(entry, birth))?;
         }
         Ok(())
     }
 
-    fn consider_once(&mut self, entry: Entry) -> Result<(), RemapError> {
+    fn consider_once(&mut self, entry: Entry, birth: Birth) -> Result<(), RemapError> {
         let ledger = self.ledger;
         if !ledger.first_time(entry.key()) {
             return Ok(());
@@ -89,16 +89,17 @@ impl<'s, 'a> Worker<'s, 'a> {
             // Never handed to a service user, never opened.
             if self.mapping().target(uid, gid).is_some() {
                 self.report.devices_left.push(display(&entry.path));
-            } else if self.cx.targets.owns(uid, gid) && !ledger.recorded.contains_key(&entry.key())
+            } else if self.cx.targets.owns(uid, gid)
+                && !ledger.recorded.recs.contains_key(&entry.key())
             {
-                self.keep(&entry)?;
+                self.keep(&entry, birth)?;
             }
             return Ok(());
         }
-        if let Some(previous) = ledger.recorded.get(&entry.key()) {
+        if let Some(previous) = ledger.recorded.recs.get(&entry.key()) {
             // Resuming: recorded before the crash; never remapped twice.
             self.report.resumed += 1;
-            match resume(entry, previous, self.mapping()) {
+            match resume(entry, birth, previous, &ledger.recorded, self.mapping()) {
                 Resumed::Redo(pending) => self.batch.push(ledger, pending)?,
                 Resumed::Done => {
                     ledger.changed.fetch_add(1, Ordering::Relaxed);
@@ -110,12 +111,12 @@ impl<'s, 'a> Worker<'s, 'a> {
             }
             return Ok(());
         }
-        match plan(entry, self.mapping(), &|what, e| ledger.io(what, e))? {
+        match plan(entry, birth, self.mapping(), &|what, e| ledger.io(what, e))? {
             Plan::Change(pending) => self.batch.push(ledger, pending),
             Plan::Same { entry, acl, dacl } => {
                 let targets = &self.cx.targets;
                 if targets.owns(uid, gid) || targets.named_in(&acl) || targets.named_in(&dacl) {
-                    self.keep(&entry)?;
+                    self.keep(&entry, birth)?;
                 }
                 Ok(())
             }
@@ -135,7 +136,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         ));
         if self.cx.record_kept
             && self.cx.targets.owns(stat.st_uid, stat.st_gid)
-            && !self.ledger.recorded.contains_key(&key)
+            && !self.ledger.recorded.recs.contains_key(&key)
         {
             let mut record = manifest::Change {
                 p: None,
@@ -162,8 +163,16 @@ impl<'s, 'a> Worker<'s, 'a> {
 
 impl walk::Visitor for Worker<'_, '_> {
     fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
+        self.visit_born(entry, None)
+    }
+
+    fn wants_birth_time(&self) -> bool {
+        true
+    }
+
+    fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
         let is_dir = entry.file_type() == FileType::Directory;
-        match self.consider(entry) {
+        match self.consider(entry, Birth::Known(btime)) {
             Ok(()) => Ok(is_dir),
             Err(e) => {
                 self.failure = Some(e);
@@ -233,24 +242,19 @@ pub fn remap(
         path: manifest_path.display().to_string(),
         source,
     };
-    let mut recorded = HashMap::new();
-    let mut finished_before = false;
+    let mut recorded = Index::empty();
     if manifest_path.exists() {
-        let existing = manifest::read(manifest_path).map_err(manifest_err)?;
-        if let Some(h) = &existing.header
+        recorded = Index::read(manifest_path).map_err(manifest_err)?;
+        if let Some(h) = &recorded.header
             && (h.root != header.root || h.mapping != header.mapping)
         {
             return Err(RemapError::ManifestMismatch {
                 path: manifest_path.display().to_string(),
             });
         }
-        finished_before = existing.end.is_some();
-        for change in existing.changes {
-            // The first record of an entry holds its original state.
-            recorded.entry(change.key()).or_insert(change);
-        }
     }
-    if recorded.is_empty()
+    let finished_before = recorded.end.is_some();
+    if recorded.recs.is_empty()
         && !finished_before
         && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
     {
@@ -377,12 +381,15 @@ fn run_pass(
             ));
         }
     } else {
-        workers[0].consider(Entry {
-            fd: root_fd,
-            stat: root_stat,
-            path: Vec::new(),
-            parent: None,
-        })?;
+        workers[0].consider(
+            Entry {
+                fd: root_fd,
+                stat: root_stat,
+                path: Vec::new(),
+                parent: None,
+            },
+            Birth::Unknown,
+        )?;
     }
     for worker in &mut workers {
         worker.batch.commit(ledger)?;
@@ -419,12 +426,15 @@ fn run_pass(
             }
         };
         match opened {
-            Some((fd, stat)) => finisher.consider_once(Entry {
-                fd,
-                stat,
-                path: link.path,
-                parent: None,
-            })?,
+            Some((fd, stat)) => finisher.consider_once(
+                Entry {
+                    fd,
+                    stat,
+                    path: link.path,
+                    parent: None,
+                },
+                Birth::Unknown,
+            )?,
             None => report.raced.push(display(&link.path)),
         }
     }

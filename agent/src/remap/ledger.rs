@@ -3,7 +3,7 @@
 //! and only then made; an entry is handled once per walk however often it
 //! is seen; and an interrupted walk's records are finished, not redone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
+use super::index::{Index, Key, KeyHash, Rec};
 use super::manifest::{Change, Header, ManifestWriter};
 use super::walk::Entry;
-use super::{IdMapping, Progress, RemapError, birth_time, meta, same_inode};
+use super::{Birth, IdMapping, Progress, RemapError, meta, same_inode};
 
 /// A change planned for an entry, held with the entry's descriptor until
 /// its record is synced.
@@ -30,7 +31,7 @@ pub(super) struct Pending {
 /// other: one seen twice (renamed across directories while the walk ran,
 /// or walked again after a race) is never changed or counted twice.
 struct Handled {
-    shards: Vec<Mutex<HashSet<(u64, u64)>>>,
+    shards: Vec<Mutex<HashSet<Key, KeyHash>>>,
 }
 
 impl Handled {
@@ -39,12 +40,12 @@ impl Handled {
     fn new() -> Self {
         Handled {
             shards: (0..Self::SHARDS)
-                .map(|_| Mutex::new(HashSet::new()))
+                .map(|_| Mutex::new(HashSet::with_hasher(KeyHash)))
                 .collect(),
         }
     }
 
-    fn shard(&self, key: (u64, u64)) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, HashSet<Key, KeyHash>> {
         // Inode numbers are dense: their low bits spread well.
         let i = (key.1 ^ key.0.rotate_left(17)) as usize % Self::SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
@@ -76,9 +77,9 @@ pub(super) struct Ledger<'a> {
     /// Opened on the first commit: a walk with nothing to record leaves no
     /// file (the forward walk opens it at once, for its header).
     writer: Mutex<Option<ManifestWriter>>,
-    /// The first record of each entry in the manifest of an interrupted
-    /// walk: the one that holds its original state.
-    pub recorded: HashMap<(u64, u64), Change>,
+    /// The manifest of an interrupted walk (first record of each entry:
+    /// the one that holds its original state).
+    pub recorded: Index,
     handled: Handled,
     pub entries: AtomicU64,
     pub changed: AtomicU64,
@@ -97,7 +98,7 @@ impl<'a> Ledger<'a> {
         root: String,
         path: &Path,
         header: Header,
-        recorded: HashMap<(u64, u64), Change>,
+        recorded: Index,
         batch: usize,
         faults: Faults,
         progress: &'a (dyn Fn(&Progress) + Sync),
@@ -304,11 +305,11 @@ pub(super) enum Plan {
 
 fn read_xattr(
     entry: &Entry,
-    names: &[String],
+    present: bool,
     name: &str,
     io: &dyn Fn(&str, Errno) -> RemapError,
 ) -> Result<Option<Vec<u8>>, RemapError> {
-    if names.iter().any(|n| n == name) {
+    if present {
         meta::get_xattr(entry, name).map_err(|e| io("getxattr", e))
     } else {
         Ok(None)
@@ -320,15 +321,16 @@ fn read_xattr(
 /// it, with the record of its state before.
 pub(super) fn plan(
     entry: Entry,
+    birth: Birth,
     mapping: &IdMapping,
     io: &dyn Fn(&str, Errno) -> RemapError,
 ) -> Result<Plan, RemapError> {
     let kind = entry.file_type();
     let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
     let target = mapping.target(uid, gid);
-    let names = meta::list_xattrs(&entry).map_err(|e| io("listxattr", e))?;
-    let old_acl = read_xattr(&entry, &names, meta::ACL_ACCESS, io)?;
-    let old_dacl = read_xattr(&entry, &names, meta::ACL_DEFAULT, io)?;
+    let present = meta::present(&entry).map_err(|e| io("listxattr", e))?;
+    let old_acl = read_xattr(&entry, present.acl, meta::ACL_ACCESS, io)?;
+    let old_dacl = read_xattr(&entry, present.dacl, meta::ACL_DEFAULT, io)?;
     let (new_acl, new_dacl) = (remap_acl(mapping, &old_acl), remap_acl(mapping, &old_dacl));
     if target.is_none() && new_acl.is_none() && new_dacl.is_none() {
         return Ok(Plan::Same {
@@ -340,7 +342,7 @@ pub(super) fn plan(
     let (new_uid, new_gid) = target.unwrap_or((uid, gid));
     // chown clears the capability: read it before, put it back after.
     let cap = if kind == FileType::RegularFile && target.is_some() {
-        read_xattr(&entry, &names, meta::CAPABILITY, io)?
+        read_xattr(&entry, present.cap, meta::CAPABILITY, io)?
     } else {
         None
     };
@@ -357,7 +359,7 @@ pub(super) fn plan(
         cap: cap.map(hex::encode),
         acl: new_acl.as_ref().and(old_acl.as_ref()).map(hex::encode),
         dacl: new_dacl.as_ref().and(old_dacl.as_ref()).map(hex::encode),
-        btime: birth_time(&entry.fd),
+        btime: birth.of(&entry.fd),
         kept: false,
     };
     change.set_path(&entry.path);
@@ -371,7 +373,7 @@ pub(super) fn plan(
 }
 
 /// The record of an entry left as it is.
-pub(super) fn kept_record(entry: &Entry) -> Change {
+pub(super) fn kept_record(entry: &Entry, birth: Birth) -> Change {
     let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
     let mut record = Change {
         p: None,
@@ -386,7 +388,7 @@ pub(super) fn kept_record(entry: &Entry) -> Change {
         cap: None,
         acl: None,
         dacl: None,
-        btime: birth_time(&entry.fd),
+        btime: birth.of(&entry.fd),
         kept: true,
     };
     record.set_path(&entry.path);
@@ -406,8 +408,14 @@ pub(super) enum Resumed {
     Left,
 }
 
-pub(super) fn resume(entry: Entry, previous: &Change, mapping: &IdMapping) -> Resumed {
-    if !same_inode(&entry, previous) {
+pub(super) fn resume(
+    entry: Entry,
+    birth: Birth,
+    previous: &Rec,
+    index: &Index,
+    mapping: &IdMapping,
+) -> Resumed {
+    if !same_inode(&entry, birth, previous.mode, previous.btime()) {
         return Resumed::Left;
     }
     if previous.kept {
@@ -415,12 +423,15 @@ pub(super) fn resume(entry: Entry, previous: &Change, mapping: &IdMapping) -> Re
     }
     let owner = (entry.stat.st_uid, entry.stat.st_gid);
     if owner == (previous.uid, previous.gid) {
+        let Some(change) = index.change(previous) else {
+            return Resumed::Left;
+        };
         let decode = |v: &Option<String>| v.as_ref().and_then(|h| hex::decode(h).ok());
-        let new_acl = remap_acl(mapping, &decode(&previous.acl));
-        let new_dacl = remap_acl(mapping, &decode(&previous.dacl));
+        let new_acl = remap_acl(mapping, &decode(&change.acl));
+        let new_dacl = remap_acl(mapping, &decode(&change.dacl));
         Resumed::Redo(Pending {
             entry,
-            change: previous.clone(),
+            change,
             new_acl,
             new_dacl,
             recorded: true,

@@ -11,7 +11,8 @@
 //! workload afterwards: the undo's reverse walk gives it back.
 //!
 //! The undo's reverse changes go, the same way, to a sibling file
-//! (`reverse_path`: `mount-0.jsonl` → `mount-0.reverse.jsonl`).
+//! (`reverse_path`: `mount-0.jsonl` → `mount-0.reverse.jsonl`). Read back
+//! with `index::Index`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -94,18 +95,9 @@ pub struct End {
     pub kept: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct EndLine {
     end: End,
-}
-
-/// A manifest as read back.
-#[derive(Debug, Clone, Default)]
-pub struct Manifest {
-    pub header: Option<Header>,
-    pub changes: Vec<Change>,
-    /// Set when a walk finished (the last such line).
-    pub end: Option<End>,
 }
 
 /// Where the undo records its reverse changes, next to `forward`.
@@ -192,79 +184,6 @@ impl ManifestWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// Reads a manifest; a torn last line (crash mid-write) is ignored: its
-/// change was never made, since changes follow a synced commit. Large
-/// manifests are parsed on every core (an undo of a million entries would
-/// otherwise spend a good part of its time in JSON).
-pub fn read(path: &Path) -> std::io::Result<Manifest> {
-    let bytes = std::fs::read(path)?;
-    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let text = &bytes[..end];
-    let (header, body) = match text.iter().position(|b| *b == b'\n') {
-        Some(first) if text.starts_with(b"{\"version\"") => (
-            serde_json::from_slice::<Header>(&text[..first]).ok(),
-            &text[first + 1..],
-        ),
-        _ => (None, text),
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let target = body.len() / threads + 1;
-    while start < body.len() {
-        let mut stop = (start + target).min(body.len());
-        while stop < body.len() && body[stop - 1] != b'\n' {
-            stop += 1;
-        }
-        chunks.push(&body[start..stop]);
-        start = stop;
-    }
-    type Part = (Vec<Change>, Option<End>);
-    let parsed: Vec<Result<Part, std::io::Error>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let mut changes = Vec::new();
-                    let mut end = None;
-                    for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        if line.starts_with(b"{\"end\"") {
-                            let line: EndLine =
-                                serde_json::from_slice(line).map_err(std::io::Error::other)?;
-                            end = Some(line.end);
-                        } else {
-                            changes.push(
-                                serde_json::from_slice::<Change>(line)
-                                    .map_err(std::io::Error::other)?,
-                            );
-                        }
-                    }
-                    Ok((changes, end))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("manifest parser panicked")))
-            })
-            .collect()
-    });
-    let mut manifest = Manifest {
-        header,
-        ..Default::default()
-    };
-    for part in parsed {
-        let (changes, end) = part?;
-        manifest.changes.extend(changes);
-        manifest.end = end.or(manifest.end);
-    }
-    Ok(manifest)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 
 mod forward;
 pub mod guard;
+pub mod index;
 mod ledger;
 mod links;
 pub mod manifest;
@@ -50,7 +51,6 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 pub use forward::remap;
-use manifest::Change;
 pub use undo::{UndoOptions, undo, undo_with};
 use walk::Entry;
 
@@ -412,26 +412,32 @@ pub(crate) fn preflight(
     }
 }
 
-/// The birth time of an entry, where the filesystem keeps one.
-pub(crate) fn birth_time(fd: &OwnedFd) -> Option<i128> {
-    use rustix::fs::{AtFlags, StatxFlags, statx};
-    let stx = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
-    StatxFlags::from_bits_retain(stx.stx_mask)
-        .contains(StatxFlags::BTIME)
-        .then(|| {
-            i128::from(stx.stx_btime.tv_sec) * 1_000_000_000 + i128::from(stx.stx_btime.tv_nsec)
-        })
+/// An entry's birth time: read with its status by the walk, or not yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Birth {
+    Known(Option<i128>),
+    Unknown,
 }
 
-/// Whether `entry` is the inode `change` recorded, not another that
-/// reused its number since: same type, same birth time where known.
-pub(crate) fn same_inode(entry: &Entry, change: &Change) -> bool {
+impl Birth {
+    pub(crate) fn of(self, fd: &OwnedFd) -> Option<i128> {
+        match self {
+            Birth::Known(btime) => btime,
+            Birth::Unknown => walk::birth(fd),
+        }
+    }
+}
+
+/// Whether `entry` is the inode a record (`mode`, `btime`) describes, not
+/// another that reused its number since: same type, same birth time where
+/// known.
+pub(crate) fn same_inode(entry: &Entry, birth: Birth, mode: u32, btime: Option<i128>) -> bool {
     const TYPE_MASK: u32 = 0o170000;
-    if entry.stat.st_mode & TYPE_MASK != change.mode & TYPE_MASK {
+    if entry.stat.st_mode & TYPE_MASK != mode & TYPE_MASK {
         return false;
     }
-    match change.btime {
-        Some(recorded) => birth_time(&entry.fd) == Some(recorded),
+    match btime {
+        Some(recorded) => birth.of(&entry.fd) == Some(recorded),
         None => true,
     }
 }

@@ -9,7 +9,6 @@
 //! so an undo interrupted by a crash and run again finishes the job and
 //! counts each entry once. Same safety rules as the forward walk.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,17 +16,21 @@ use std::time::Instant;
 use rustix::fs::{FileType, fstat};
 use rustix::io::Errno;
 
+use super::index::{Index, Rec};
 use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, plan, resume};
 use super::links::{HardLinks, all_names_inside};
-use super::manifest::{self, Change, Header};
+use super::manifest::{self, Header};
 use super::walk::{self, Entry, Skipped};
-use super::{IdMapping, Listed, RemapError, UndoReport, display, meta, open_root, same_inode};
+use super::{
+    Birth, IdMapping, Listed, RemapError, UndoReport, display, meta, open_root, same_inode,
+};
 
 /// Restores one recorded entry: owner, then the mode bits chown cleared,
-/// then the capability and ACLs.
+/// then the capability and ACLs (from the full record, when it has any).
 fn restore(
     entry: &Entry,
-    change: &Change,
+    change: &Rec,
+    index: &Index,
     io: &dyn Fn(&str, Errno) -> RemapError,
 ) -> Result<(), RemapError> {
     let kind = entry.file_type();
@@ -45,10 +48,16 @@ fn restore(
             meta::chmod(fd, kind, change.mode).map_err(|e| io("chmod", e))?;
         }
     }
+    if !change.xattrs {
+        return Ok(());
+    }
+    let Some(full) = index.change(change) else {
+        return Err(io("read the manifest record", Errno::IO));
+    };
     for (name, value) in [
-        (meta::CAPABILITY, &change.cap),
-        (meta::ACL_ACCESS, &change.acl),
-        (meta::ACL_DEFAULT, &change.dacl),
+        (meta::CAPABILITY, &full.cap),
+        (meta::ACL_ACCESS, &full.acl),
+        (meta::ACL_DEFAULT, &full.dacl),
     ] {
         if let Some(value) = value {
             let value = hex::decode(value).unwrap_or_default();
@@ -61,7 +70,7 @@ fn restore(
 /// What the undo's threads share.
 struct Known<'a> {
     /// The forward manifest: first record of each entry.
-    wanted: &'a HashMap<(u64, u64), Change>,
+    wanted: &'a Index,
     /// The prior ids of target-owned entries; `None` when there is no
     /// reverse walk (see `reverse_skipped`).
     inverse: Option<&'a IdMapping>,
@@ -72,7 +81,6 @@ struct UndoWorker<'s, 'a> {
     known: &'s Known<'s>,
     ledger: &'s Ledger<'a>,
     batch: Batch,
-    restored: HashSet<(u64, u64)>,
     impostors: Vec<String>,
     raced: Vec<String>,
     vanished: Vec<String>,
@@ -88,7 +96,6 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
             known,
             ledger,
             batch: Batch::default(),
-            restored: HashSet::new(),
             impostors: Vec::new(),
             raced: Vec::new(),
             vanished: Vec::new(),
@@ -99,16 +106,18 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
         }
     }
 
-    fn consider(&mut self, entry: Entry) -> Result<(), RemapError> {
+    fn consider(&mut self, entry: Entry, birth: Birth) -> Result<(), RemapError> {
         let kind = entry.file_type();
         let device = matches!(kind, FileType::BlockDevice | FileType::CharacterDevice);
-        if let Some(change) = self.known.wanted.get(&entry.key()) {
-            if same_inode(&entry, change) && change.kept {
+        let wanted = self.known.wanted;
+        if let Some(change) = wanted.recs.get(&entry.key()) {
+            let same = same_inode(&entry, birth, change.mode, change.btime());
+            if same && change.kept {
                 return Ok(());
             }
-            if same_inode(&entry, change) && !device {
-                restore(&entry, change, &|what, e| self.ledger.io(what, e))?;
-                self.restored.insert(entry.key());
+            if same && !device {
+                restore(&entry, change, wanted, &|what, e| self.ledger.io(what, e))?;
+                change.seen.store(true, Ordering::Relaxed);
                 return Ok(());
             }
             // Its number was reused by a new file: that one is the
@@ -135,18 +144,23 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
             }
             return Ok(());
         }
-        self.reverse(entry, inverse)
+        self.reverse(entry, birth, inverse)
     }
 
     /// Reverse-maps an entry the forward manifest does not know.
-    fn reverse(&mut self, entry: Entry, inverse: &IdMapping) -> Result<(), RemapError> {
+    fn reverse(
+        &mut self,
+        entry: Entry,
+        birth: Birth,
+        inverse: &IdMapping,
+    ) -> Result<(), RemapError> {
         let ledger = self.ledger;
-        if let Some(previous) = ledger.recorded.get(&entry.key()) {
+        if let Some(previous) = ledger.recorded.recs.get(&entry.key()) {
             // Recorded by an interrupted undo.
             if !ledger.first_time(entry.key()) {
                 return Ok(());
             }
-            match resume(entry, previous, inverse) {
+            match resume(entry, birth, previous, &ledger.recorded, inverse) {
                 Resumed::Redo(pending) => self.batch.push(ledger, pending)?,
                 Resumed::Done => {
                     ledger.changed.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +169,7 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
             }
             return Ok(());
         }
-        match plan(entry, inverse, &|what, e| ledger.io(what, e))? {
+        match plan(entry, birth, inverse, &|what, e| ledger.io(what, e))? {
             Plan::Change(pending) => {
                 if ledger.first_time(pending.entry.key()) {
                     self.batch.push(ledger, pending)?;
@@ -169,8 +183,16 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
 
 impl walk::Visitor for UndoWorker<'_, '_> {
     fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
+        self.visit_born(entry, None)
+    }
+
+    fn wants_birth_time(&self) -> bool {
+        true
+    }
+
+    fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
         let is_dir = entry.file_type() == FileType::Directory;
-        match self.consider(entry) {
+        match self.consider(entry, Birth::Known(btime)) {
             Ok(()) => Ok(is_dir),
             Err(e) => {
                 self.failure = Some(e);
@@ -189,7 +211,7 @@ impl walk::Visitor for UndoWorker<'_, '_> {
 }
 
 /// Why an undo does not reverse-map, if it does not.
-fn reverse_skipped(forward: &manifest::Manifest) -> Option<String> {
+fn reverse_skipped(forward: &Index) -> Option<String> {
     if forward.header.is_none() {
         Some(
             "the manifest has no header (no mapping to reverse): recorded entries restored only"
@@ -242,41 +264,34 @@ pub fn undo_with(
         path: path.display().to_string(),
         source,
     };
-    let forward = manifest::read(manifest_path).map_err(|e| manifest_err(manifest_path, e))?;
+    let forward = Index::read(manifest_path).map_err(|e| manifest_err(manifest_path, e))?;
     let mut report = UndoReport {
         root: root_text.clone(),
         reverse_skipped: reverse_skipped(&forward),
         ..Default::default()
     };
-    let mut wanted: HashMap<(u64, u64), Change> = HashMap::with_capacity(forward.changes.len());
-    for change in forward.changes {
-        // The first record holds the original state.
-        wanted.entry(change.key()).or_insert(change);
-    }
-    let header = forward.header;
+    let header = forward.header.clone();
     let inverse = match (&header, &report.reverse_skipped) {
         (Some(h), None) => {
-            let root_owner = wanted.get(&(h.device, h.ino)).map(|c| (c.uid, c.gid));
+            let root_owner = forward.recs.get(&(h.device, h.ino)).map(|c| (c.uid, c.gid));
             Some(h.mapping.inverse(root_owner))
         }
         _ => None,
     };
-    if wanted.is_empty() && inverse.is_none() {
+    if forward.recs.is_empty() && inverse.is_none() {
         return Ok(report);
     }
     let reverse_path = manifest::reverse_path(manifest_path);
-    let mut reverse_recorded = HashMap::new();
+    let mut reverse_recorded = Index::empty();
     if reverse_path.exists() {
-        let existing = manifest::read(&reverse_path).map_err(|e| manifest_err(&reverse_path, e))?;
-        if let (Some(h), Some(r)) = (&header, &existing.header)
+        reverse_recorded =
+            Index::read(&reverse_path).map_err(|e| manifest_err(&reverse_path, e))?;
+        if let (Some(h), Some(r)) = (&header, &reverse_recorded.header)
             && (h.root != r.root || (h.device, h.ino) != (r.device, r.ino))
         {
             return Err(RemapError::ManifestMismatch {
                 path: reverse_path.display().to_string(),
             });
-        }
-        for change in existing.changes {
-            reverse_recorded.entry(change.key()).or_insert(change);
         }
     }
     let reverse_header = header.clone().unwrap_or(Header {
@@ -303,10 +318,9 @@ pub fn undo_with(
         &|_| {},
     );
     let known = Known {
-        wanted: &wanted,
+        wanted: &forward,
         inverse: inverse.as_ref(),
     };
-    let mut restored: HashSet<(u64, u64)> = HashSet::new();
     let mut impostors = Vec::new();
     let (mut devices, mut refused, mut vanished, mut raced_ever) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -335,7 +349,9 @@ pub fn undo_with(
             }
             result.map_err(|e| ledger.io("walk", e))?;
         } else if root_stat.st_nlink > 1
-            && !wanted.contains_key(&(root_stat.st_dev, root_stat.st_ino))
+            && !forward
+                .recs
+                .contains_key(&(root_stat.st_dev, root_stat.st_ino))
         {
             // A single file with other names it cannot look for.
             if inverse
@@ -354,9 +370,9 @@ pub fn undo_with(
                 path: Vec::new(),
                 parent: None,
             };
-            match (known.wanted.get(&entry.key()), known.inverse) {
-                (Some(_), _) | (None, None) => workers[0].consider(entry)?,
-                (None, Some(inverse)) => workers[0].reverse(entry, inverse)?,
+            match (forward.recs.get(&entry.key()), known.inverse) {
+                (Some(_), _) | (None, None) => workers[0].consider(entry, Birth::Unknown)?,
+                (None, Some(inverse)) => workers[0].reverse(entry, Birth::Unknown, inverse)?,
             }
         }
         for worker in &mut workers {
@@ -365,7 +381,6 @@ pub fn undo_with(
         let mut hardlinks = HardLinks::default();
         let mut raced = Vec::new();
         for worker in workers {
-            restored.extend(worker.restored);
             impostors.extend(worker.impostors);
             raced.extend(worker.raced);
             vanished.extend(worker.vanished);
@@ -387,6 +402,7 @@ pub fn undo_with(
                             path: link.path,
                             parent: None,
                         },
+                        Birth::Unknown,
                         inverse,
                     )?,
                     None => {
@@ -415,12 +431,14 @@ pub fn undo_with(
         }
         raced_ever.extend(raced);
     }
-    report.restored = restored.len() as u64;
-    let mut missing: Vec<String> = wanted
-        .iter()
-        .filter(|(key, c)| !c.kept && !restored.contains(key))
-        .map(|(_, c)| c.path_display())
-        .collect();
+    let mut missing = Vec::new();
+    for rec in forward.recs.values().filter(|r| !r.kept) {
+        if rec.seen.load(Ordering::Relaxed) {
+            report.restored += 1;
+        } else if let Some(change) = forward.change(rec) {
+            missing.push(change.path_display());
+        }
+    }
     missing.sort();
     report.missing = missing;
     impostors.sort();

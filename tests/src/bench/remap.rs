@@ -1,6 +1,10 @@
-//! Ownership remap (issue 3): a generated tree of N entries, remapped by
-//! fleet (manifest included) against GNU `chown -R` on an identical tree,
-//! and fleet's undo against `chown -R` back.
+//! Ownership remap (issue 3) and its undo with the reverse walk (issue 8):
+//! a generated tree of N entries, remapped by fleet (manifest included)
+//! against GNU `chown -R` on an identical tree; then, as a migrated
+//! workload would, new entries owned by the target id are added to both
+//! trees (a share of them replacing files by rename), and fleet's undo
+//! (restore + reverse walk, one pass) runs against `chown -R` back.
+//! Several runs on the same trees; the order of the two tools alternates.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,10 +21,20 @@ pub struct Args {
     /// Files per directory.
     #[arg(long, default_value_t = 1000)]
     per_dir: usize,
+    /// Entries the workload writes while migrated, per thousand of the
+    /// tree (new files in new directories, plus 1 in 10 of them replacing
+    /// an existing file by rename).
+    #[arg(long, default_value_t = 50)]
+    new_per_mille: usize,
+    /// Runs (remap, workload, undo) on the same trees.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Where the trees are made (same filesystem for both).
     #[arg(long, default_value = "/var/tmp")]
     dir: std::path::PathBuf,
 }
+
+const TARGET: u32 = 61_234;
 
 fn make_tree(root: &Path, entries: usize, per_dir: usize) -> anyhow::Result<()> {
     let dirs = entries.div_ceil(per_dir + 1);
@@ -40,6 +54,60 @@ fn make_tree(root: &Path, entries: usize, per_dir: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What a migrated service writes: `new` entries owned by the target id,
+/// in new directories of `per_dir`, and every tenth one a new file put in
+/// place of an existing one by rename (a dump rewritten, a log rotated).
+/// Returns the entries made, and how many of them replaced a file.
+fn workload(root: &Path, run: usize, new: usize, per_dir: usize) -> anyhow::Result<(u64, u64)> {
+    let own = |p: &Path| std::os::unix::fs::lchown(p, Some(TARGET), Some(TARGET));
+    let mut made = 0u64;
+    let to_replace = new / 10;
+    for i in 0..to_replace {
+        let victim = root.join(format!("d{:05}/f{:04}", i % 1000, i / 1000));
+        if !victim.exists() {
+            continue;
+        }
+        let tmp = root.join(format!("d{:05}/.tmp-{run}", i % 1000));
+        std::fs::write(&tmp, b"rewritten")?;
+        own(&tmp)?;
+        std::fs::rename(&tmp, &victim)?;
+        made += 1;
+    }
+    let replaced = made;
+    let mut left = new - to_replace;
+    let mut d = 0;
+    while left > 0 {
+        let dir = root.join(format!("w{run}-{d:04}"));
+        std::fs::create_dir(&dir)?;
+        own(&dir)?;
+        made += 1;
+        left -= 1;
+        for f in 0..per_dir.min(left) {
+            let file = dir.join(format!("n{f:04}"));
+            std::fs::File::create(&file)?;
+            own(&file)?;
+            made += 1;
+            left -= 1;
+        }
+        d += 1;
+    }
+    Ok((made, replaced))
+}
+
+fn remove_workload_dirs(root: &Path, run: usize) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("w{run}-"))
+        {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn chown_r(owner: &str, root: &Path) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let status = Command::new("chown")
@@ -50,6 +118,31 @@ fn chown_r(owner: &str, root: &Path) -> anyhow::Result<Duration> {
         bail!("chown -R failed");
     }
     Ok(started.elapsed())
+}
+
+fn sync() -> anyhow::Result<()> {
+    Command::new("sync").status().context("sync")?;
+    Ok(())
+}
+
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    f().map(|v| (v, started.elapsed()))
+}
+
+/// Times `a` and `b`, `b` first when `swap`.
+fn pair<A, B>(
+    swap: bool,
+    a: impl FnOnce() -> anyhow::Result<A>,
+    b: impl FnOnce() -> anyhow::Result<B>,
+) -> anyhow::Result<((A, Duration), (B, Duration))> {
+    if swap {
+        let b = timed(b)?;
+        Ok((timed(a)?, b))
+    } else {
+        let a = timed(a)?;
+        Ok((a, timed(b)?))
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -64,12 +157,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     make_tree(&theirs, args.entries, args.per_dir)?;
     make_tree(&ours, args.entries, args.per_dir)?;
-    Command::new("sync").status().context("sync")?;
-    let manifest = base.path().join("manifest.jsonl");
+    sync()?;
     let options = RemapOptions {
         mapping: IdMapping {
-            uids: [(0, 61_234)].into(),
-            gids: [(0, 61_234)].into(),
+            uids: [(0, TARGET)].into(),
+            gids: [(0, TARGET)].into(),
             everything: None,
         },
         allow_protected_hardlinks: false,
@@ -78,41 +170,77 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: 0,
         expect_root: None,
     };
-    let chown = chown_r("61234:61234", &theirs)?;
-    let started = Instant::now();
-    let report = remap::remap(&ours, &manifest, &options, &|_| {})?;
-    let fleet = started.elapsed();
-    let chown_back = chown_r("0:0", &theirs)?;
-    let started = Instant::now();
-    let undone = remap::undo(&ours, &manifest)?;
-    let undo = started.elapsed();
-    // The trees' roots count too.
-    if report.changed != report.entries
-        || undone.restored != report.changed
-        || report.entries as usize != args.entries + 1
-    {
-        bail!(
-            "fleet saw {}, changed {} and restored {} of {} entries",
-            report.entries,
-            report.changed,
-            undone.restored,
-            args.entries + 1
-        );
-    }
-    println!("## ownership remap, {} entries", args.entries);
+    let new = args.entries * args.new_per_mille / 1000;
     println!(
-        "- remap (manifest synced before each batch): fleet {:.2} s / chown -R {:.2} s = **{:.2}**",
-        fleet.as_secs_f64(),
-        chown.as_secs_f64(),
-        fleet.as_secs_f64() / chown.as_secs_f64()
+        "## ownership remap, {} entries; the workload then writes {} entries ({} per mille, 1 in 10 replacing a file by rename)",
+        args.entries, new, args.new_per_mille
     );
+    let (mut remaps, mut undos) = (Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let manifest = base.path().join(format!("manifest-{run}.jsonl"));
+        let swap = run % 2 == 1;
+        let ((report, fleet), (_, chown)) = pair(
+            swap,
+            || Ok(remap::remap(&ours, &manifest, &options, &|_| {})?),
+            || chown_r(&format!("{TARGET}:{TARGET}"), &theirs),
+        )?;
+        // The trees' roots count too.
+        if report.changed != report.entries || report.entries as usize != args.entries + 1 {
+            bail!(
+                "fleet saw {} and changed {} of {} entries",
+                report.entries,
+                report.changed,
+                args.entries + 1
+            );
+        }
+        let (made, replaced) = workload(&ours, run, new, args.per_dir)?;
+        workload(&theirs, run, new, args.per_dir)?;
+        sync()?;
+        let ((undone, fleet_undo), (_, chown_back)) = pair(
+            swap,
+            || Ok(remap::undo(&ours, &manifest)?),
+            || chown_r("0:0", &theirs),
+        )?;
+        if undone.reverse_mapped != made || undone.restored + replaced != report.changed {
+            bail!(
+                "fleet restored {} of {} and reverse-mapped {} of {} entries: {undone:?}",
+                undone.restored,
+                report.changed,
+                undone.reverse_mapped,
+                made
+            );
+        }
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "- run {}{}: remap fleet {:.2} s / chown -R {:.2} s = **{:.2}**; undo (restore {} + reverse {}) fleet {:.2} s / chown -R {:.2} s = **{:.2}**",
+            run + 1,
+            if swap { " (fleet first)" } else { "" },
+            fleet.as_secs_f64(),
+            chown.as_secs_f64(),
+            ratio(fleet, chown),
+            undone.restored,
+            undone.reverse_mapped,
+            fleet_undo.as_secs_f64(),
+            chown_back.as_secs_f64(),
+            ratio(fleet_undo, chown_back),
+        );
+        remaps.push(ratio(fleet, chown));
+        undos.push(ratio(fleet_undo, chown_back));
+        remove_workload_dirs(&ours, run)?;
+        remove_workload_dirs(&theirs, run)?;
+        std::fs::remove_file(&manifest).ok();
+        std::fs::remove_file(remap::manifest::reverse_path(&manifest)).ok();
+        sync()?;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!(
-        "- undo: fleet {:.2} s / chown -R {:.2} s = **{:.2}** (against the second chown -R, back to root on a warmer cache, {:.2} s: {:.2})",
-        undo.as_secs_f64(),
-        chown.as_secs_f64(),
-        undo.as_secs_f64() / chown.as_secs_f64(),
-        chown_back.as_secs_f64(),
-        undo.as_secs_f64() / chown_back.as_secs_f64()
+        "- median of {} runs: remap **{:.2}** × chown -R, undo with the reverse walk **{:.2}** × chown -R (manifests synced before each batch, 2 shared cores: noisy)",
+        args.runs,
+        median(&mut remaps),
+        median(&mut undos)
     );
     Ok(())
 }
