@@ -29,6 +29,9 @@ pub struct Args {
     /// Runs (remap, workload, undo) on the same trees.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Walk threads for fleet (0: one per core, at most four).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Where the trees are made (same filesystem for both).
     #[arg(long, default_value = "/var/tmp")]
     dir: std::path::PathBuf,
@@ -108,8 +111,7 @@ fn remove_workload_dirs(root: &Path, run: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn chown_r(owner: &str, root: &Path) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+fn chown_r(owner: &str, root: &Path) -> anyhow::Result<()> {
     let status = Command::new("chown")
         .args(["-R", owner])
         .arg(root)
@@ -117,7 +119,7 @@ fn chown_r(owner: &str, root: &Path) -> anyhow::Result<Duration> {
     if !status.success() {
         bail!("chown -R failed");
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 fn sync() -> anyhow::Result<()> {
@@ -125,9 +127,37 @@ fn sync() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+/// CPU seconds (user + system) used so far by this process (all its
+/// threads) and by its waited-for children, from /proc/self/stat (in
+/// USER_HZ, 100 on Linux).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
+    (field(11) + field(12), field(13) + field(14))
+}
+
+/// Wall time, and CPU time (this process's for fleet, the child's for
+/// chown): on 2 cores shared with other work the wall ratio swings with
+/// the load, the CPU ratio much less.
+#[derive(Debug, Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: f64,
+}
+
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Took)> {
+    let (own, children) = cpu_seconds();
     let started = Instant::now();
-    f().map(|v| (v, started.elapsed()))
+    let value = f()?;
+    let wall = started.elapsed();
+    let (own_after, children_after) = cpu_seconds();
+    let cpu = (own_after - own) + (children_after - children);
+    Ok((value, Took { wall, cpu }))
 }
 
 /// Times `a` and `b`, `b` first when `swap`.
@@ -135,7 +165,7 @@ fn pair<A, B>(
     swap: bool,
     a: impl FnOnce() -> anyhow::Result<A>,
     b: impl FnOnce() -> anyhow::Result<B>,
-) -> anyhow::Result<((A, Duration), (B, Duration))> {
+) -> anyhow::Result<((A, Took), (B, Took))> {
     if swap {
         let b = timed(b)?;
         Ok((timed(a)?, b))
@@ -167,8 +197,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         allow_protected_hardlinks: false,
         skip_if_root_owned_by: None,
         batch: 8192,
-        threads: 0,
+        threads: args.threads,
         expect_root: None,
+    };
+    let undo_options = remap::UndoOptions {
+        threads: args.threads,
+        ..Default::default()
     };
     let new = args.entries * args.new_per_mille / 1000;
     println!(
@@ -176,6 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.entries, new, args.new_per_mille
     );
     let (mut remaps, mut undos) = (Vec::new(), Vec::new());
+    let (mut remap_cpu, mut undo_cpu) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let manifest = base.path().join(format!("manifest-{run}.jsonl"));
         let swap = run % 2 == 1;
@@ -198,7 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sync()?;
         let ((undone, fleet_undo), (_, chown_back)) = pair(
             swap,
-            || Ok(remap::undo(&ours, &manifest)?),
+            || Ok(remap::undo_with(&ours, &manifest, &undo_options)?),
             || chown_r("0:0", &theirs),
         )?;
         if undone.reverse_mapped != made || undone.restored + replaced != report.changed {
@@ -210,22 +245,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 made
             );
         }
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        let wall = |a: Took, b: Took| a.wall.as_secs_f64() / b.wall.as_secs_f64();
+        let cpu = |a: Took, b: Took| a.cpu / b.cpu.max(0.01);
         println!(
-            "- run {}{}: remap fleet {:.2} s / chown -R {:.2} s = **{:.2}**; undo (restore {} + reverse {}) fleet {:.2} s / chown -R {:.2} s = **{:.2}**",
+            "- run {}{}: remap fleet {:.2} s / chown -R {:.2} s = **{:.2}** (CPU {:.1} s / {:.1} s = {:.2}); undo (restore {} + reverse {}) fleet {:.2} s / chown -R {:.2} s = **{:.2}** (CPU {:.1} s / {:.1} s = {:.2})",
             run + 1,
             if swap { " (fleet first)" } else { "" },
-            fleet.as_secs_f64(),
-            chown.as_secs_f64(),
-            ratio(fleet, chown),
+            fleet.wall.as_secs_f64(),
+            chown.wall.as_secs_f64(),
+            wall(fleet, chown),
+            fleet.cpu,
+            chown.cpu,
+            cpu(fleet, chown),
             undone.restored,
             undone.reverse_mapped,
-            fleet_undo.as_secs_f64(),
-            chown_back.as_secs_f64(),
-            ratio(fleet_undo, chown_back),
+            fleet_undo.wall.as_secs_f64(),
+            chown_back.wall.as_secs_f64(),
+            wall(fleet_undo, chown_back),
+            fleet_undo.cpu,
+            chown_back.cpu,
+            cpu(fleet_undo, chown_back),
         );
-        remaps.push(ratio(fleet, chown));
-        undos.push(ratio(fleet_undo, chown_back));
+        remaps.push(wall(fleet, chown));
+        undos.push(wall(fleet_undo, chown_back));
+        remap_cpu.push(cpu(fleet, chown));
+        undo_cpu.push(cpu(fleet_undo, chown_back));
         remove_workload_dirs(&ours, run)?;
         remove_workload_dirs(&theirs, run)?;
         std::fs::remove_file(&manifest).ok();
@@ -237,10 +281,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     println!(
-        "- median of {} runs: remap **{:.2}** × chown -R, undo with the reverse walk **{:.2}** × chown -R (manifests synced before each batch, 2 shared cores: noisy)",
+        "- median of {} runs: remap **{:.2}** × chown -R (CPU {:.2}), undo with the reverse walk **{:.2}** × chown -R (CPU {:.2}); manifests synced before each batch; fleet walks with one thread per core, chown -R with one",
         args.runs,
         median(&mut remaps),
-        median(&mut undos)
+        median(&mut remap_cpu),
+        median(&mut undos),
+        median(&mut undo_cpu)
     );
     Ok(())
 }
