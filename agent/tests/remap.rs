@@ -143,6 +143,8 @@ fn an_interrupted_walk_resumes_without_remapping_twice() {
     }
     let report = remap(&root, &manifest, &options(chain), &|_| {}).unwrap();
     assert_eq!(report.resumed, 51);
+    // 25 finished now, 26 found done: each counted once.
+    assert_eq!((report.entries, report.changed), (51, 51));
     let after = snapshot(&root);
     for (path, snap) in &after {
         assert_eq!(
@@ -167,6 +169,8 @@ fn root_mismatch_shortcut_and_mapping_validation() {
     let report = remap(&root, &base.path().join("m"), &opts, &|_| {}).unwrap();
     assert!(report.skipped_root_already_owned);
     assert_eq!(snapshot(&root)["f"].uid, 0, "nothing walked");
+    // Not re-owned by the run: no manifest, so nothing for an undo to reverse.
+    assert!(!base.path().join("m").exists());
 
     let err = remap(
         &root,
@@ -385,18 +389,27 @@ fn a_fifo_linked_from_outside_is_refused_too() {
 }
 
 #[test]
-fn undo_never_touches_a_file_that_took_a_recorded_inode_number() {
+fn a_file_that_took_a_recorded_inode_number_is_not_restored_but_given_back() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("vol");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("old"), b"x").unwrap();
+    std::os::unix::fs::chown(root.join("old"), Some(5), Some(5)).unwrap();
     let manifest = base.path().join("m");
-    remap(&root, &manifest, &options(mapping(&[(0, 2000)])), &|_| {}).unwrap();
+    // 0 and 5 both go to 2000: the inverse takes 2000 back to the lowest, 0.
+    remap(
+        &root,
+        &manifest,
+        &options(mapping(&[(0, 2000), (5, 2000)])),
+        &|_| {},
+    )
+    .unwrap();
     // A file made after the remap, owned by the service user; pretend the
     // manifest's record of `old` points at its inode (a reused number).
     std::fs::write(root.join("new"), b"y").unwrap();
     std::os::unix::fs::chown(root.join("new"), Some(2000), Some(2000)).unwrap();
-    use std::os::unix::fs::MetadataExt;
+    std::fs::set_permissions(root.join("new"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let (old_ino, new_ino) = (
         std::fs::metadata(root.join("old")).unwrap().ino(),
         std::fs::metadata(root.join("new")).unwrap().ino(),
@@ -413,11 +426,10 @@ fn undo_never_touches_a_file_that_took_a_recorded_inode_number() {
     .unwrap();
     let report = undo(&root, &manifest).unwrap();
     assert_eq!(report.impostors, vec!["new".to_string()], "{report:?}");
-    assert_eq!(
-        snapshot(&root)["new"].uid,
-        2000,
-        "the new file keeps its owner"
-    );
+    let new = &snapshot(&root)["new"];
+    // Not `old`'s record (5:5, 0644): the workload's file, given the prior ids.
+    assert_eq!((new.uid, new.gid, new.mode & 0o7777), (0, 0, 0o600));
+    assert_eq!(report.reverse_mapped, 1, "{report:?}");
 }
 
 #[test]

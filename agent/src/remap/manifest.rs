@@ -2,6 +2,17 @@
 //! owner, group, mode and security-relevant xattrs, written and synced
 //! before the change is made (in batches), so the undo restores exactly
 //! and a walk interrupted by a crash can be resumed or undone.
+//!
+//! Three kinds of line after the header: a change (`Change`), a kept entry
+//! (`Change` with `kept: true`: not changed, but already owned by a target
+//! id of the mapping or carrying an ACL entry naming one), and the end of a
+//! walk that finished (`{"end":…}`). With the kept records, a target-owned
+//! entry the manifest of a finished walk does not know was made by the
+//! workload afterwards: the undo's reverse walk gives it back.
+//!
+//! The undo's reverse changes go, the same way, to a sibling file
+//! (`reverse_path`: `mount-0.jsonl` → `mount-0.reverse.jsonl`). Read back
+//! with `index::Index`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -69,6 +80,34 @@ pub struct Change {
     /// its number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub btime: Option<i128>,
+    /// Not changed (`new_uid`/`new_gid` are its owner): recorded because it
+    /// already belonged to a target id, so the undo leaves it alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
+}
+
+/// The last line of a walk that finished: every change and every kept
+/// entry before it is synced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    pub entries: u64,
+    pub changed: u64,
+    pub kept: u64,
+}
+
+#[derive(Serialize)]
+struct EndLine {
+    end: End,
+}
+
+/// Where the undo records its reverse changes, next to `forward`.
+pub fn reverse_path(forward: &Path) -> PathBuf {
+    let name = forward
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    forward.with_file_name(format!("{stem}.reverse.jsonl"))
 }
 
 impl Change {
@@ -128,6 +167,13 @@ impl ManifestWriter {
         self.out.write_all(b"\n")
     }
 
+    /// Marks the walk finished, synced.
+    pub fn finish(&mut self, end: End) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, &EndLine { end }).map_err(std::io::Error::other)?;
+        self.out.write_all(b"\n")?;
+        self.commit()
+    }
+
     /// Everything recorded so far reaches the disk before this returns;
     /// only then may the recorded changes be made.
     pub fn commit(&mut self) -> std::io::Result<()> {
@@ -140,61 +186,19 @@ impl ManifestWriter {
     }
 }
 
-/// Reads a manifest; a torn last line (crash mid-write) is ignored: its
-/// change was never made, since changes follow a synced commit. Large
-/// manifests are parsed on every core (an undo of a million entries would
-/// otherwise spend a good part of its time in JSON).
-pub fn read(path: &Path) -> std::io::Result<(Option<Header>, Vec<Change>)> {
-    let bytes = std::fs::read(path)?;
-    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let text = &bytes[..end];
-    let (header, body) = match text.iter().position(|b| *b == b'\n') {
-        Some(first) if text.starts_with(b"{\"version\"") => (
-            serde_json::from_slice::<Header>(&text[..first]).ok(),
-            &text[first + 1..],
-        ),
-        _ => (None, text),
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let target = body.len() / threads + 1;
-    while start < body.len() {
-        let mut stop = (start + target).min(body.len());
-        while stop < body.len() && body[stop - 1] != b'\n' {
-            stop += 1;
-        }
-        chunks.push(&body[start..stop]);
-        start = stop;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reverse_manifest_sits_next_to_the_forward_one() {
+        assert_eq!(
+            reverse_path(Path::new("/s/step/mount-0.jsonl")),
+            PathBuf::from("/s/step/mount-0.reverse.jsonl")
+        );
+        assert_eq!(
+            reverse_path(Path::new("/s/m")),
+            PathBuf::from("/s/m.reverse.jsonl")
+        );
     }
-    let parsed: Vec<Result<Vec<Change>, std::io::Error>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .split(|b| *b == b'\n')
-                        .filter(|line| !line.is_empty())
-                        .map(|line| {
-                            serde_json::from_slice::<Change>(line).map_err(std::io::Error::other)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("manifest parser panicked")))
-            })
-            .collect()
-    });
-    let mut changes = Vec::new();
-    for part in parsed {
-        changes.extend(part?);
-    }
-    Ok((header, changes))
 }

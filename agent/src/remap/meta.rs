@@ -57,6 +57,22 @@ pub fn chmod(fd: &OwnedFd, kind: FileType, mode: u32) -> Result<(), Errno> {
     }
 }
 
+/// Lists the entry's xattr names into `buf` (the kernel's NUL-separated
+/// form), relative to its verified parent when the kernel can.
+fn list_into(entry: &Entry, buf: &mut [u8]) -> Result<usize, Errno> {
+    match &entry.parent {
+        Some((dir, name)) if !sys::unsupported() => match sys::list_at(dir.as_fd(), name, buf) {
+            // Not supported, or the name moved under a racing container:
+            // ask the inode itself.
+            Err(Errno::NOSYS | Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                listxattr(proc_path(&entry.fd), buf)
+            }
+            other => other,
+        },
+        _ => listxattr(proc_path(&entry.fd), buf),
+    }
+}
+
 /// The names of the entry's extended attributes.
 pub fn list_xattrs(entry: &Entry) -> Result<Vec<String>, Errno> {
     let kind = entry.file_type();
@@ -65,20 +81,7 @@ pub fn list_xattrs(entry: &Entry) -> Result<Vec<String>, Errno> {
     }
     let mut buf = vec![0u8; 4096];
     let n = loop {
-        let result = match &entry.parent {
-            Some((dir, name)) if !sys::unsupported() => {
-                match sys::list_at(dir.as_fd(), name, &mut buf[..]) {
-                    // Not supported, or the name moved under a racing
-                    // container: ask the inode itself.
-                    Err(Errno::NOSYS | Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
-                        listxattr(proc_path(&entry.fd), &mut buf[..])
-                    }
-                    other => other,
-                }
-            }
-            _ => listxattr(proc_path(&entry.fd), &mut buf[..]),
-        };
-        match result {
+        match list_into(entry, &mut buf[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
@@ -90,6 +93,47 @@ pub fn list_xattrs(entry: &Entry) -> Result<Vec<String>, Errno> {
         .filter(|n| !n.is_empty())
         .map(|n| String::from_utf8_lossy(n).into_owned())
         .collect())
+}
+
+/// Which of the xattrs an ownership change must carry over an entry has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present {
+    pub acl: bool,
+    pub dacl: bool,
+    pub cap: bool,
+}
+
+impl Present {
+    fn of<'n>(names: impl Iterator<Item = &'n [u8]>) -> Self {
+        let mut present = Present::default();
+        for name in names {
+            match name {
+                n if n == ACL_ACCESS.as_bytes() => present.acl = true,
+                n if n == ACL_DEFAULT.as_bytes() => present.dacl = true,
+                n if n == CAPABILITY.as_bytes() => present.cap = true,
+                _ => {}
+            }
+        }
+        present
+    }
+}
+
+/// `list_xattrs`, reduced to what an ownership change needs, without a
+/// heap allocation for the usual entry that has few or none.
+pub fn present(entry: &Entry) -> Result<Present, Errno> {
+    if entry.file_type() == FileType::Symlink {
+        return Ok(Present::default());
+    }
+    let mut buf = [0u8; 512];
+    match list_into(entry, &mut buf) {
+        Ok(n) => Ok(Present::of(buf[..n].split(|b| *b == 0))),
+        Err(Errno::NOTSUP) => Ok(Present::default()),
+        Err(Errno::RANGE) => {
+            let names = list_xattrs(entry)?;
+            Ok(Present::of(names.iter().map(|n| n.as_bytes())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn get_xattr(entry: &Entry, name: &str) -> Result<Option<Vec<u8>>, Errno> {
@@ -164,6 +208,23 @@ pub fn remap_acl(
     changed.then_some(out)
 }
 
+/// Whether a POSIX ACL (xattr form) has a named-user entry `user` accepts
+/// or a named-group entry `group` accepts.
+pub fn acl_names(value: &[u8], user: &dyn Fn(u32) -> bool, group: &dyn Fn(u32) -> bool) -> bool {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
+        return false;
+    }
+    value[4..].chunks_exact(8).any(|entry| {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        match tag {
+            ACL_USER => user(id),
+            ACL_GROUP => group(id),
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +260,8 @@ mod tests {
             "nothing to change"
         );
         assert!(remap_acl(b"junk", &|_| Some(1), &|_| Some(1)).is_none());
+        assert!(acl_names(&acl, &|u| u == 1000, &|_| false));
+        assert!(acl_names(&acl, &|_| false, &|g| g == 999));
+        assert!(!acl_names(&acl, &|u| u == 999, &|g| g == 1000));
     }
 }

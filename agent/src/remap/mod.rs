@@ -6,29 +6,53 @@
 //! sensitive host path (`guard`); never follow a symlink at any depth, never
 //! cross a filesystem, never open a device node, FIFO or socket (`walk`);
 //! never chown a device node; refuse a hard-linked file whose other names
-//! are outside the tree; put back the setuid/setgid bits and file
+//! are outside the tree (`links`); put back the setuid/setgid bits and file
 //! capabilities chown clears; remap ACL entries naming a remapped id; clear
-//! errors for read-only and root-squashed trees before anything changes.
+//! errors for read-only and root-squashed trees before anything changes;
+//! count each entry once, across the passes of a walk and across a resume.
+//!
+//! The forward walk (`forward`) records every change before making it, and
+//! records as *kept* every entry it leaves that already belongs to a target
+//! id (or has an ACL entry naming one); a finished walk ends its manifest
+//! with an end line. So, once it has finished, a target-owned entry the
+//! manifest does not know was made or replaced by the workload since.
+//!
+//! The undo (`undo`) is one walk with the same rules: it restores every
+//! recorded change, leaves kept entries alone, and gives every other entry
+//! owned by a target id the prior ids (`IdMapping::inverse`; ACL entries,
+//! access and default, likewise; setuid/setgid bits and capabilities kept),
+//! recording those reverse changes first in a reverse manifest next to the
+//! forward one (`manifest::reverse_path`), so an undo killed half-way and
+//! run again finishes and counts each entry once. It does not reverse-map
+//! when the forward walk never finished (the workload never ran with the
+//! new ids) nor for a manifest written before kept records existed (it
+//! cannot tell a new entry from one that belonged to a target id before):
+//! `UndoReport::reverse_skipped` says so. A mount skipped because its root
+//! already had the target owner (`skip_if_root_owned_by`) was not re-owned
+//! by the run: it has no manifest, and nothing to reverse.
 
+mod forward;
 pub mod guard;
+pub mod index;
+mod ledger;
+mod links;
 pub mod manifest;
 pub mod meta;
 mod sys;
+mod undo;
 pub mod walk;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use rustix::fs::{FileType, StatVfsMountFlags, fstat, fstatvfs};
+use rustix::fs::{FileType, StatVfsMountFlags, fstatvfs};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use manifest::{Change, Header, ManifestWriter};
-use walk::{Entry, Skipped};
+pub use forward::remap;
+pub use undo::{UndoOptions, undo, undo_with};
+use walk::Entry;
 
 /// Old id → new id. Ids not named are left alone, unless `everything` is
 /// set (an explicit choice for trees that must be wholly owned).
@@ -55,6 +79,69 @@ impl IdMapping {
             .map(|(_, g)| g)
             .or_else(|| self.gids.get(&gid).copied())
             .filter(|new| *new != gid)
+    }
+
+    /// The ids entries are handed to.
+    pub fn target_uids(&self) -> BTreeSet<u32> {
+        match self.everything {
+            Some((u, _)) => [u].into(),
+            None => self
+                .uids
+                .iter()
+                .filter(|(old, new)| old != new)
+                .map(|(_, new)| *new)
+                .collect(),
+        }
+    }
+
+    pub fn target_gids(&self) -> BTreeSet<u32> {
+        match self.everything {
+            Some((_, g)) => [g].into(),
+            None => self
+                .gids
+                .iter()
+                .filter(|(old, new)| old != new)
+                .map(|(_, new)| *new)
+                .collect(),
+        }
+    }
+
+    /// The mapping the undo gives entries the remap did not record: each
+    /// target id back to its prior id. When several old ids map to one
+    /// target, the lowest of them (the controller only ever maps from 0, so
+    /// that is target → 0). An `everything` mapping has no inverse: its
+    /// targets go back to the recorded original owner of the mount root
+    /// (`root_owner`; none known, none mapped), uid and gid independently.
+    pub fn inverse(&self, root_owner: Option<(u32, u32)>) -> IdMapping {
+        let invert = |map: &BTreeMap<u32, u32>| {
+            let mut inverse = BTreeMap::new();
+            // Ascending old ids: the first seen for a target is the lowest.
+            for (old, new) in map {
+                if old != new {
+                    inverse.entry(*new).or_insert(*old);
+                }
+            }
+            inverse
+        };
+        match (self.everything, root_owner) {
+            (Some((u, g)), Some((root_uid, root_gid))) => IdMapping {
+                uids: [(u, root_uid)]
+                    .into_iter()
+                    .filter(|(a, b)| a != b)
+                    .collect(),
+                gids: [(g, root_gid)]
+                    .into_iter()
+                    .filter(|(a, b)| a != b)
+                    .collect(),
+                everything: None,
+            },
+            (Some(_), None) => IdMapping::default(),
+            (None, _) => IdMapping {
+                uids: invert(&self.uids),
+                gids: invert(&self.gids),
+                everything: None,
+            },
+        }
     }
 
     /// The new owner, if anything changes.
@@ -120,8 +207,16 @@ pub struct Progress {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemapReport {
     pub root: String,
+    /// Entries seen, each once (an inode with several names counts once),
+    /// across passes and across a resume.
     pub entries: u64,
+    /// Entries changed by this run, each once, including those an
+    /// interrupted walk changed before it was resumed.
     pub changed: u64,
+    /// Entries left as they were that already belonged to a target id (or
+    /// had an ACL entry naming one), recorded so the undo leaves them.
+    #[serde(default)]
+    pub kept: u64,
     pub bytes: u64,
     /// Entries found in the manifest of an interrupted walk.
     pub resumed: u64,
@@ -145,7 +240,78 @@ pub struct UndoReport {
     /// was deleted and its number reused): left untouched.
     #[serde(default)]
     pub impostors: Vec<String>,
+    /// Entries the forward manifest did not know (made or replaced by the
+    /// workload after the remap) that were owned by a target id or had an
+    /// ACL entry naming one, given the prior ids: the total over every undo
+    /// of this manifest (the reverse manifest keeps it), each entry once.
+    #[serde(default)]
+    pub reverse_mapped: u64,
+    /// Why there was no reverse walk, when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_skipped: Option<String>,
+    /// The reverse manifest, when the undo reverse-mapped anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_manifest: Option<String>,
+    /// Target-owned multiply-linked files with a name outside the tree:
+    /// left owned by the target id.
+    #[serde(default)]
+    pub refused_hardlinks: Listed,
+    /// Target-owned device nodes the manifest did not know: never chowned.
+    #[serde(default)]
+    pub devices_left: Listed,
+    /// Names that disappeared while the walk ran.
+    #[serde(default)]
+    pub vanished: Listed,
+    /// Directories that changed while they were walked, walked again (an
+    /// undo that cannot settle them fails with `KeptRacing`).
+    #[serde(default)]
+    pub raced: Listed,
     pub millis: u64,
+}
+
+/// A count, and the first paths (sorted, at most `Listed::MAX`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub count: u64,
+    pub paths: Vec<String>,
+}
+
+impl Listed {
+    pub const MAX: usize = 100;
+
+    pub fn of(mut paths: Vec<String>) -> Self {
+        paths.sort();
+        paths.dedup();
+        let count = paths.len() as u64;
+        paths.truncate(Self::MAX);
+        Listed { count, paths }
+    }
+}
+
+/// The target ids of a mapping, to tell an entry that already belongs to
+/// one.
+struct Targets {
+    uids: BTreeSet<u32>,
+    gids: BTreeSet<u32>,
+}
+
+impl Targets {
+    fn of(mapping: &IdMapping) -> Self {
+        Targets {
+            uids: mapping.target_uids(),
+            gids: mapping.target_gids(),
+        }
+    }
+
+    fn owns(&self, uid: u32, gid: u32) -> bool {
+        self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+
+    fn named_in(&self, acl: &Option<Vec<u8>>) -> bool {
+        acl.as_ref().is_some_and(|v| {
+            meta::acl_names(v, &|u| self.uids.contains(&u), &|g| self.gids.contains(&g))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +359,7 @@ pub enum RemapError {
     },
 }
 
-fn display(path: &[u8]) -> String {
+pub(crate) fn display(path: &[u8]) -> String {
     if path.is_empty() {
         ".".into()
     } else {
@@ -201,7 +367,7 @@ fn display(path: &[u8]) -> String {
     }
 }
 
-fn open_root(root: &Path) -> Result<OwnedFd, RemapError> {
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd, RemapError> {
     walk::open_mount_root(root).map_err(|errno| match errno {
         Errno::LOOP | Errno::XDEV => RemapError::SymlinkInPath {
             root: root.display().to_string(),
@@ -214,7 +380,11 @@ fn open_root(root: &Path) -> Result<OwnedFd, RemapError> {
 }
 
 /// Refuses, before anything changes, a tree that cannot be changed.
-fn preflight(root_fd: &OwnedFd, root: &Path, stat: &rustix::fs::Stat) -> Result<(), RemapError> {
+pub(crate) fn preflight(
+    root_fd: &OwnedFd,
+    root: &Path,
+    stat: &rustix::fs::Stat,
+) -> Result<(), RemapError> {
     let root_text = root.display().to_string();
     let kind = FileType::from_raw_mode(stat.st_mode);
     if matches!(kind, FileType::BlockDevice | FileType::CharacterDevice) {
@@ -242,757 +412,32 @@ fn preflight(root_fd: &OwnedFd, root: &Path, stat: &rustix::fs::Stat) -> Result<
     }
 }
 
-/// The birth time of an entry, where the filesystem keeps one.
-fn birth_time(fd: &OwnedFd) -> Option<i128> {
-    use rustix::fs::{AtFlags, StatxFlags, statx};
-    let stx = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
-    StatxFlags::from_bits_retain(stx.stx_mask)
-        .contains(StatxFlags::BTIME)
-        .then(|| {
-            i128::from(stx.stx_btime.tv_sec) * 1_000_000_000 + i128::from(stx.stx_btime.tv_nsec)
-        })
+/// An entry's birth time: read with its status by the walk, or not yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Birth {
+    Known(Option<i128>),
+    Unknown,
 }
 
-/// Whether `entry` is the inode `change` recorded, not another that
-/// reused its number since: same type, same birth time where known.
-fn same_inode(entry: &Entry, change: &Change) -> bool {
+impl Birth {
+    pub(crate) fn of(self, fd: &OwnedFd) -> Option<i128> {
+        match self {
+            Birth::Known(btime) => btime,
+            Birth::Unknown => walk::birth(fd),
+        }
+    }
+}
+
+/// Whether `entry` is the inode a record (`mode`, `btime`) describes, not
+/// another that reused its number since: same type, same birth time where
+/// known.
+pub(crate) fn same_inode(entry: &Entry, birth: Birth, mode: u32, btime: Option<i128>) -> bool {
     const TYPE_MASK: u32 = 0o170000;
-    if entry.stat.st_mode & TYPE_MASK != change.mode & TYPE_MASK {
+    if entry.stat.st_mode & TYPE_MASK != mode & TYPE_MASK {
         return false;
     }
-    match change.btime {
-        Some(recorded) => birth_time(&entry.fd) == Some(recorded),
+    match btime {
+        Some(recorded) => birth.of(&entry.fd) == Some(recorded),
         None => true,
     }
-}
-
-struct Pending {
-    entry: Entry,
-    change: Change,
-    new_acl: Option<Vec<u8>>,
-    new_dacl: Option<Vec<u8>>,
-    recorded: bool,
-}
-
-/// A non-directory with more than one name: changed only if, just before
-/// the change, every one of its names is a verified name inside the tree.
-struct HardLink {
-    path: Vec<u8>,
-    names: Vec<(std::sync::Arc<OwnedFd>, std::ffi::CString)>,
-}
-
-/// What every remap thread shares.
-struct Shared<'a> {
-    options: &'a RemapOptions,
-    root: String,
-    writer: Mutex<ManifestWriter>,
-    recorded: HashMap<(u64, u64), Change>,
-    /// Entries handled in this walk: one seen twice (renamed across
-    /// directories while the walk ran) is never remapped twice.
-    handled: Mutex<HashSet<(u64, u64)>>,
-    entries: AtomicU64,
-    changed: AtomicU64,
-    bytes: AtomicU64,
-    progress: &'a (dyn Fn(&Progress) + Sync),
-    /// Changes per commit per thread: each pending change holds a
-    /// descriptor, so this stays within the process's descriptor budget.
-    batch: usize,
-}
-
-impl Shared<'_> {
-    fn io(&self, what: &str, errno: Errno) -> RemapError {
-        RemapError::Io {
-            what: what.to_string(),
-            root: self.root.clone(),
-            errno,
-        }
-    }
-
-    fn first_time(&self, key: (u64, u64)) -> bool {
-        self.handled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key)
-    }
-}
-
-/// One thread's share of a remap.
-struct Worker<'s, 'a> {
-    shared: &'s Shared<'a>,
-    batch: Vec<Pending>,
-    report: RemapReport,
-    hardlinks: HashMap<(u64, u64), HardLink>,
-    failure: Option<RemapError>,
-}
-
-impl<'s, 'a> Worker<'s, 'a> {
-    fn new(shared: &'s Shared<'a>) -> Self {
-        Worker {
-            shared,
-            batch: Vec::new(),
-            report: RemapReport::default(),
-            hardlinks: HashMap::new(),
-            failure: None,
-        }
-    }
-
-    fn consider(&mut self, entry: Entry) -> Result<(), RemapError> {
-        let shared = self.shared;
-        let kind = entry.file_type();
-        let entries = shared.entries.fetch_add(1, Ordering::Relaxed) + 1;
-        if kind == FileType::RegularFile {
-            shared
-                .bytes
-                .fetch_add(entry.stat.st_size as u64, Ordering::Relaxed);
-        }
-        if entries.is_multiple_of(4096) {
-            (shared.progress)(&Progress {
-                entries,
-                changed: shared.changed.load(Ordering::Relaxed),
-                bytes: shared.bytes.load(Ordering::Relaxed),
-            });
-        }
-        let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
-        if matches!(kind, FileType::BlockDevice | FileType::CharacterDevice) {
-            // Never handed to a service user, never recorded.
-            if shared.options.mapping.target(uid, gid).is_some() {
-                self.report.devices_left.push(display(&entry.path));
-            }
-            return Ok(());
-        }
-        if kind != FileType::Directory && entry.stat.st_nlink > 1 {
-            // Judged once every name in the tree has been seen.
-            let link = self.hardlinks.entry(entry.key()).or_insert(HardLink {
-                path: entry.path.clone(),
-                names: Vec::new(),
-            });
-            if let Some(parent) = entry.parent.clone() {
-                link.names.push(parent);
-            }
-            return Ok(());
-        }
-        self.consider_once(entry)
-    }
-
-    fn consider_once(&mut self, entry: Entry) -> Result<(), RemapError> {
-        let shared = self.shared;
-        if !shared.first_time(entry.key()) {
-            return Ok(());
-        }
-        if let Some(previous) = shared.recorded.get(&entry.key()) {
-            // Resuming: recorded before the crash. Finish it only if it is
-            // still that inode with its old owner; never remap twice.
-            self.report.resumed += 1;
-            let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
-            if (uid, gid) == (previous.uid, previous.gid) && same_inode(&entry, previous) {
-                let change = previous.clone();
-                // ACLs from what was recorded, not from a half-applied state.
-                let decode = |v: &Option<String>| v.as_ref().and_then(|h| hex::decode(h).ok());
-                let new_acl = self.remap_acl(&decode(&change.acl));
-                let new_dacl = self.remap_acl(&decode(&change.dacl));
-                self.push(Pending {
-                    entry,
-                    change,
-                    new_acl,
-                    new_dacl,
-                    recorded: true,
-                })?;
-            }
-            return Ok(());
-        }
-        self.prepare(entry)
-    }
-
-    fn read_xattr(
-        &self,
-        entry: &Entry,
-        names: &[String],
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, RemapError> {
-        if names.iter().any(|n| n == name) {
-            meta::get_xattr(entry, name).map_err(|e| self.shared.io("getxattr", e))
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn remap_acl(&self, old: &Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let mapping = &self.shared.options.mapping;
-        old.as_ref()
-            .and_then(|v| meta::remap_acl(v, &|u| mapping.map_uid(u), &|g| mapping.map_gid(g)))
-    }
-
-    fn prepare(&mut self, entry: Entry) -> Result<(), RemapError> {
-        let kind = entry.file_type();
-        let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
-        let target = self.shared.options.mapping.target(uid, gid);
-        // Even an entry whose owner stays may carry an ACL naming a remapped id.
-        let names = meta::list_xattrs(&entry).map_err(|e| self.shared.io("listxattr", e))?;
-        let old_acl = self.read_xattr(&entry, &names, meta::ACL_ACCESS)?;
-        let old_dacl = self.read_xattr(&entry, &names, meta::ACL_DEFAULT)?;
-        let (new_acl, new_dacl) = (self.remap_acl(&old_acl), self.remap_acl(&old_dacl));
-        if target.is_none() && new_acl.is_none() && new_dacl.is_none() {
-            return Ok(());
-        }
-        let (new_uid, new_gid) = target.unwrap_or((uid, gid));
-        let cap = if kind == FileType::RegularFile {
-            self.read_xattr(&entry, &names, meta::CAPABILITY)?
-        } else {
-            None
-        };
-        let mut change = Change {
-            p: None,
-            px: None,
-            dev: entry.stat.st_dev,
-            ino: entry.stat.st_ino,
-            uid,
-            gid,
-            mode: entry.stat.st_mode,
-            new_uid,
-            new_gid,
-            cap: cap.map(hex::encode),
-            acl: new_acl.as_ref().and(old_acl.as_ref()).map(hex::encode),
-            dacl: new_dacl.as_ref().and(old_dacl.as_ref()).map(hex::encode),
-            btime: birth_time(&entry.fd),
-        };
-        change.set_path(&entry.path);
-        self.push(Pending {
-            entry,
-            change,
-            new_acl,
-            new_dacl,
-            recorded: false,
-        })
-    }
-
-    fn push(&mut self, pending: Pending) -> Result<(), RemapError> {
-        self.batch.push(pending);
-        if self.batch.len() >= self.shared.batch {
-            self.commit()?;
-        }
-        Ok(())
-    }
-
-    /// Records the batch, syncs the manifest, and only then changes.
-    fn commit(&mut self) -> Result<(), RemapError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut writer = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let manifest_error = |w: &ManifestWriter, source| RemapError::Manifest {
-                path: w.path().display().to_string(),
-                source,
-            };
-            for pending in self.batch.iter().filter(|p| !p.recorded) {
-                writer
-                    .record(&pending.change)
-                    .map_err(|e| manifest_error(&writer, e))?;
-            }
-            writer.commit().map_err(|e| manifest_error(&writer, e))?;
-        }
-        for pending in std::mem::take(&mut self.batch) {
-            self.apply(&pending)?;
-        }
-        // Test aid: a crash after N entries were recorded, synced and changed.
-        fleet_core::fault::count(
-            "agent:ownership-entries",
-            self.shared.changed.load(Ordering::Relaxed),
-        );
-        Ok(())
-    }
-
-    fn apply(&mut self, pending: &Pending) -> Result<(), RemapError> {
-        let io = |what: &str, e| self.shared.io(what, e);
-        let fd = &pending.entry.fd;
-        let kind = pending.entry.file_type();
-        let c = &pending.change;
-        if (c.new_uid, c.new_gid) != (c.uid, c.gid) {
-            meta::chown(fd, c.new_uid, c.new_gid).map_err(|e| io("chown", e))?;
-            // chown cleared these: put them back, as recorded.
-            if kind == FileType::RegularFile && c.mode & meta::SET_ID_BITS != 0 {
-                meta::chmod(fd, kind, c.mode).map_err(|e| io("chmod", e))?;
-            }
-            if let Some(cap) = &c.cap {
-                let cap = hex::decode(cap).unwrap_or_default();
-                meta::set_xattr(fd, kind, meta::CAPABILITY, &cap)
-                    .map_err(|e| io("setxattr security.capability", e))?;
-            }
-        }
-        if let Some(acl) = &pending.new_acl {
-            meta::set_xattr(fd, kind, meta::ACL_ACCESS, acl).map_err(|e| io("setxattr ACL", e))?;
-        }
-        if let Some(dacl) = &pending.new_dacl {
-            meta::set_xattr(fd, kind, meta::ACL_DEFAULT, dacl)
-                .map_err(|e| io("setxattr default ACL", e))?;
-        }
-        self.shared.changed.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-impl walk::Visitor for Worker<'_, '_> {
-    fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
-        let is_dir = entry.file_type() == FileType::Directory;
-        match self.consider(entry) {
-            Ok(()) => Ok(is_dir),
-            Err(e) => {
-                self.failure = Some(e);
-                Err(Errno::CANCELED)
-            }
-        }
-    }
-
-    fn skipped(&mut self, skipped: Skipped) {
-        match skipped {
-            Skipped::OtherFilesystem(p) => self.report.other_filesystems.push(display(&p)),
-            Skipped::Raced(p) => self.report.raced.push(display(&p)),
-            Skipped::Vanished(p) => self.report.vanished.push(display(&p)),
-        }
-    }
-}
-
-fn threads(options: &RemapOptions) -> usize {
-    if options.threads == 0 {
-        walk::threads()
-    } else {
-        options.threads
-    }
-}
-
-/// A batch size that keeps every thread's held descriptors within half of
-/// the soft RLIMIT_NOFILE (the walk itself needs some too).
-fn batch_size(wanted: usize, threads: usize) -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1024) as usize;
-    wanted.clamp(1, (limit / 2 / threads.max(1)).max(16))
-}
-
-fn protected_hardlinks() -> bool {
-    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
-        .map(|v| v.trim() == "1")
-        .unwrap_or(false)
-}
-
-/// Whether every name of a multiply-linked entry is, right now, a name
-/// inside the tree: each recorded name still resolves to the inode, and
-/// the inode has exactly that many names. A container may add names in the
-/// tree, never outside it; it may remove names, which this notices.
-fn all_names_inside(
-    link: &HardLink,
-    key: (u64, u64),
-) -> Result<Option<(OwnedFd, rustix::fs::Stat)>, Errno> {
-    use rustix::fs::{AtFlags, statat};
-    let mut verified: HashSet<(u64, Vec<u8>)> = HashSet::new();
-    let mut opened = None;
-    for (parent, name) in &link.names {
-        let Ok(stat) = statat(parent.as_ref(), name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) else {
-            continue;
-        };
-        if (stat.st_dev, stat.st_ino) != key {
-            continue;
-        }
-        verified.insert((fstat(parent.as_ref())?.st_ino, name.as_bytes().to_vec()));
-        if opened.is_none() {
-            let fd = walk::open_path_nofollow(parent.as_ref(), name.as_bytes())?;
-            let stat = fstat(&fd)?;
-            if (stat.st_dev, stat.st_ino) == key {
-                opened = Some((fd, stat));
-            }
-        }
-    }
-    Ok(match opened {
-        Some((fd, _)) => {
-            // The count is read after the names were verified.
-            let stat = fstat(&fd)?;
-            (stat.st_nlink as usize == verified.len()).then_some((fd, stat))
-        }
-        None => None,
-    })
-}
-
-/// Remaps the tree at `root` (an absolute path without symlinks; already
-/// cleared by `guard`), recording every change in `manifest_path` first.
-/// Resumes an interrupted walk from its manifest; walks again (at most
-/// three times) while a racing container keeps entries from being seen.
-pub fn remap(
-    root: &Path,
-    manifest_path: &Path,
-    options: &RemapOptions,
-    progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<RemapReport, RemapError> {
-    let started = Instant::now();
-    let mut report = remap_once(root, manifest_path, options, progress)?;
-    for _ in 0..2 {
-        if report.raced.is_empty() || report.skipped_root_already_owned {
-            break;
-        }
-        let again = remap_once(root, manifest_path, options, progress)?;
-        report.raced = again.raced;
-        report.changed += again.changed;
-        report.vanished.extend(again.vanished);
-    }
-    if let Some(first) = report.raced.first() {
-        return Err(RemapError::KeptRacing {
-            root: root.display().to_string(),
-            count: report.raced.len(),
-            first: first.clone(),
-        });
-    }
-    report.millis = started.elapsed().as_millis() as u64;
-    Ok(report)
-}
-
-fn remap_once(
-    root: &Path,
-    manifest_path: &Path,
-    options: &RemapOptions,
-    progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<RemapReport, RemapError> {
-    options.mapping.validate()?;
-    let root_text = root.display().to_string();
-    let root_fd = open_root(root)?;
-    let root_stat = fstat(&root_fd).map_err(|errno| RemapError::Open {
-        root: root_text.clone(),
-        errno,
-    })?;
-    if let Some(expected) = options.expect_root
-        && expected != (root_stat.st_dev, root_stat.st_ino)
-    {
-        return Err(RemapError::RootReplaced { root: root_text });
-    }
-    preflight(&root_fd, root, &root_stat)?;
-    let header = Header {
-        version: 1,
-        root: root_text.clone(),
-        device: root_stat.st_dev,
-        ino: root_stat.st_ino,
-        mapping: options.mapping.clone(),
-    };
-    let manifest_err = |source| RemapError::Manifest {
-        path: manifest_path.display().to_string(),
-        source,
-    };
-    let mut recorded = HashMap::new();
-    if manifest_path.exists() {
-        let (existing, changes) = manifest::read(manifest_path).map_err(manifest_err)?;
-        if let Some(existing) = existing
-            && (existing.root != header.root || existing.mapping != header.mapping)
-        {
-            return Err(RemapError::ManifestMismatch {
-                path: manifest_path.display().to_string(),
-            });
-        }
-        for change in changes {
-            // The first record of an entry is the one that holds its
-            // original state.
-            recorded.entry(change.key()).or_insert(change);
-        }
-    }
-    if recorded.is_empty()
-        && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
-    {
-        return Ok(RemapReport {
-            root: root_text,
-            skipped_root_already_owned: true,
-            ..Default::default()
-        });
-    }
-    let shared = Shared {
-        options,
-        root: root_text.clone(),
-        writer: Mutex::new(ManifestWriter::open(manifest_path, &header).map_err(manifest_err)?),
-        recorded,
-        handled: Mutex::new(HashSet::new()),
-        entries: AtomicU64::new(0),
-        changed: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        progress,
-        batch: batch_size(options.batch, threads(options)),
-    };
-    let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
-    let mut workers: Vec<Worker<'_, '_>> = (0..if is_dir { threads(options) } else { 1 })
-        .map(|_| Worker::new(&shared))
-        .collect();
-    if is_dir {
-        let result = walk::walk(root_fd, &mut workers);
-        if let Some(failure) = workers.iter_mut().find_map(|w| w.failure.take()) {
-            // What was recorded stays recorded: the undo can use it.
-            for worker in &mut workers {
-                worker.commit().ok();
-            }
-            return Err(failure);
-        }
-        result.map_err(|e| shared.io("walk", e))?;
-    } else if root_stat.st_nlink > 1 {
-        // A single file mounted from the host with other names: they
-        // cannot be looked for, so it is never given away.
-        workers[0].report.refused_hardlinks.push(format!(
-            "{root_text} (a file with {} names; the others could be host files)",
-            root_stat.st_nlink
-        ));
-    } else {
-        workers[0].consider(Entry {
-            fd: root_fd,
-            stat: root_stat,
-            path: Vec::new(),
-            parent: None,
-        })?;
-    }
-    for worker in &mut workers {
-        worker.commit()?;
-    }
-    // Merge what the threads saw; multiply-linked entries are judged only
-    // now, once every name of theirs in the tree has been seen.
-    let mut report = RemapReport {
-        root: root_text.clone(),
-        ..Default::default()
-    };
-    let mut hardlinks: HashMap<(u64, u64), HardLink> = HashMap::new();
-    for worker in workers {
-        let r = worker.report;
-        report.resumed += r.resumed;
-        report.other_filesystems.extend(r.other_filesystems);
-        report.raced.extend(r.raced);
-        report.devices_left.extend(r.devices_left);
-        report.vanished.extend(r.vanished);
-        report.refused_hardlinks.extend(r.refused_hardlinks);
-        for (key, link) in worker.hardlinks {
-            match hardlinks.get_mut(&key) {
-                Some(existing) => existing.names.extend(link.names),
-                None => {
-                    hardlinks.insert(key, link);
-                }
-            }
-        }
-    }
-    let allow_outside = protected_hardlinks() && options.allow_protected_hardlinks;
-    let mut finisher = Worker::new(&shared);
-    for (key, link) in hardlinks {
-        let inside = all_names_inside(&link, key).map_err(|e| shared.io("verify hard link", e))?;
-        let opened = match inside {
-            Some(opened) => Some(opened),
-            None if allow_outside => match link.names.first() {
-                Some((parent, name)) => {
-                    let fd = walk::open_path_nofollow(parent.as_ref(), name.as_bytes())
-                        .map_err(|e| shared.io("open", e))?;
-                    let stat = fstat(&fd).map_err(|e| shared.io("stat", e))?;
-                    ((stat.st_dev, stat.st_ino) == key).then_some((fd, stat))
-                }
-                None => None,
-            },
-            None => {
-                report.refused_hardlinks.push(format!(
-                    "{} (not all of its names are in the tree; the others could be host files)",
-                    display(&link.path)
-                ));
-                continue;
-            }
-        };
-        match opened {
-            Some((fd, stat)) => finisher.consider_once(Entry {
-                fd,
-                stat,
-                path: link.path,
-                parent: None,
-            })?,
-            None => report.raced.push(display(&link.path)),
-        }
-    }
-    finisher.commit()?;
-    report.resumed += finisher.report.resumed;
-    for list in [
-        &mut report.other_filesystems,
-        &mut report.raced,
-        &mut report.devices_left,
-        &mut report.vanished,
-        &mut report.refused_hardlinks,
-    ] {
-        list.sort();
-    }
-    report.entries = shared.entries.load(Ordering::Relaxed);
-    report.changed = shared.changed.load(Ordering::Relaxed);
-    report.bytes = shared.bytes.load(Ordering::Relaxed);
-    Ok(report)
-}
-
-/// Restores one recorded entry: owner, then the mode bits chown cleared,
-/// then the capability and ACLs.
-fn restore(
-    entry: &Entry,
-    change: &Change,
-    io: &dyn Fn(&str, Errno) -> RemapError,
-) -> Result<(), RemapError> {
-    let kind = entry.file_type();
-    let fd = &entry.fd;
-    let owner_changes = (entry.stat.st_uid, entry.stat.st_gid) != (change.uid, change.gid);
-    if owner_changes {
-        meta::chown(fd, change.uid, change.gid).map_err(|e| io("chown", e))?;
-    }
-    if kind != FileType::Symlink {
-        // chown clears setuid/setgid on regular files: then the mode must
-        // be set again even if it looked right before.
-        let cleared =
-            owner_changes && kind == FileType::RegularFile && change.mode & meta::SET_ID_BITS != 0;
-        if cleared || entry.stat.st_mode & 0o7777 != change.mode & 0o7777 {
-            meta::chmod(fd, kind, change.mode).map_err(|e| io("chmod", e))?;
-        }
-    }
-    for (name, value) in [
-        (meta::CAPABILITY, &change.cap),
-        (meta::ACL_ACCESS, &change.acl),
-        (meta::ACL_DEFAULT, &change.dacl),
-    ] {
-        if let Some(value) = value {
-            let value = hex::decode(value).unwrap_or_default();
-            meta::set_xattr(fd, kind, name, &value).map_err(|e| io("setxattr", e))?;
-        }
-    }
-    Ok(())
-}
-
-/// One thread's share of an undo.
-struct UndoWorker<'a> {
-    wanted: &'a HashMap<(u64, u64), Change>,
-    root: &'a str,
-    restored: HashSet<(u64, u64)>,
-    /// Recorded inodes now holding something else (a reused number).
-    impostors: Vec<String>,
-    raced: Vec<String>,
-    failure: Option<RemapError>,
-}
-
-impl walk::Visitor for UndoWorker<'_> {
-    fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
-        let is_dir = entry.file_type() == FileType::Directory;
-        if let Some(change) = self.wanted.get(&entry.key()) {
-            if !same_inode(&entry, change)
-                || matches!(
-                    entry.file_type(),
-                    FileType::BlockDevice | FileType::CharacterDevice
-                )
-            {
-                self.impostors.push(display(&entry.path));
-                return Ok(is_dir);
-            }
-            let root = self.root;
-            let io = |what: &str, errno: Errno| RemapError::Io {
-                what: what.to_string(),
-                root: root.to_string(),
-                errno,
-            };
-            if let Err(e) = restore(&entry, change, &io) {
-                self.failure = Some(e);
-                return Err(Errno::CANCELED);
-            }
-            self.restored.insert(entry.key());
-        }
-        Ok(is_dir)
-    }
-
-    fn skipped(&mut self, skipped: Skipped) {
-        if let Skipped::Raced(path) = skipped {
-            self.raced.push(display(&path));
-        }
-    }
-}
-
-/// Puts back every recorded owner, group, mode, capability and ACL under
-/// `root`, finding entries by inode (wherever they were moved within the
-/// tree) and checking each is still the recorded one. Safe to repeat.
-pub fn undo(root: &Path, manifest_path: &Path) -> Result<UndoReport, RemapError> {
-    let started = Instant::now();
-    let root_text = root.display().to_string();
-    let (header, changes) =
-        manifest::read(manifest_path).map_err(|source| RemapError::Manifest {
-            path: manifest_path.display().to_string(),
-            source,
-        })?;
-    let mut report = UndoReport {
-        root: root_text.clone(),
-        ..Default::default()
-    };
-    if changes.is_empty() {
-        return Ok(report);
-    }
-    let mut wanted: HashMap<(u64, u64), Change> = HashMap::new();
-    for change in changes {
-        // The first record holds the original state.
-        wanted.entry(change.key()).or_insert(change);
-    }
-    let io = |what: &str, errno: Errno| RemapError::Io {
-        what: what.to_string(),
-        root: root_text.clone(),
-        errno,
-    };
-    let mut restored: HashSet<(u64, u64)> = HashSet::new();
-    let mut impostors = Vec::new();
-    for attempt in 0..3 {
-        let root_fd = open_root(root)?;
-        let root_stat = fstat(&root_fd).map_err(|e| io("stat", e))?;
-        if let Some(h) = &header
-            && h.ino != 0
-            && (h.device, h.ino) != (root_stat.st_dev, root_stat.st_ino)
-        {
-            return Err(RemapError::RootReplaced { root: root_text });
-        }
-        let mut raced = Vec::new();
-        if FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory {
-            let mut workers: Vec<UndoWorker<'_>> = (0..walk::threads())
-                .map(|_| UndoWorker {
-                    wanted: &wanted,
-                    root: &root_text,
-                    restored: HashSet::new(),
-                    impostors: Vec::new(),
-                    raced: Vec::new(),
-                    failure: None,
-                })
-                .collect();
-            let result = walk::walk(root_fd, &mut workers);
-            if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
-                return Err(e);
-            }
-            result.map_err(|e| io("walk", e))?;
-            for worker in workers {
-                restored.extend(worker.restored);
-                impostors.extend(worker.impostors);
-                raced.extend(worker.raced);
-            }
-        } else if let Some(change) = wanted.get(&(root_stat.st_dev, root_stat.st_ino)) {
-            let entry = Entry {
-                fd: root_fd,
-                stat: root_stat,
-                path: Vec::new(),
-                parent: None,
-            };
-            if same_inode(&entry, change) {
-                restore(&entry, change, &io)?;
-                restored.insert(entry.key());
-            }
-        }
-        if raced.is_empty() {
-            break;
-        }
-        if attempt == 2 {
-            return Err(RemapError::KeptRacing {
-                root: root_text,
-                count: raced.len(),
-                first: raced[0].clone(),
-            });
-        }
-    }
-    report.restored = restored.len() as u64;
-    let mut missing: Vec<String> = wanted
-        .iter()
-        .filter(|(key, _)| !restored.contains(key))
-        .map(|(_, c)| c.path_display())
-        .collect();
-    missing.sort();
-    report.missing = missing;
-    impostors.sort();
-    impostors.dedup();
-    report.impostors = impostors;
-    report.millis = started.elapsed().as_millis() as u64;
-    Ok(report)
 }

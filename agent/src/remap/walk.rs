@@ -58,6 +58,69 @@ pub trait Visitor: Send {
     /// a directory keeps the walk out of it; an error stops every thread.
     fn visit(&mut self, entry: Entry) -> Result<bool, Errno>;
     fn skipped(&mut self, skipped: Skipped);
+
+    /// Whether the walk reads each entry's birth time with its status (one
+    /// `statx` instead of `fstat`) and calls `visit_born`.
+    fn wants_birth_time(&self) -> bool {
+        false
+    }
+
+    /// `visit`, with the birth time (ns) where the filesystem keeps one.
+    fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
+        let _ = btime;
+        self.visit(entry)
+    }
+}
+
+/// The status of an opened entry, and its birth time when `born` (one
+/// system call either way).
+fn status(fd: &OwnedFd, born: bool, template: &Stat) -> Result<(Stat, Option<i128>), Errno> {
+    if !born {
+        return Ok((fstat(fd)?, None));
+    }
+    use rustix::fs::{AtFlags, StatxFlags, makedev, statx};
+    let x = statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    let mask = StatxFlags::from_bits_retain(x.stx_mask);
+    let needed = StatxFlags::TYPE
+        | StatxFlags::MODE
+        | StatxFlags::NLINK
+        | StatxFlags::UID
+        | StatxFlags::GID
+        | StatxFlags::INO
+        | StatxFlags::SIZE;
+    if !mask.contains(needed) {
+        // A filesystem that does not fill them in: ask the usual way.
+        return Ok((fstat(fd)?, None));
+    }
+    // `Stat` cannot be built outside rustix: every field `fstat` fills in
+    // is set from the statx answer (the same values the kernel's stat
+    // would give, device numbers encoded alike).
+    let mut stat = *template;
+    stat.st_dev = makedev(x.stx_dev_major, x.stx_dev_minor) as _;
+    stat.st_ino = x.stx_ino as _;
+    stat.st_nlink = x.stx_nlink as _;
+    stat.st_mode = x.stx_mode as _;
+    stat.st_uid = x.stx_uid as _;
+    stat.st_gid = x.stx_gid as _;
+    stat.st_rdev = makedev(x.stx_rdev_major, x.stx_rdev_minor) as _;
+    stat.st_size = x.stx_size as _;
+    stat.st_blksize = x.stx_blksize as _;
+    stat.st_blocks = x.stx_blocks as _;
+    stat.st_atime = x.stx_atime.tv_sec as _;
+    stat.st_atime_nsec = x.stx_atime.tv_nsec as _;
+    stat.st_mtime = x.stx_mtime.tv_sec as _;
+    stat.st_mtime_nsec = x.stx_mtime.tv_nsec as _;
+    stat.st_ctime = x.stx_ctime.tv_sec as _;
+    stat.st_ctime_nsec = x.stx_ctime.tv_nsec as _;
+    let btime = mask
+        .contains(StatxFlags::BTIME)
+        .then(|| i128::from(x.stx_btime.tv_sec) * 1_000_000_000 + i128::from(x.stx_btime.tv_nsec));
+    Ok((stat, btime))
 }
 
 const PATH_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
@@ -112,6 +175,10 @@ struct Shared {
     /// The root's mount: a bind mount of the same filesystem inside the
     /// tree has the same device number but another mount id.
     mount_id: Option<u64>,
+    /// Whether the visitors want birth times (`Visitor::wants_birth_time`).
+    born: bool,
+    /// The root's status: the shape `status` fills in.
+    template: Stat,
 }
 
 impl Shared {
@@ -131,12 +198,19 @@ pub fn walk<V: Visitor>(root: OwnedFd, visitors: &mut [V]) -> Result<(), Errno> 
     let listing_for_id = listing
         .try_clone()
         .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
-    let descend = first.visit(Entry {
+    let born = first.wants_birth_time();
+    let root_entry = Entry {
         fd: root,
         stat: root_stat,
         path: Vec::new(),
         parent: None,
-    })?;
+    };
+    let descend = if born {
+        let btime = birth(&root_entry.fd);
+        first.visit_born(root_entry, btime)?
+    } else {
+        first.visit(root_entry)?
+    };
     if !descend {
         return Ok(());
     }
@@ -146,6 +220,8 @@ pub fn walk<V: Visitor>(root: OwnedFd, visitors: &mut [V]) -> Result<(), Errno> 
         failed: AtomicBool::new(false),
         device: root_stat.st_dev,
         mount_id: mount_id(&listing_for_id),
+        born,
+        template: root_stat,
     };
     // The root's own listing seeds the queue.
     {
@@ -222,7 +298,7 @@ fn enter<V: Visitor>(
         }
         Err(e) => return Err(e),
     };
-    let stat = fstat(&fd)?;
+    let (stat, btime) = status(&fd, shared.born, &shared.template)?;
     if stat.st_ino != next.ino
         || stat.st_dev != shared.device
         || FileType::from_raw_mode(stat.st_mode) != FileType::Directory
@@ -247,12 +323,18 @@ fn enter<V: Visitor>(
     let parent = CString::new(next.name)
         .ok()
         .map(|name| (next.parent.clone(), name));
-    if visitor.visit(Entry {
+    let entry = Entry {
         fd,
         stat,
         path: next.path,
         parent,
-    })? {
+    };
+    let descend = if shared.born {
+        visitor.visit_born(entry, btime)?
+    } else {
+        visitor.visit(entry)?
+    };
+    if descend {
         list_directory(&Arc::new(listing), &path, shared, found, visitor)?;
     }
     Ok(())
@@ -286,7 +368,7 @@ fn list_directory<V: Visitor>(
             }
             Err(e) => return Err(e),
         };
-        let stat = fstat(&fd)?;
+        let (stat, btime) = status(&fd, shared.born, &shared.template)?;
         if stat.st_dev != shared.device {
             visitor.skipped(Skipped::OtherFilesystem(path));
             continue;
@@ -302,14 +384,30 @@ fn list_directory<V: Visitor>(
             continue;
         }
         let parent = CString::new(name).ok().map(|n| (dir.clone(), n));
-        visitor.visit(Entry {
+        let entry = Entry {
             fd,
             stat,
             path,
             parent,
-        })?;
+        };
+        if shared.born {
+            visitor.visit_born(entry, btime)?;
+        } else {
+            visitor.visit(entry)?;
+        }
     }
     Ok(())
+}
+
+/// The birth time of an opened entry, where the filesystem keeps one.
+pub fn birth(fd: &OwnedFd) -> Option<i128> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let stx = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
+    StatxFlags::from_bits_retain(stx.stx_mask)
+        .contains(StatxFlags::BTIME)
+        .then(|| {
+            i128::from(stx.stx_btime.tv_sec) * 1_000_000_000 + i128::from(stx.stx_btime.tv_nsec)
+        })
 }
 
 /// The mount id of the mount an entry sits on (Linux 5.8+).
@@ -377,4 +475,50 @@ pub fn threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_read_with_the_birth_time_is_the_status_fstat_gives() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        std::fs::write(root.join("file"), b"content").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("file", root.join("link")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(root.join("dir")).unwrap_or_else(|e| panic!("{e}"));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("null"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dirfd = open_path_nofollow(rustix::fs::CWD, root.as_os_str().as_encoded_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let template = fstat(&dirfd).unwrap_or_else(|e| panic!("{e}"));
+        for name in ["file", "link", "dir", "null"] {
+            let fd = open_path_nofollow(&dirfd, name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            let plain = fstat(&fd).unwrap_or_else(|e| panic!("{e}"));
+            let (born, _) = status(&fd, true, &template).unwrap_or_else(|e| panic!("{e}"));
+            let fields = |s: &Stat| {
+                (
+                    s.st_dev,
+                    s.st_ino,
+                    s.st_nlink,
+                    s.st_mode,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_rdev,
+                    s.st_size,
+                    s.st_blocks,
+                    (s.st_mtime, s.st_mtime_nsec),
+                    (s.st_ctime, s.st_ctime_nsec),
+                )
+            };
+            assert_eq!(fields(&born), fields(&plain), "{name}");
+        }
+    }
 }

@@ -1,0 +1,448 @@
+//! The forward walk: old ids → new ids, every change recorded and synced
+//! before it is made, and every entry left as it is that already belongs
+//! to a target id recorded as kept. Walked again (at most three passes in
+//! all) while a racing container keeps entries from being seen; resumed
+//! from its manifest after a crash. Each entry is counted once.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rustix::fs::{FileType, Stat, fstat};
+use rustix::io::Errno;
+
+use super::index::Index;
+use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, kept_record, plan, resume};
+use super::links::{HardLinks, all_names_inside, open_first, protected_hardlinks};
+use super::manifest::{self, End, Header};
+use super::walk::{self, Entry, Skipped};
+use super::{
+    Birth, IdMapping, Progress, RemapError, RemapOptions, RemapReport, Targets, display, open_root,
+    preflight,
+};
+
+/// What the passes of one remap share besides the ledger.
+struct Context<'a> {
+    options: &'a RemapOptions,
+    targets: Targets,
+    /// Kept records are written only until the walk has finished once:
+    /// after that, a target-owned entry it does not know is the workload's.
+    record_kept: bool,
+}
+
+/// One thread's share of a pass.
+struct Worker<'s, 'a> {
+    ledger: &'s Ledger<'a>,
+    cx: &'s Context<'s>,
+    batch: Batch,
+    report: RemapReport,
+    hardlinks: HardLinks,
+    failure: Option<RemapError>,
+}
+
+impl<'s, 'a> Worker<'s, 'a> {
+    fn new(ledger: &'s Ledger<'a>, cx: &'s Context<'s>) -> Self {
+        Worker {
+            ledger,
+            cx,
+            batch: Batch::default(),
+            report: RemapReport::default(),
+            hardlinks: HardLinks::default(),
+            failure: None,
+        }
+    }
+
+    fn mapping(&self) -> &IdMapping {
+        &self.cx.options.mapping
+    }
+
+    fn consider(&mut self, entry: Entry, birth: Birth) -> Result<(), RemapError> {
+        let kind = entry.file_type();
+        if kind != FileType::Directory && entry.stat.st_nlink > 1 {
+            // Judged once every name in the tree has been seen.
+            if !self.ledger.handled(entry.key()) {
+                self.hardlinks.add(entry);
+            }
+            return Ok(());
+        }
+        self.consider_once(entry, birth)
+    }
+
+    fn keep(&mut self, entry: &Entry, birth: Birth) -> Result<(), RemapError> {
+        if self.cx.record_kept {
+            self.batch.keep(self.ledger, kept_record(entry, birth))?;
+        }
+        Ok(())
+    }
+
+    fn consider_once(&mut self, entry: Entry, birth: Birth) -> Result<(), RemapError> {
+        let ledger = self.ledger;
+        if !ledger.first_time(entry.key()) {
+            return Ok(());
+        }
+        ledger.note(&entry);
+        let (uid, gid) = (entry.stat.st_uid, entry.stat.st_gid);
+        if matches!(
+            entry.file_type(),
+            FileType::BlockDevice | FileType::CharacterDevice
+        ) {
+            // Never handed to a service user, never opened.
+            if self.mapping().target(uid, gid).is_some() {
+                self.report.devices_left.push(display(&entry.path));
+            } else if self.cx.targets.owns(uid, gid)
+                && !ledger.recorded.recs.contains_key(&entry.key())
+            {
+                self.keep(&entry, birth)?;
+            }
+            return Ok(());
+        }
+        if let Some(previous) = ledger.recorded.recs.get(&entry.key()) {
+            // Resuming: recorded before the crash; never remapped twice.
+            self.report.resumed += 1;
+            match resume(entry, birth, previous, &ledger.recorded, self.mapping()) {
+                Resumed::Redo(pending) => self.batch.push(ledger, pending)?,
+                Resumed::Done => {
+                    ledger.changed.fetch_add(1, Ordering::Relaxed);
+                }
+                Resumed::Kept => {
+                    ledger.kept.fetch_add(1, Ordering::Relaxed);
+                }
+                Resumed::Left => {}
+            }
+            return Ok(());
+        }
+        match plan(entry, birth, self.mapping(), &|what, e| ledger.io(what, e))? {
+            Plan::Change(pending) => self.batch.push(ledger, pending),
+            Plan::Same { entry, acl, dacl } => {
+                let targets = &self.cx.targets;
+                if targets.owns(uid, gid) || targets.named_in(&acl) || targets.named_in(&dacl) {
+                    self.keep(&entry, birth)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A multiply-linked entry whose names are not all inside: left, and
+    /// recorded as kept when it already belongs to a target id.
+    fn refuse(&mut self, key: (u64, u64), path: &[u8], stat: &Stat) -> Result<(), RemapError> {
+        if !self.ledger.first_time(key) {
+            return Ok(());
+        }
+        self.ledger.entries.fetch_add(1, Ordering::Relaxed);
+        self.report.refused_hardlinks.push(format!(
+            "{} (not all of its names are in the tree; the others could be host files)",
+            display(path)
+        ));
+        if self.cx.record_kept
+            && self.cx.targets.owns(stat.st_uid, stat.st_gid)
+            && !self.ledger.recorded.recs.contains_key(&key)
+        {
+            let mut record = manifest::Change {
+                p: None,
+                px: None,
+                dev: key.0,
+                ino: key.1,
+                uid: stat.st_uid,
+                gid: stat.st_gid,
+                mode: stat.st_mode,
+                new_uid: stat.st_uid,
+                new_gid: stat.st_gid,
+                cap: None,
+                acl: None,
+                dacl: None,
+                btime: None,
+                kept: true,
+            };
+            record.set_path(path);
+            self.batch.keep(self.ledger, record)?;
+        }
+        Ok(())
+    }
+}
+
+impl walk::Visitor for Worker<'_, '_> {
+    fn visit(&mut self, entry: Entry) -> Result<bool, Errno> {
+        self.visit_born(entry, None)
+    }
+
+    fn wants_birth_time(&self) -> bool {
+        true
+    }
+
+    fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
+        let is_dir = entry.file_type() == FileType::Directory;
+        match self.consider(entry, Birth::Known(btime)) {
+            Ok(()) => Ok(is_dir),
+            Err(e) => {
+                self.failure = Some(e);
+                Err(Errno::CANCELED)
+            }
+        }
+    }
+
+    fn skipped(&mut self, skipped: Skipped) {
+        match skipped {
+            Skipped::OtherFilesystem(p) => self.report.other_filesystems.push(display(&p)),
+            Skipped::Raced(p) => self.report.raced.push(display(&p)),
+            Skipped::Vanished(p) => self.report.vanished.push(display(&p)),
+        }
+    }
+}
+
+fn threads(options: &RemapOptions) -> usize {
+    if options.threads == 0 {
+        walk::threads()
+    } else {
+        options.threads
+    }
+}
+
+/// A batch size that keeps every thread's held descriptors within half of
+/// the soft RLIMIT_NOFILE (the walk itself needs some too).
+pub(super) fn batch_size(wanted: usize, threads: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024) as usize;
+    wanted.clamp(1, (limit / 2 / threads.max(1)).max(16))
+}
+
+/// Remaps the tree at `root` (an absolute path without symlinks; already
+/// cleared by `guard`), recording every change in `manifest_path` first.
+/// Resumes an interrupted walk from its manifest; walks again (at most
+/// three passes) while a racing container keeps entries from being seen.
+pub fn remap(
+    root: &Path,
+    manifest_path: &Path,
+    options: &RemapOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<RemapReport, RemapError> {
+    let started = Instant::now();
+    options.mapping.validate()?;
+    let root_text = root.display().to_string();
+    let root_fd = open_root(root)?;
+    let root_stat = fstat(&root_fd).map_err(|errno| RemapError::Open {
+        root: root_text.clone(),
+        errno,
+    })?;
+    if let Some(expected) = options.expect_root
+        && expected != (root_stat.st_dev, root_stat.st_ino)
+    {
+        return Err(RemapError::RootReplaced { root: root_text });
+    }
+    preflight(&root_fd, root, &root_stat)?;
+    let header = Header {
+        version: 1,
+        root: root_text.clone(),
+        device: root_stat.st_dev,
+        ino: root_stat.st_ino,
+        mapping: options.mapping.clone(),
+    };
+    let manifest_err = |source| RemapError::Manifest {
+        path: manifest_path.display().to_string(),
+        source,
+    };
+    let mut recorded = Index::empty();
+    if manifest_path.exists() {
+        recorded = Index::read(manifest_path).map_err(manifest_err)?;
+        if let Some(h) = &recorded.header
+            && (h.root != header.root || h.mapping != header.mapping)
+        {
+            return Err(RemapError::ManifestMismatch {
+                path: manifest_path.display().to_string(),
+            });
+        }
+    }
+    let finished_before = recorded.end.is_some();
+    if recorded.recs.is_empty()
+        && !finished_before
+        && options.skip_if_root_owned_by == Some((root_stat.st_uid, root_stat.st_gid))
+    {
+        // Not re-owned by this run: no manifest, nothing for an undo.
+        return Ok(RemapReport {
+            root: root_text,
+            skipped_root_already_owned: true,
+            ..Default::default()
+        });
+    }
+    let workers = if FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory {
+        threads(options)
+    } else {
+        1
+    };
+    let ledger = Ledger::new(
+        root_text.clone(),
+        manifest_path,
+        header,
+        recorded,
+        batch_size(options.batch, workers),
+        Faults {
+            synced: "agent:ownership-synced",
+            made: "agent:ownership-entries",
+        },
+        progress,
+    );
+    ledger.open()?;
+    let cx = Context {
+        options,
+        targets: Targets::of(&options.mapping),
+        record_kept: !finished_before,
+    };
+    let mut report = RemapReport {
+        root: root_text.clone(),
+        ..Default::default()
+    };
+    let mut root_fd = Some(root_fd);
+    for pass in 0..3 {
+        let fd = match root_fd.take() {
+            Some(fd) => fd,
+            None => {
+                let fd = open_root(root)?;
+                let stat = fstat(&fd).map_err(|e| ledger.io("stat", e))?;
+                if (stat.st_dev, stat.st_ino) != (root_stat.st_dev, root_stat.st_ino) {
+                    return Err(RemapError::RootReplaced { root: root_text });
+                }
+                fd
+            }
+        };
+        let once = run_pass(&ledger, &cx, fd, root_stat, workers)?;
+        report.resumed += once.resumed;
+        report.other_filesystems.extend(once.other_filesystems);
+        report.devices_left.extend(once.devices_left);
+        report.vanished.extend(once.vanished);
+        report.refused_hardlinks.extend(once.refused_hardlinks);
+        report.raced = once.raced;
+        if report.raced.is_empty() || pass == 2 {
+            break;
+        }
+    }
+    for list in [
+        &mut report.other_filesystems,
+        &mut report.raced,
+        &mut report.devices_left,
+        &mut report.vanished,
+        &mut report.refused_hardlinks,
+    ] {
+        list.sort();
+        list.dedup();
+    }
+    report.entries = ledger.entries.load(Ordering::Relaxed);
+    report.changed = ledger.changed.load(Ordering::Relaxed);
+    report.kept = ledger.kept.load(Ordering::Relaxed);
+    report.bytes = ledger.bytes.load(Ordering::Relaxed);
+    if let Some(first) = report.raced.first() {
+        return Err(RemapError::KeptRacing {
+            root: root_text,
+            count: report.raced.len(),
+            first: first.clone(),
+        });
+    }
+    // Every change and kept entry is synced: from now on, a target-owned
+    // entry this manifest does not know is the workload's.
+    ledger.finish(End {
+        entries: report.entries,
+        changed: report.changed,
+        kept: report.kept,
+    })?;
+    (progress)(&ledger.snapshot());
+    report.millis = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// One walk over the tree; what an earlier pass handled is not handled
+/// again.
+fn run_pass(
+    ledger: &Ledger<'_>,
+    cx: &Context<'_>,
+    root_fd: rustix::fd::OwnedFd,
+    root_stat: Stat,
+    threads: usize,
+) -> Result<RemapReport, RemapError> {
+    let root_text = ledger.root.clone();
+    let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
+    let mut workers: Vec<Worker<'_, '_>> = (0..threads).map(|_| Worker::new(ledger, cx)).collect();
+    if is_dir {
+        let result = walk::walk(root_fd, &mut workers);
+        if let Some(failure) = workers.iter_mut().find_map(|w| w.failure.take()) {
+            // What was recorded stays recorded: the undo can use it.
+            for worker in &mut workers {
+                worker.batch.commit(ledger).ok();
+            }
+            return Err(failure);
+        }
+        result.map_err(|e| ledger.io("walk", e))?;
+    } else if root_stat.st_nlink > 1 {
+        // A single file mounted from the host with other names: they
+        // cannot be looked for, so it is never given away.
+        if ledger.first_time((root_stat.st_dev, root_stat.st_ino)) {
+            workers[0].report.refused_hardlinks.push(format!(
+                "{root_text} (a file with {} names; the others could be host files)",
+                root_stat.st_nlink
+            ));
+        }
+    } else {
+        workers[0].consider(
+            Entry {
+                fd: root_fd,
+                stat: root_stat,
+                path: Vec::new(),
+                parent: None,
+            },
+            Birth::Unknown,
+        )?;
+    }
+    for worker in &mut workers {
+        worker.batch.commit(ledger)?;
+    }
+    // Merge what the threads saw; multiply-linked entries are judged only
+    // now, once every name of theirs in the tree has been seen.
+    let mut report = RemapReport::default();
+    let mut hardlinks = HardLinks::default();
+    for worker in workers {
+        let r = worker.report;
+        report.resumed += r.resumed;
+        report.other_filesystems.extend(r.other_filesystems);
+        report.raced.extend(r.raced);
+        report.devices_left.extend(r.devices_left);
+        report.vanished.extend(r.vanished);
+        report.refused_hardlinks.extend(r.refused_hardlinks);
+        hardlinks.merge(worker.hardlinks);
+    }
+    let allow_outside = protected_hardlinks() && cx.options.allow_protected_hardlinks;
+    let mut finisher = Worker::new(ledger, cx);
+    for (key, link) in hardlinks.links {
+        if ledger.handled(key) {
+            continue;
+        }
+        let inside = all_names_inside(&link, key).map_err(|e| ledger.io("verify hard link", e))?;
+        let opened = match inside {
+            Some(opened) => Some(opened),
+            None if allow_outside => {
+                open_first(&link, key).map_err(|e| ledger.io("open hard link", e))?
+            }
+            None => {
+                finisher.refuse(key, &link.path, &link.stat)?;
+                continue;
+            }
+        };
+        match opened {
+            Some((fd, stat)) => finisher.consider_once(
+                Entry {
+                    fd,
+                    stat,
+                    path: link.path,
+                    parent: None,
+                },
+                Birth::Unknown,
+            )?,
+            None => report.raced.push(display(&link.path)),
+        }
+    }
+    finisher.batch.commit(ledger)?;
+    report.resumed += finisher.report.resumed;
+    report
+        .refused_hardlinks
+        .extend(finisher.report.refused_hardlinks);
+    report.devices_left.extend(finisher.report.devices_left);
+    Ok(report)
+}
