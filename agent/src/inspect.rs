@@ -380,6 +380,12 @@ impl Inspector {
         } else {
             Vec::new()
         };
+        // Planning only: a plain audit does not pay for the layer diff.
+        let runtime_dirs = if options.with_users {
+            crate::runtime_dirs::planned(conn, doc).await
+        } else {
+            Vec::new()
+        };
         let (uid, gid, resolution) = match &resolved {
             Ok(r) => (Some(r.uid), Some(r.gid), r.how.clone()),
             Err(e) => (None, None, e.clone()),
@@ -418,7 +424,7 @@ impl Inspector {
             auto_remove: doc.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true),
             stop_timeout_secs: config.stop_timeout.unwrap_or(10),
             exposed_ports: exposed_ports(&config),
-            runtime_dirs: Vec::new(),
+            runtime_dirs,
             id,
         }
     }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::container::{Api, ContainerError};
+use crate::mount_roots::{self, MountRoot, MountRootReset};
+use crate::runtime_dirs::{self, RuntimeDirGrant};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecreateRequest {
@@ -44,6 +46,14 @@ pub struct RecreatePlan {
     /// Networks to connect after create (engines below API 1.44 take one
     /// network at create time).
     pub extra_networks: Vec<(String, Value)>,
+    /// Runtime directories given to the target ids in the new container
+    /// before it starts (`runtime_dirs`).
+    #[serde(default)]
+    pub runtime_dirs: Vec<RuntimeDirGrant>,
+    /// Mount roots as the ownership step left them: the engine may reset
+    /// one when it populates an empty volume at create (`mount_roots`).
+    #[serde(default)]
+    pub mount_roots: Vec<MountRoot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +61,13 @@ pub struct RecreateOutcome {
     pub plan: RecreatePlan,
     pub new_id: String,
     pub stopped_at_ms: u64,
+    /// When the old container had exited, if this step stopped it.
+    #[serde(default)]
+    pub exited_at_ms: Option<u64>,
     pub started_at_ms: u64,
+    /// Mount roots the engine reset at create and the recreate re-owned.
+    #[serde(default)]
+    pub mount_roots_reowned: Vec<MountRootReset>,
 }
 
 fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
@@ -138,20 +154,20 @@ pub async fn plan(
             }
         }
     }
-    if !request.allow_layer_loss {
-        let mut mounts: Vec<String> = old
-            .pointer("/Mounts")
-            .and_then(|m| m.as_array())
+    let mut mounts: Vec<String> = old
+        .pointer("/Mounts")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("Destination")?.as_str().map(String::from))
+        .collect();
+    mounts.extend(
+        old.pointer("/HostConfig/Tmpfs")
+            .and_then(|t| t.as_object())
             .into_iter()
-            .flatten()
-            .filter_map(|m| m.get("Destination")?.as_str().map(String::from))
-            .collect();
-        mounts.extend(
-            old.pointer("/HostConfig/Tmpfs")
-                .and_then(|t| t.as_object())
-                .into_iter()
-                .flat_map(|t| t.keys().cloned()),
-        );
+            .flat_map(|t| t.keys().cloned()),
+    );
+    if !request.allow_layer_loss {
         let lost: Vec<String> = api
             .changes(&old_id)
             .await
@@ -179,10 +195,21 @@ pub async fn plan(
     let tag = str_at(&old, "/Config/Image").to_string();
     let image = match api.image_id(&tag).await {
         Ok(id) if id == image_id => tag,
-        _ => image_id,
+        _ => image_id.clone(),
     };
     let (create_body, extra_networks, static_networks) = create_body(&old, &user, &image, api);
+    let runtime_dirs = match runtime_dirs::find(api, &old_id, &image_id, &mounts).await {
+        Ok(dirs) => runtime_dirs::grants(&dirs, request.uid, request.gid),
+        // Without them the service may fail to start: verify catches that
+        // and the recreate is undone; the step still says why.
+        Err(e) => {
+            tracing::warn!(container = %name, error = %e, "runtime directories could not be read");
+            Vec::new()
+        }
+    };
     Ok(RecreatePlan {
+        runtime_dirs,
+        mount_roots: mount_roots::owned_by(&old, request.uid, request.gid),
         checkpoint_name: format!("{name}.fleet-pre-{}", request.run),
         was_running: old.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true),
         stop_timeout: old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64()),
@@ -489,10 +516,12 @@ pub async fn execute(
     plan: &RecreatePlan,
 ) -> Result<RecreateOutcome, ContainerError> {
     let stopped_at_ms = now_ms();
+    let mut exited_at_ms = None;
     let mut created: Option<String> = None;
     let result = async {
         if plan.was_running {
             api.stop(&plan.old_id, plan.stop_timeout).await?;
+            exited_at_ms = Some(now_ms());
         }
         api.rename(&plan.old_id, &plan.checkpoint_name).await?;
         api.set_restart_policy(&plan.old_id, &json!({"Name": "no"}))
@@ -505,16 +534,23 @@ pub async fn execute(
         for (net, endpoint) in &plan.extra_networks {
             api.connect(net, &new_id, endpoint).await?;
         }
+        runtime_dirs::give(api, &new_id, &plan.runtime_dirs).await?;
+        let roots = plan.mount_roots.clone();
+        let reowned = tokio::task::spawn_blocking(move || mount_roots::restore(&roots))
+            .await
+            .map_err(|e| ContainerError::Verify(e.to_string()))??;
         api.start(&new_id).await?;
-        Ok::<String, ContainerError>(new_id)
+        Ok::<_, ContainerError>((new_id, reowned))
     }
     .await;
     match result {
-        Ok(new_id) => Ok(RecreateOutcome {
+        Ok((new_id, mount_roots_reowned)) => Ok(RecreateOutcome {
             plan: plan.clone(),
             new_id,
             stopped_at_ms,
+            exited_at_ms,
             started_at_ms: now_ms(),
+            mount_roots_reowned,
         }),
         Err(e) => {
             if let Err(undo) = undo(api, plan, created.as_deref()).await {
@@ -538,6 +574,21 @@ fn made_by(plan: &RecreatePlan, doc: &Value) -> bool {
         && doc.pointer("/Config/Image") == plan.create_body.get("Image")
 }
 
+/// Stops the migrated service as the stop step stops a service (its own
+/// stop signal, which the engine applies, and timeout), so it writes what
+/// it writes on SIGTERM, then removes it: a forced remove is a SIGKILL.
+async fn stop_then_remove(
+    api: &Api<'_>,
+    plan: &RecreatePlan,
+    id: &str,
+) -> Result<(), ContainerError> {
+    match api.stop(id, plan.stop_timeout).await {
+        Ok(()) | Err(ContainerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    api.remove(id).await
+}
+
 /// Puts the old container back, from whatever state the recreate reached:
 /// removes a new container holding the name, renames the old one back,
 /// restores its restart policy and static addresses, and starts it if it
@@ -548,9 +599,11 @@ pub async fn undo(
     new_id: Option<&str>,
 ) -> Result<(), ContainerError> {
     match new_id {
-        Some(new_id) => api.remove(new_id).await?,
+        Some(new_id) => stop_then_remove(api, plan, new_id).await?,
         None => match api.inspect(&plan.name).await {
-            Ok(current) if made_by(plan, &current) => api.remove(str_at(&current, "/Id")).await?,
+            Ok(current) if made_by(plan, &current) => {
+                stop_then_remove(api, plan, str_at(&current, "/Id")).await?
+            }
             Ok(current) if str_at(&current, "/Id") != plan.old_id => {
                 return Err(ContainerError::Refused(vec![format!(
                     "the name {} is held by container {}, which this recreate did not make; rename or remove it, then roll back again",

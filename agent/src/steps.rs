@@ -21,7 +21,7 @@ use crate::inspect::Inspector;
 use crate::journal::{
     Event, JournalError, PRUNE_STEP, RunJournal, StepKind, StepState, validate_id,
 };
-use crate::recreate::{self, RecreatePlan, RecreateRequest};
+use crate::recreate::{self, RecreateOutcome, RecreatePlan, RecreateRequest};
 use crate::remap::guard::MountGuard;
 use crate::remap::{self, IdMapping, RemapError, RemapOptions, RemapReport};
 use crate::users::{self, UserError, UserOutcome, UserRequest, UserSettings};
@@ -164,6 +164,17 @@ struct StopIntent {
     container_id: String,
     was_running: bool,
     stop_timeout: Option<i64>,
+}
+
+/// What the stop step did; `exited_at_ms` is when the old container had
+/// exited, the start of the service's downtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StopOutcome {
+    container_id: String,
+    was_running: bool,
+    stopped_at_ms: u64,
+    #[serde(default)]
+    exited_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -583,30 +594,37 @@ impl StepRunner {
                 probe,
             } => {
                 self.scoped(&api, container).await?;
-                let stopped_at_ms =
-                    journal
-                        .steps()
-                        .into_iter()
-                        .rev()
-                        .find_map(|(_, state)| match state {
-                            StepState::Done {
-                                kind: StepKind::Stop,
-                                outcome,
-                                ..
-                            } => outcome.get("stopped_at_ms")?.as_u64(),
-                            StepState::Done {
-                                kind: StepKind::Recreate,
-                                outcome,
-                                ..
-                            } => outcome.get("stopped_at_ms")?.as_u64(),
-                            _ => None,
-                        });
+                // The service went down at the stop that really stopped it:
+                // the stop step's, else the recreate's own.
+                let went_down = journal
+                    .steps()
+                    .into_iter()
+                    .find_map(|(_, state)| match state {
+                        StepState::Done {
+                            kind: StepKind::Stop,
+                            outcome,
+                            ..
+                        } => serde_json::from_value::<StopOutcome>(outcome)
+                            .ok()
+                            .filter(|o| o.was_running)
+                            .map(|o| (o.stopped_at_ms, o.exited_at_ms)),
+                        StepState::Done {
+                            kind: StepKind::Recreate,
+                            outcome,
+                            ..
+                        } => serde_json::from_value::<RecreateOutcome>(outcome)
+                            .ok()
+                            .filter(|o| o.plan.was_running)
+                            .map(|o| (o.stopped_at_ms, o.exited_at_ms)),
+                        _ => None,
+                    });
                 to_value(&VerifyRequest {
                     container: container.clone(),
                     deadline_secs: *deadline_secs,
                     min_running_secs: *min_running_secs,
                     probe: probe.clone(),
-                    stopped_at_ms,
+                    stopped_at_ms: went_down.map(|(stopped, _)| stopped),
+                    exited_at_ms: went_down.and_then(|(_, exited)| exited),
                 })
             }
             StepSpec::Restore { backup_id, mounts } => {
@@ -732,12 +750,17 @@ impl StepRunner {
             StepKind::Stop => {
                 let intent: StopIntent = from_value(intent)?;
                 let stopped_at_ms = now_ms();
+                let mut exited_at_ms = None;
                 if intent.was_running {
                     api.stop(&intent.container_id, intent.stop_timeout).await?;
+                    exited_at_ms = Some(now_ms());
                 }
-                Ok(
-                    json!({ "container_id": intent.container_id, "was_running": intent.was_running, "stopped_at_ms": stopped_at_ms }),
-                )
+                Ok(to_value(&StopOutcome {
+                    container_id: intent.container_id,
+                    was_running: intent.was_running,
+                    stopped_at_ms,
+                    exited_at_ms,
+                }))
             }
             StepKind::Recreate => {
                 let plan: RecreatePlan = from_value(intent)?;

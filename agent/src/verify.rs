@@ -27,8 +27,11 @@ pub struct VerifyRequest {
     pub deadline_secs: u64,
     pub min_running_secs: u64,
     pub probe: Option<Probe>,
-    /// When the service went down (the stop), for the downtime figure.
+    /// When the stop that took the service down was asked for.
     pub stopped_at_ms: Option<u64>,
+    /// When the old container had exited: the start of the downtime.
+    #[serde(default)]
+    pub exited_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +40,13 @@ pub struct VerifyOutcome {
     /// "healthy" (engine healthcheck) or "running" (no healthcheck).
     pub gate: String,
     pub healthy_at_ms: u64,
+    /// From the old container exiting to the new one passing verification:
+    /// the time the service was down as its clients see it.
     pub downtime_ms: Option<u64>,
+    /// From the stop request to verification: the above plus the stop's
+    /// own wait for the service to exit.
+    #[serde(default)]
+    pub downtime_from_stop_ms: Option<u64>,
     pub verdict: String,
     pub probe: Option<String>,
 }
@@ -150,6 +159,10 @@ pub async fn verify(
         gate: gate.to_string(),
         healthy_at_ms,
         downtime_ms: request
+            .exited_at_ms
+            .or(request.stopped_at_ms)
+            .map(|s| healthy_at_ms.saturating_sub(s)),
+        downtime_from_stop_ms: request
             .stopped_at_ms
             .map(|s| healthy_at_ms.saturating_sub(s)),
         verdict: container.identity.verdict.to_string(),

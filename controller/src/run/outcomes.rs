@@ -28,10 +28,24 @@ pub fn left_alone(outcome: &Value) -> LeftAlone {
         .unwrap_or_default()
 }
 
-/// An ownership undo's report per mount, as the agent journals it; counts
-/// it adds later (a reverse walk's) are ignored here.
+/// A count with the first names, as the agent reports a list.
+#[derive(Debug, Default, Deserialize)]
+struct CountView {
+    #[serde(default)]
+    count: u64,
+}
+
+/// An ownership undo's report per mount, as the agent journals it.
 #[derive(Debug, Default, Deserialize)]
 struct UndoReportView {
+    /// What the reverse walk gave back: entries the workload made while
+    /// migrated, owned by the target ids.
+    #[serde(default)]
+    reverse_mapped: u64,
+    #[serde(default)]
+    refused_hardlinks: CountView,
+    #[serde(default)]
+    devices_left: CountView,
     #[serde(default)]
     root: String,
     #[serde(default)]
@@ -57,6 +71,21 @@ pub fn undone_line(outcome: &Value) -> String {
         "undone: {restored} entries restored under {}",
         roots.join(", ")
     );
+    let reverse: u64 = reports.iter().map(|r| r.reverse_mapped).sum();
+    if reverse > 0 {
+        line.push_str(&format!(
+            "; {reverse} made while migrated given back to the pre-run ids"
+        ));
+    }
+    let kept: u64 = reports
+        .iter()
+        .map(|r| r.refused_hardlinks.count + r.devices_left.count)
+        .sum();
+    if kept > 0 {
+        line.push_str(&format!(
+            "; {kept} target-owned hard link(s) or device(s) left as they are"
+        ));
+    }
     let missing: Vec<&String> = reports.iter().flat_map(|r| &r.missing).collect();
     let impostors: Vec<&String> = reports.iter().flat_map(|r| &r.impostors).collect();
     if !missing.is_empty() {
@@ -142,6 +171,13 @@ mod tests {
                 {"root": "/srv/a", "restored": 7, "missing": ["x"], "impostors": [], "millis": 3, "reverse_walk": 9}
             ])),
             "undone: 7 entries restored under /srv/a; 1 recorded entries no longer there"
+        );
+        assert_eq!(
+            undone_line(&json!([
+                {"root": "/srv/a", "restored": 7, "missing": [], "reverse_mapped": 12,
+                 "refused_hardlinks": {"count": 1, "paths": ["x"]}, "devices_left": {"count": 0, "paths": []}}
+            ])),
+            "undone: 7 entries restored under /srv/a; 12 made while migrated given back to the pre-run ids; 1 target-owned hard link(s) or device(s) left as they are"
         );
         assert_eq!(undone_line(&json!({"stopped": true})), "undone");
     }
