@@ -76,25 +76,20 @@ fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
         .unwrap_or_default()
 }
 
-/// Paths whose changes in the writable layer are runtime noise, not content.
-const EPHEMERAL: &[&str] = &[
-    "/tmp",
-    "/run",
-    "/var/run",
-    "/var/tmp",
-    "/var/cache",
-    "/var/log",
-    "/dev",
-    "/proc",
-    "/sys",
-];
+/// The engine's own paths in the writable layer; with the runtime roots,
+/// the changes a recreate may lose.
+const ENGINE_OWN: &[&str] = &["/dev", "/proc", "/sys"];
 
 fn is_ephemeral(path: &str, mounts: &[String]) -> bool {
     let under =
         |root: &str| path == root || path.starts_with(&format!("{}/", root.trim_end_matches('/')));
     // The engine creates mount points (and their parents) in the layer.
     let above_mount = |mount: &str| mount.starts_with(&format!("{}/", path.trim_end_matches('/')));
-    EPHEMERAL.iter().any(|r| under(r)) || mounts.iter().any(|m| under(m) || above_mount(m))
+    runtime_dirs::RUNTIME_ROOTS
+        .iter()
+        .chain(ENGINE_OWN)
+        .any(|r| under(r))
+        || mounts.iter().any(|m| under(m) || above_mount(m))
 }
 
 /// Decides the recreate, refusing what cannot be done faithfully.

@@ -20,7 +20,7 @@ use crate::container::{Api, ContainerError};
 
 /// Roots whose content is runtime state (a recreate may lose it). `/proc`,
 /// `/sys` and `/dev` are the engine's own and never given.
-const RUNTIME_ROOTS: &[&str] = &[
+pub const RUNTIME_ROOTS: &[&str] = &[
     "/tmp",
     "/run",
     "/var/run",
@@ -356,8 +356,8 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                ("run/app/".into(), 1000, 1001, 0o755),
-                ("run/app/sock/".into(), 1000, 1001, 0o700),
+                ("run/app".into(), 1000, 1001, 0o755),
+                ("run/app/sock".into(), 1000, 1001, 0o700),
             ]
         );
     }

@@ -12,7 +12,7 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{PermissionsExt, lchown};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use fleet_agent::remap::manifest::reverse_path;
@@ -238,12 +238,23 @@ fn with_an_everything_mapping_new_entries_go_back_to_the_roots_original_owner() 
     assert_eq!(undone.reverse_mapped, 2);
 }
 
-/// Runs `remap` or `undo` in a child process (this test binary, running
-/// the ignored helper below) with a fault point armed: it aborts there,
-/// with no destructor and no flush, as under `kill -9`.
+/// Runs `remap` or `undo` in a child process (fleet-remap-child, of the
+/// tests crate) with a fault point armed: it aborts there, with no
+/// destructor and no flush, as under `kill -9`.
 fn killed_at(what: &str, root: &Path, manifest: &Path, mapping: &IdMapping, fault: &str) {
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child", "--nocapture"])
+    let exe = std::env::current_exe().unwrap();
+    let child = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("fleet-remap-child");
+    assert!(
+        child.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does)",
+        child.display()
+    );
+    let status = std::process::Command::new(child)
         .env("FLEET_FAULT", fault)
         .env("REMAP_CHILD", what)
         .env("REMAP_ROOT", root)
@@ -257,22 +268,6 @@ fn killed_at(what: &str, root: &Path, manifest: &Path, mapping: &IdMapping, faul
         Some(libc::SIGABRT),
         "the {what} aborted at {fault}: {status:?}"
     );
-}
-
-#[test]
-#[ignore = "a helper: the crash tests run it in a child process"]
-fn crash_child() {
-    let var = |k: &str| std::env::var(k).unwrap();
-    let (root, manifest) = (
-        PathBuf::from(var("REMAP_ROOT")),
-        PathBuf::from(var("REMAP_MANIFEST")),
-    );
-    let mapping: IdMapping = serde_json::from_str(&var("REMAP_MAPPING")).unwrap();
-    match var("REMAP_CHILD").as_str() {
-        "remap" => drop(remap(&root, &manifest, &small_batches(mapping), &|_| {}).unwrap()),
-        _ => drop(undo_with(&root, &manifest, &UNDO_BATCHES).unwrap()),
-    }
-    panic!("the armed fault point was never reached");
 }
 
 /// Small batches, so a kill lands between commits of a small tree.

@@ -13,6 +13,19 @@ use fleet_tests::engine::body;
 use fleet_tests::fleet::{TestFleet, UsersCleanup, run_containers, users_of, write_policy};
 use serde_json::Value;
 
+/// `fleetctl migrate --container NAME [EXTRA] --yes -o json`, which must
+/// succeed: its view, and the cleanup of the users it created.
+async fn migrated(fleet: &TestFleet, name: &str, extra: &[&str]) -> (Value, UsersCleanup) {
+    let mut args = vec!["migrate", "--container", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--yes", "-o", "json"]);
+    let run = fleet.ctl(&args).await;
+    let view = run.json();
+    let users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "the migration succeeds: {run:?}");
+    (view, users)
+}
+
 /// Writes a marker into /data on SIGTERM once it no longer runs as root.
 const GRACEFUL: &str = r#"
 trap 'if [ "$(id -u)" != 0 ]; then echo bye > /data/sigterm; fi; exit 0' TERM
@@ -31,12 +44,7 @@ async fn a_rollback_stops_the_migrated_service_with_its_own_stop_signal() {
             &["sh", "-c", GRACEFUL],
         )
         .await;
-    let run = fleet
-        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
-        .await;
-    let view = run.json();
-    let _users = UsersCleanup(users_of(&view));
-    assert_eq!(run.code, 0, "{run:?}");
+    let (view, _users) = migrated(&fleet, &name, &[]).await;
     assert!(!data.path().join("sigterm").exists(), "not stopped yet");
 
     let id = view["run"]["id"].as_str().unwrap();
@@ -147,23 +155,8 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
         "the plan names the runtime directory: {plan:?}"
     );
 
-    let run = fleet
-        .ctl(&[
-            "migrate",
-            "--container",
-            &name,
-            "--policy",
-            policy,
-            "--yes",
-            "-o",
-            "json",
-        ])
-        .await;
-    assert_eq!(
-        run.code, 0,
-        "the migrated service starts and is verified: {run:?}"
-    );
-    let view = run.json();
+    // The migrated service starts and is verified.
+    let (view, _users) = migrated(&fleet, &name, &["--policy", policy]).await;
     assert_eq!(
         run_containers(&view)[0]["target"],
         serde_json::json!([1000, 1000])
@@ -211,12 +204,7 @@ async fn an_empty_volume_the_engine_repopulates_keeps_the_root_the_ownership_ste
     }
     assert_eq!(std::fs::metadata(&root).unwrap().uid(), 0);
 
-    let run = fleet
-        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
-        .await;
-    let view = run.json();
-    let _users = UsersCleanup(users_of(&view));
-    assert_eq!(run.code, 0, "{run:?}");
+    let (view, _users) = migrated(&fleet, &name, &[]).await;
     let target = &run_containers(&view)[0]["target"];
     let (uid, gid) = (
         target[0].as_u64().unwrap() as u32,
@@ -263,12 +251,7 @@ async fn downtime_runs_from_the_old_container_exiting_and_from_the_stop_request(
             },
         )
         .await;
-    let run = fleet
-        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
-        .await;
-    let view = run.json();
-    let _users = UsersCleanup(users_of(&view));
-    assert_eq!(run.code, 0, "{run:?}");
+    let (view, _users) = migrated(&fleet, &name, &[]).await;
     let id = view["run"]["id"].as_str().unwrap();
     let shown = fleet.ctl(&["runs", "show", id, "-o", "json"]).await;
     let shown = shown.json();
