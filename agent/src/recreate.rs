@@ -83,13 +83,15 @@ const ENGINE_OWN: &[&str] = &["/dev", "/proc", "/sys"];
 fn is_ephemeral(path: &str, mounts: &[String]) -> bool {
     let under =
         |root: &str| path == root || path.starts_with(&format!("{}/", root.trim_end_matches('/')));
-    // The engine creates mount points (and their parents) in the layer.
-    let above_mount = |mount: &str| mount.starts_with(&format!("{}/", path.trim_end_matches('/')));
+    // The engine creates mount points (and their parents) in the layer, and
+    // a change below a runtime root copies its parents up (`/var` for
+    // `/var/cache/app`): a parent listed for that holds nothing of its own.
+    let above = |below: &str| below.starts_with(&format!("{}/", path.trim_end_matches('/')));
     runtime_dirs::RUNTIME_ROOTS
         .iter()
         .chain(ENGINE_OWN)
-        .any(|r| under(r))
-        || mounts.iter().any(|m| under(m) || above_mount(m))
+        .any(|r| under(r) || above(r))
+        || mounts.iter().any(|m| under(m) || above(m))
 }
 
 /// Decides the recreate, refusing what cannot be done faithfully.
@@ -642,4 +644,33 @@ pub async fn undo(
         api.start(&plan.old_id).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_state_mount_points_and_the_parents_they_copy_up_are_not_lost_content() {
+        let mounts = vec!["/srv/data".to_string()];
+        for path in [
+            "/run/app",
+            "/tmp/x",
+            "/var",
+            "/var/cache/app",
+            "/srv",
+            "/srv/data/f",
+        ] {
+            assert!(is_ephemeral(path, &mounts), "{path}");
+        }
+        for path in [
+            "/etc",
+            "/etc/app.conf",
+            "/var/lib/db",
+            "/srv/other",
+            "/varnish",
+        ] {
+            assert!(!is_ephemeral(path, &mounts), "{path}");
+        }
+    }
 }

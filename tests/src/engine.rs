@@ -93,6 +93,9 @@ pub fn build_context() -> Vec<u8> {
     add("rootfs/etc/shells", 0o644, b"/bin/sh\n");
     add("rootfs/tmp/.keep", 0o644, b"");
     add("rootfs/home/app/.keep", 0o644, b"");
+    // A runtime directory the image ships, root's: an entrypoint may give
+    // it to its user (the plan's "modified runtime directory").
+    add("rootfs/var/cache/app/.keep", 0o644, b"");
     for applet in APPLETS {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Symlink);

@@ -63,17 +63,18 @@ async fn a_rollback_stops_the_migrated_service_with_its_own_stop_signal() {
     );
 }
 
-/// Starts as root, makes its runtime directory and gives it to `app`,
-/// then drops to `app` (the way redis's or postgres's entrypoints do);
-/// the service cannot start without that directory being its own.
+/// Starts as root, makes its runtime directory `$DIR` (or takes the
+/// image's) and gives it to `app`, then drops to `app` (the way redis's or
+/// postgres's entrypoints do); the service cannot start without that
+/// directory being its own.
 const ENTRYPOINT: &str = r#"
 if [ "$(id -u)" = 0 ]; then
-  mkdir -p /run/app && chown app:app /run/app && chmod 750 /run/app
+  mkdir -p "$DIR" && chown app:app "$DIR" && chmod 750 "$DIR"
   exec su app -c "$SERVE"
 fi
 exec sh -c "$SERVE"
 "#;
-const SERVE: &str = "SERVE=echo $$ > /run/app/pid || exit 1; exec sleep 3600";
+const SERVE: &str = "SERVE=echo $$ > $DIR/pid || exit 1; exec sleep 3600";
 
 /// `docker exec NAME ARGV`: (exit code, stdout and stderr).
 fn docker_exec(name: &str, argv: &[&str]) -> (i32, String) {
@@ -105,6 +106,25 @@ fn find_key<'v>(value: &'v Value, key: &str, out: &mut Vec<&'v Value>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_container() {
+    let why = runtime_directory_migrates("/run/app").await;
+    assert!(why.starts_with("created by the container"), "{why}");
+}
+
+/// The image ships `/var/cache/app`, root's: the plan learns the image's
+/// owner from a created, never started, container of the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_directory_of_the_image_the_entrypoint_gave_away_is_the_target_users_too() {
+    let why = runtime_directory_migrates("/var/cache/app").await;
+    assert!(
+        why.contains("given to 1000:1000 mode 750") && why.contains("the image has 0:0 mode 755"),
+        "{why}"
+    );
+}
+
+/// Migrates a service whose root entrypoint gives `dir` to `app`, with
+/// `strategy = "image-user"`: the plan names the directory, the migrated
+/// service writes its pid file there. Returns the plan's reason for it.
+async fn runtime_directory_migrates(dir: &str) -> String {
     let fleet = TestFleet::start(1).await;
     let base = tempfile::tempdir().unwrap();
     let policy = write_policy(
@@ -117,12 +137,12 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
             1,
             "runtime",
             ContainerCreateBody {
-                env: Some(vec![SERVE.to_string()]),
+                env: Some(vec![SERVE.to_string(), format!("DIR={dir}")]),
                 ..body(&fleet.image, &["sh", "-c", ENTRYPOINT])
             },
         )
         .await;
-    fleet_tests::wait_for(
+    let planned = fleet_tests::wait_for(
         "the entrypoint to drop to app",
         std::time::Duration::from_secs(20),
         || async {
@@ -142,8 +162,7 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
             find_key(&view, "runtime_dirs", &mut dirs);
             dirs.into_iter()
                 .flat_map(|d| d.as_array().cloned().unwrap_or_default())
-                .find(|d| d["path"] == "/run/app")
-                .map(|d| (d, view))
+                .find(|d| d["path"] == dir)
         },
     )
     .await;
@@ -151,7 +170,7 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
         .ctl(&["plan", "--container", &name, "--policy", policy])
         .await;
     assert!(
-        plan.stdout.contains("/run/app"),
+        plan.stdout.contains(dir),
         "the plan names the runtime directory: {plan:?}"
     );
 
@@ -166,7 +185,7 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
         &[
             "sh",
             "-c",
-            "id -u; stat -c '%u:%g %a' /run/app; cat /run/app/pid",
+            &format!("id -u; stat -c '%u:%g %a' {dir}; cat {dir}/pid"),
         ],
     );
     assert_eq!(code, 0, "{out}");
@@ -176,6 +195,7 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_target_users_in_the_new_
         !lines[2].is_empty(),
         "the service wrote its pid file: {out}"
     );
+    planned["why"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -217,9 +217,9 @@ struct Archiver<'p, W: Write> {
     tar: tar::Builder<W>,
     meter: Meter<'p>,
     manifest: BufWriter<File>,
-    hashing: Hashing,
+    /// The one buffer small files are read into.
+    buf: Vec<u8>,
     items: Vec<Item>,
-    awaiting_hash: Vec<usize>,
     outcome: ArchiveOutcome,
     first_names: HashMap<(u64, u64), Vec<u8>>,
     failure: Option<ArchiveError>,
@@ -235,59 +235,23 @@ fn tar_path(path: &[u8]) -> std::path::PathBuf {
     }
 }
 
-/// SHA-256 of each file, on a thread of its own and in archive order, so
-/// the archive's writer never waits on hashing (on two cores the writer,
-/// not the compressor, is what a backup waits for).
-struct Hashing {
-    tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
+/// Files up to this size are read in one call into the archiver's own
+/// buffer, hashed there and written to the archive from it: one copy out
+/// of the kernel and one into the compressor, no allocation per file.
+/// Bigger ones stream through a buffer of this size.
+const WHOLE_FILE: usize = 1 << 20;
 
-impl Hashing {
-    fn start() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(64);
-        let thread = std::thread::spawn(move || {
-            let mut digests = Vec::new();
-            let mut hasher = Sha256::new();
-            while let Ok(message) = rx.recv() {
-                match message {
-                    Some(chunk) => hasher.update(&chunk),
-                    None => digests.push(hex::encode(std::mem::take(&mut hasher).finalize())),
-                }
-            }
-            digests
-        });
-        Hashing { tx, thread }
-    }
-
-    fn digests(self) -> Vec<String> {
-        drop(self.tx);
-        self.thread.join().unwrap_or_default()
-    }
-}
-
-const HASH_CHUNK: usize = 256 * 1024;
-
-/// Reads exactly `size` bytes (short files padded with zeros), passing
-/// what goes into the archive on to the hashing thread, and counting it
-/// (a big file moves the progress too).
+/// Reads exactly `size` bytes (short files padded with zeros), hashing
+/// what goes into the archive as it passes and counting it (a big file
+/// moves the progress too). Hashing here rather than on a thread of its
+/// own: on two cores the compressor's workers already take both, and
+/// handing each chunk to a thread cost a copy and an allocation.
 struct Exact<'h, 'p, R: Read> {
     inner: R,
     left: u64,
-    hashing: &'h std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    hasher: &'h mut Sha256,
     meter: &'h mut Meter<'p>,
-    staged: Vec<u8>,
     short: bool,
-}
-
-impl<R: Read> Exact<'_, '_, R> {
-    fn finish(mut self) -> (R, bool) {
-        if !self.staged.is_empty() {
-            let _ = self.hashing.send(Some(std::mem::take(&mut self.staged)));
-        }
-        let _ = self.hashing.send(None);
-        (self.inner, self.short)
-    }
 }
 
 impl<R: Read> Read for Exact<'_, '_, R> {
@@ -306,15 +270,34 @@ impl<R: Read> Read for Exact<'_, '_, R> {
             buf[..want].fill(0);
             n = want;
         }
-        self.staged.extend_from_slice(&buf[..n]);
-        if self.staged.len() >= HASH_CHUNK {
-            let chunk = std::mem::replace(&mut self.staged, Vec::with_capacity(HASH_CHUNK));
-            let _ = self.hashing.send(Some(chunk));
-        }
+        self.hasher.update(&buf[..n]);
         self.left -= n as u64;
         self.meter.add(0, n as u64);
         Ok(n)
     }
+}
+
+/// Reads a file expected to hold `size` bytes (at most [`WHOLE_FILE`])
+/// into `buf`, with one byte more room so a file that grew since its
+/// stat is seen in the same calls: returns whether it was shorter or
+/// longer than `size`, and leaves `buf` exactly `size` bytes (a short
+/// file padded with zeros, as the streaming path pads it).
+fn read_whole(file: &mut File, size: usize, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    buf.resize(size + 1, 0);
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let changed = got != size;
+    buf.truncate(got.min(size));
+    buf.resize(size, 0);
+    Ok(changed)
 }
 
 impl<W: Write> Archiver<'_, W> {
@@ -376,33 +359,48 @@ impl<W: Write> Archiver<'_, W> {
                     }
                     self.first_names.insert(entry.key(), entry.path.clone());
                 }
-                let file = reopen_for_read(&entry.fd).map_err(|e| sys_err("open", e))?;
+                let mut file = reopen_for_read(&entry.fd).map_err(|e| sys_err("open", e))?;
                 let size = stat.st_size as u64;
-                let mut reader = Exact {
-                    inner: BufReader::with_capacity(HASH_CHUNK, file),
-                    left: size,
-                    hashing: &self.hashing.tx,
-                    meter: &mut self.meter,
-                    staged: Vec::with_capacity((size as usize).min(HASH_CHUNK)),
-                    short: false,
-                };
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(size);
-                let appended = self.tar.append_data(&mut header, &path, &mut reader);
-                let (mut inner, short) = reader.finish();
-                appended.map_err(tar_err)?;
-                let grew = {
+                let mut hasher = Sha256::new();
+                let changed = if size as usize <= WHOLE_FILE {
+                    let changed =
+                        read_whole(&mut file, size as usize, &mut self.buf).map_err(|source| {
+                            ArchiveError::Io {
+                                what: "read",
+                                path: String::from_utf8_lossy(&entry.path).into_owned(),
+                                source,
+                            }
+                        })?;
+                    hasher.update(&self.buf);
+                    self.tar
+                        .append_data(&mut header, &path, self.buf.as_slice())
+                        .map_err(tar_err)?;
+                    self.meter.add(0, size);
+                    changed
+                } else {
+                    let mut reader = Exact {
+                        inner: BufReader::with_capacity(WHOLE_FILE, file),
+                        left: size,
+                        hasher: &mut hasher,
+                        meter: &mut self.meter,
+                        short: false,
+                    };
+                    let appended = self.tar.append_data(&mut header, &path, &mut reader);
+                    let short = reader.short;
+                    let mut inner = reader.inner;
+                    appended.map_err(tar_err)?;
                     let mut probe = [0u8; 1];
-                    !short && inner.read(&mut probe).map(|n| n > 0).unwrap_or(false)
+                    short || inner.read(&mut probe).map(|n| n > 0).unwrap_or(false)
                 };
-                if short || grew {
+                if changed {
                     self.outcome
                         .changed_while_read
                         .push(String::from_utf8_lossy(&entry.path).into_owned());
                 }
+                item.sha256 = Some(hex::encode(hasher.finalize()));
                 item.size = size;
-                // Filled in, in order, when the hashing thread is done.
-                self.awaiting_hash.push(self.items.len());
                 self.outcome.bytes += size;
             }
             FileType::Symlink => {
@@ -453,7 +451,7 @@ impl<W: Write> Archiver<'_, W> {
         Ok(())
     }
 
-    /// Kept until the hashes are in; the manifest is written at the end.
+    /// Kept in archive order; the manifest is written once the archive is.
     fn write_item(&mut self, item: &Item) -> Result<(), ArchiveError> {
         self.outcome.entries += 1;
         self.meter.add(1, 0);
@@ -520,9 +518,8 @@ pub fn write_mount(
             reported_at: Instant::now(),
         },
         manifest: BufWriter::with_capacity(1 << 20, manifest_file),
-        hashing: Hashing::start(),
+        buf: Vec::new(),
         items: Vec::new(),
-        awaiting_hash: Vec::new(),
         outcome: ArchiveOutcome::default(),
         first_names: HashMap::new(),
         failure: None,
@@ -552,21 +549,7 @@ pub fn write_mount(
     };
     archiver.meter.flush();
     let mut manifest_out = archiver.manifest;
-    let mut items = archiver.items;
-    let digests = archiver.hashing.digests();
-    if digests.len() != archiver.awaiting_hash.len() {
-        return Err(ArchiveError::Manifest {
-            path: manifest.display().to_string(),
-            reason: format!(
-                "{} files archived, {} hashed",
-                archiver.awaiting_hash.len(),
-                digests.len()
-            ),
-        });
-    }
-    for (index, digest) in archiver.awaiting_hash.into_iter().zip(digests) {
-        items[index].sha256 = Some(digest);
-    }
+    let items = archiver.items;
     for item in &items {
         serde_json::to_writer(&mut manifest_out, item)
             .map_err(|e| io_err("write", manifest)(std::io::Error::other(e)))?;
@@ -984,5 +967,30 @@ fn apply_metadata(
             &times,
             AtFlags::empty(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn read_as(content: &[u8], size: usize) -> (bool, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, content).unwrap();
+        let mut buf = vec![7u8; 3];
+        let changed = read_whole(&mut File::open(&path).unwrap(), size, &mut buf).unwrap();
+        (changed, buf)
+    }
+
+    #[test]
+    fn a_whole_file_read_is_exactly_its_size_and_notices_a_file_that_changed_size() {
+        assert_eq!(read_as(b"abcd", 4), (false, b"abcd".to_vec()));
+        // Shrunk since its stat: padded with zeros, as tar needs the size.
+        assert_eq!(read_as(b"ab", 4), (true, b"ab\0\0".to_vec()));
+        // Grew since its stat: the stat's size is what is archived.
+        assert_eq!(read_as(b"abcdef", 4), (true, b"abcd".to_vec()));
+        assert_eq!(read_as(b"", 0), (false, Vec::new()));
     }
 }
