@@ -389,3 +389,74 @@ async fn a_running_container_linking_its_passwd_to_a_host_path_never_gets_the_ho
         assert_eq!(read, None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopped_containers_of_one_image_share_one_read_unless_their_layer_differs() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let label = unique("stopped");
+    let sleep = ["sleep", "1000"];
+    // No running container in this agent's view: the image's answer comes
+    // from one archive read of one of them.
+    let plain: Vec<(String, &str, (u32, u32))> = [
+        ("app", (1000, 1000)),
+        ("svc", (999, 999)),
+        ("nobody:staff", (65534, 50)),
+        ("app:1", (1000, 1)),
+    ]
+    .into_iter()
+    .map(|(user, ids)| (unique("plain"), user, ids))
+    .collect();
+    for (name, user, _) in &plain {
+        scope
+            .create(name, labelled(&label, user, &sleep, &image))
+            .await;
+    }
+    // Ran once as root and rewrote its passwd in its own layer, then exited.
+    let exited = unique("exited");
+    let id = scope
+        .run(
+            &exited,
+            labelled(
+                &label,
+                "0",
+                &[
+                    "sh",
+                    "-c",
+                    "echo root:x:0:5:: > /etc/passwd && echo app:x:4444:4445:: >> /etc/passwd",
+                ],
+                &image,
+            ),
+        )
+        .await;
+    let _ = futures::StreamExt::collect::<Vec<_>>(
+        docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>),
+    )
+    .await;
+    // Created, its group file replaced through the archive API.
+    let regrouped = unique("regrouped");
+    let regrouped_id = scope
+        .create(&regrouped, labelled(&label, "app:staff", &sleep, &image))
+        .await;
+    upload(&scope, &regrouped_id, &[("etc/group", "staff:x:88:\n")]).await;
+
+    let a = agent(&label);
+    let report = a
+        .inspector
+        .inspect(&InspectOptions {
+            skip_ownership: true,
+            with_users: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.containers.len(), plain.len() + 2);
+    for (name, user, (uid, gid)) in &plain {
+        assert_eq!(ids(&report, name), (Some(*uid), Some(*gid)), "{user}");
+        assert_eq!(users(&report, name).len(), 2, "{user}");
+    }
+    assert_eq!(ids(&report, &exited), (Some(0), Some(5)));
+    assert_eq!(users(&report, &exited), [("app".to_string(), 4444, 4445)]);
+    assert_eq!(ids(&report, &regrouped), (Some(1000), Some(88)));
+}
