@@ -24,6 +24,7 @@ pub mod remap;
 pub mod runtime_dirs;
 pub mod service;
 pub mod steps;
+pub mod user_files;
 pub mod users;
 pub mod verify;
 

@@ -14,6 +14,9 @@ use fleet_proto::agent::v1::agent_client::AgentClient;
 use tokio::net::TcpListener;
 
 use super::{median, ms, sibling_binary};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use futures::StreamExt;
+
 use crate::engine::{Scope, body, docker, test_image};
 use crate::pki::TestPki;
 use crate::process::tls_args;
@@ -33,6 +36,97 @@ pub struct Args {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     runs: usize,
+    /// The containers of the one-host benchmark: `realistic` (named and
+    /// numeric users across three images, mounts, stopped containers) or
+    /// `empty` (every container with an empty `User`, the first figure).
+    #[arg(long, default_value = "realistic")]
+    mix: Mix,
+    /// Only the one-host inspection (no fan-out, no RSS).
+    #[arg(long)]
+    inspection_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mix {
+    Realistic,
+    Empty,
+}
+
+/// One container of the realistic mix, by its index: out of every ten,
+/// three with an empty `User`, one numeric (`1000:1000` or `1000`, which
+/// takes its group from passwd), six named across three images (`nobody`,
+/// `app`, `app:staff`, `svc`), of which three stopped (one created, two
+/// exited) and two with a bind mount.
+struct Kind {
+    user: &'static str,
+    image: usize,
+    running: bool,
+    exited: bool,
+    mount: bool,
+}
+
+fn kind(i: usize) -> Kind {
+    let k = |user, image, running, exited, mount| Kind {
+        user,
+        image,
+        running,
+        exited,
+        mount,
+    };
+    match i % 10 {
+        0..=2 => k("", i % 3, true, false, false),
+        3 if i % 20 == 3 => k("1000:1000", 0, true, false, false),
+        3 => k("1000", 1, true, false, false),
+        4 => k("nobody", 0, true, false, false),
+        5 => k("app", 1, true, false, false),
+        6 => k("app:staff", 2, true, false, true),
+        7 => k("nobody", 0, false, false, false),
+        8 => k("app", 1, false, true, true),
+        _ => k("svc", 2, false, true, false),
+    }
+}
+
+/// The test image and two images built on it (their own ids and a layer
+/// each, the same users).
+async fn images(docker: &bollard::Docker) -> anyhow::Result<Vec<String>> {
+    let base = test_image(docker).await;
+    let mut images = vec![base.clone()];
+    for variant in 1..=2 {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| -> anyhow::Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, data)?;
+            Ok(())
+        };
+        add(
+            "Dockerfile",
+            format!("FROM {base}\nCOPY variant /etc/variant\n").as_bytes(),
+        )?;
+        add("variant", format!("{variant}\n").as_bytes())?;
+        let context = builder.into_inner()?;
+        let tag = format!("{base}-variant{variant}");
+        let options = bollard::query_parameters::BuildImageOptions {
+            t: Some(tag.clone()),
+            rm: true,
+            forcerm: true,
+            labels: Some(std::collections::HashMap::from([(
+                crate::TEST_LABEL.to_string(),
+                "1".to_string(),
+            )])),
+            ..Default::default()
+        };
+        let mut build = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(step) = build.next().await {
+            if let Some(error) = step?.error_detail.and_then(|d| d.message) {
+                bail!("building {tag}: {error}");
+            }
+        }
+        images.push(tag);
+    }
+    Ok(images)
 }
 
 fn docker_inspect_all() -> anyhow::Result<Duration> {
@@ -59,7 +153,7 @@ async fn inspect_over_grpc(
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let docker = docker().await;
-    let image = test_image(&docker).await;
+    let images = images(&docker).await?;
     let existing = docker
         .list_containers(Some(bollard::query_parameters::ListContainersOptions {
             all: true,
@@ -75,10 +169,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pki = TestPki::new();
     let scope = Scope::new(&docker);
     let mut ids = Vec::new();
-    eprintln!("creating {} containers...", args.containers);
+    let mounts = tempfile::tempdir()?;
+    eprintln!(
+        "creating {} containers ({:?} mix)...",
+        args.containers, args.mix
+    );
+    let mut exited = Vec::new();
     for i in 0..args.containers {
         let name = crate::unique(&format!("bench{i}"));
-        ids.push(scope.run(&name, body(&image, &["sleep", "3600"])).await);
+        if args.mix == Mix::Empty {
+            ids.push(scope.run(&name, body(&images[0], &["sleep", "3600"])).await);
+            continue;
+        }
+        let kind = kind(i);
+        let cmd: &[&str] = if kind.exited {
+            &["true"]
+        } else {
+            &["sleep", "3600"]
+        };
+        let mut create = ContainerCreateBody {
+            user: Some(kind.user.to_string()),
+            ..body(&images[kind.image], cmd)
+        };
+        if kind.mount {
+            let dir = mounts.path().join(format!("m{i}"));
+            std::fs::create_dir_all(dir.join("sub"))?;
+            for f in 0..20 {
+                std::fs::write(dir.join(format!("sub/f{f}")), b"data")?;
+            }
+            create.host_config = Some(HostConfig {
+                binds: Some(vec![format!("{}:/data", dir.display())]),
+                ..Default::default()
+            });
+        }
+        let id = if kind.running || kind.exited {
+            scope.run(&name, create).await
+        } else {
+            scope.create(&name, create).await
+        };
+        if kind.exited {
+            exited.push(id.clone());
+        }
+        ids.push(id);
+    }
+    for id in &exited {
+        docker
+            .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>)
+            .collect::<Vec<_>>()
+            .await;
     }
 
     println!("# fleet-bench\n");
@@ -86,6 +224,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "## 1. one host, {} containers: inspection",
         args.containers + existing
     );
+    if args.mix == Mix::Realistic {
+        let kinds: Vec<Kind> = (0..args.containers).map(kind).collect();
+        let count = |f: &dyn Fn(&Kind) -> bool| kinds.iter().filter(|k| f(k)).count();
+        let named =
+            |k: &Kind| !k.user.is_empty() && !k.user.starts_with(|c: char| c.is_ascii_digit());
+        println!(
+            "(realistic mix: {} empty User, {} numeric, {} named across 3 images of which {} stopped; {} with a bind mount)\n",
+            count(&|k| k.user.is_empty()),
+            count(&|k| k.user.starts_with(|c: char| c.is_ascii_digit())),
+            count(&named),
+            count(&|k| named(k) && !k.running),
+            count(&|k| k.mount),
+        );
+    }
     let controller_tls = TlsMaterial::load(&pki.files("controller"))?.client_config(Role::Agent)?;
     for (label, cache) in [
         ("cold (no cache)", false),
@@ -122,6 +274,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ms(d),
             args.runs
         );
+    }
+    if args.inspection_only {
+        drop(scope);
+        return Ok(());
     }
 
     // Fan-out: K containers on the engine, M endpoints sharing one inspector.
