@@ -88,12 +88,15 @@ fn remap_then_undo_restores_everything_byte_for_byte() {
     );
     // A device node is never handed to a service user.
     assert_eq!(after["data/null-device"].uid, 0);
-    assert_eq!(report.devices_left, vec!["data/null-device".to_string()]);
+    assert_eq!(
+        report.devices_left.paths,
+        vec!["data/null-device".to_string()]
+    );
     // A hard link whose other name is outside is refused; one inside is fine.
     assert_eq!(after["data/host-hardlink"].uid, 0);
-    assert_eq!(report.refused_hardlinks.len(), 1);
+    assert_eq!(report.refused_hardlinks.count, 1);
     assert!(
-        report.refused_hardlinks[0]
+        report.refused_hardlinks.paths[0]
             .starts_with("data/host-hardlink (not all of its names are in the tree"),
         "{report:?}"
     );
@@ -214,7 +217,7 @@ fn never_crosses_into_another_filesystem() {
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(root.join("mnt/inner")).unwrap());
     umount(&root.join("mnt"));
     let report = result.unwrap();
-    assert_eq!(report.other_filesystems, vec!["mnt".to_string()]);
+    assert_eq!(report.other_filesystems.paths, vec!["mnt".to_string()]);
     assert_eq!(inner_uid, 0);
 }
 
@@ -384,7 +387,7 @@ fn a_fifo_linked_from_outside_is_refused_too() {
         &|_| {},
     )
     .unwrap();
-    assert_eq!(report.refused_hardlinks.len(), 1, "{report:?}");
+    assert_eq!(report.refused_hardlinks.count, 1, "{report:?}");
     assert_eq!(snapshot(&outside)["pipe"].uid, 0);
 }
 
@@ -425,7 +428,11 @@ fn a_file_that_took_a_recorded_inode_number_is_not_restored_but_given_back() {
     )
     .unwrap();
     let report = undo(&root, &manifest).unwrap();
-    assert_eq!(report.impostors, vec!["new".to_string()], "{report:?}");
+    assert_eq!(
+        report.impostors.paths,
+        vec!["new".to_string()],
+        "{report:?}"
+    );
     let new = &snapshot(&root)["new"];
     // Not `old`'s record (5:5, 0644): the workload's file, given the prior ids.
     assert_eq!((new.uid, new.gid, new.mode & 0o7777), (0, 0, 0o600));
@@ -485,6 +492,75 @@ fn a_bind_mount_of_the_same_filesystem_inside_the_tree_is_not_entered() {
     );
     umount(&root.join("mnt"));
     let report = result.unwrap();
-    assert_eq!(report.other_filesystems, vec!["mnt".to_string()]);
+    assert_eq!(report.other_filesystems.paths, vec!["mnt".to_string()]);
     assert_eq!(uid, 0, "same device number, other mount: not entered");
+}
+
+#[test]
+fn reports_give_the_true_count_and_at_most_twenty_names() {
+    use fleet_agent::remap::{Listed, RemapReport};
+    use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    let outside = base.path().join("host");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let device = |path: &Path| {
+        mknodat(
+            CWD,
+            path,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            makedev(1, 3),
+        )
+        .unwrap()
+    };
+    for i in 0..30 {
+        device(&root.join(format!("null{i:02}")));
+        let host = outside.join(format!("h{i:02}"));
+        std::fs::write(&host, b"").unwrap();
+        std::fs::hard_link(&host, root.join(format!("link{i:02}"))).unwrap();
+    }
+    let manifest = base.path().join("m.jsonl");
+    let mapping = mapping(&[(0, 2000)]);
+    let report = remap(&root, &manifest, &options(mapping), &|_| {}).unwrap();
+    let first: Vec<String> = (0..Listed::MAX).map(|i| format!("null{i:02}")).collect();
+    assert_eq!(report.devices_left.count, 30, "{report:?}");
+    assert_eq!(report.devices_left.paths, first);
+    assert_eq!(report.refused_hardlinks.count, 30);
+    assert_eq!(report.refused_hardlinks.paths.len(), Listed::MAX);
+    assert!(report.refused_hardlinks.paths[0].starts_with("link00 (not all of its names"));
+    assert!(report.refused_hardlinks.paths[19].starts_with("link19 "));
+    // What a host's journal holds; and a report written before the cap
+    // (every name, a plain list) still reads.
+    let text = serde_json::to_string(&report).unwrap();
+    assert_eq!(serde_json::from_str::<RemapReport>(&text).unwrap(), report);
+    let old: RemapReport = serde_json::from_str(
+        r#"{"root": "/r", "entries": 3, "changed": 1, "bytes": 0, "resumed": 0,
+            "skipped_root_already_owned": false, "other_filesystems": [], "raced": [],
+            "refused_hardlinks": ["x (not all of its names are in the tree)"],
+            "devices_left": ["b", "a"], "vanished": [], "millis": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(old.devices_left.count, 2);
+    assert_eq!(old.devices_left.paths, ["a", "b"]);
+    assert_eq!(old.refused_hardlinks.count, 1);
+
+    // Migrated: the workload makes 25 device nodes and 25 links to files
+    // outside, all its own; the undo leaves them and says so, likewise.
+    for i in 0..25 {
+        let path = root.join(format!("new-null{i:02}"));
+        device(&path);
+        std::os::unix::fs::lchown(&path, Some(2000), Some(2000)).unwrap();
+        let host = outside.join(format!("n{i:02}"));
+        std::fs::write(&host, b"").unwrap();
+        std::os::unix::fs::lchown(&host, Some(2000), Some(2000)).unwrap();
+        std::fs::hard_link(&host, root.join(format!("new-link{i:02}"))).unwrap();
+    }
+    let undone = undo(&root, &manifest).unwrap();
+    assert_eq!(undone.devices_left.count, 25, "{undone:?}");
+    assert_eq!(undone.devices_left.paths.len(), Listed::MAX);
+    assert_eq!(undone.devices_left.paths[0], "new-null00");
+    assert_eq!(undone.refused_hardlinks.count, 25);
+    assert_eq!(undone.refused_hardlinks.paths.len(), Listed::MAX);
 }

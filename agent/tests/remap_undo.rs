@@ -453,6 +453,46 @@ fn a_forward_walk_killed_and_resumed_counts_each_entry_once_and_keeps_what_was_t
 }
 
 #[test]
+fn the_progress_of_a_resumed_walk_counts_what_the_interrupted_walk_did_once() {
+    // Big enough for progress during the walk (every 4,096 entries), not
+    // only at its end.
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("vol");
+    big_tree(&root, 20, 300, 15);
+    let manifest = base.path().join("mount-0.jsonl");
+    let mapping = mapping(&[(0, 2000)]);
+    killed_at(
+        "remap",
+        &root,
+        &manifest,
+        &mapping,
+        "agent:ownership-entries:3000",
+    );
+    let seen = Mutex::new(Vec::<Progress>::new());
+    let report = remap(&root, &manifest, &small_batches(mapping), &|p| {
+        seen.lock().unwrap().push(*p)
+    })
+    .unwrap();
+    // The root, 20 directories, 6,000 files; 300 files kept.
+    assert_eq!(
+        (report.entries, report.changed),
+        (6_321, 6_021),
+        "{report:?}"
+    );
+    assert!(report.resumed >= 3_000, "{report:?}");
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() >= 2, "progress during the walk: {seen:?}");
+    for p in &seen {
+        assert!(
+            p.entries <= 6_321 && p.changed <= 6_021 && p.changed <= p.entries,
+            "an entry counted twice: {p:?}"
+        );
+    }
+    let last = seen.last().unwrap();
+    assert_eq!((last.entries, last.changed), (6_321, 6_021));
+}
+
+#[test]
 fn an_undo_after_a_walk_that_never_finished_only_restores() {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("vol");

@@ -91,24 +91,115 @@ impl fmt::Display for RuntimeDirPlan {
     }
 }
 
+/// A list the agent reports as its true length and its first names
+/// (sorted, at most `Listed::MAX`): a tree with a million raced entries
+/// reports a count and twenty paths, not a million paths. Reads the older
+/// form too, a plain array of every name (journals on hosts hold it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ListedForm")]
+pub struct Listed {
+    pub count: u64,
+    pub paths: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListedForm {
+    Counted {
+        #[serde(default)]
+        count: u64,
+        #[serde(default)]
+        paths: Vec<String>,
+    },
+    Every(Vec<String>),
+}
+
+impl From<ListedForm> for Listed {
+    fn from(form: ListedForm) -> Self {
+        match form {
+            ListedForm::Counted { count, paths } => Listed {
+                count: count.max(paths.len() as u64),
+                paths,
+            },
+            ListedForm::Every(paths) => Listed::of(paths),
+        }
+    }
+}
+
+impl Listed {
+    /// Names kept with the count.
+    pub const MAX: usize = 20;
+
+    /// Every name: counted (duplicates once), the first `MAX` kept.
+    pub fn of(mut paths: Vec<String>) -> Self {
+        paths.sort();
+        paths.dedup();
+        let count = paths.len() as u64;
+        paths.truncate(Self::MAX);
+        Listed { count, paths }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 && self.paths.is_empty()
+    }
+
+    /// One more name (counted; kept if it is among the first `MAX`).
+    pub fn push(&mut self, path: String) {
+        self.count += 1;
+        self.keep(path);
+    }
+
+    fn keep(&mut self, path: String) {
+        if self.paths.len() >= Self::MAX && self.paths.last().is_some_and(|last| path >= *last) {
+            return;
+        }
+        match self.paths.binary_search(&path) {
+            Ok(_) => {}
+            Err(at) => {
+                self.paths.insert(at, path);
+                self.paths.truncate(Self::MAX);
+            }
+        }
+    }
+
+    /// Both lists: counts added, the first names of both kept.
+    pub fn extend(&mut self, other: Listed) {
+        self.count += other.count;
+        for path in other.paths {
+            self.keep(path);
+        }
+    }
+
+    /// The same count, each name rewritten.
+    pub fn map(self, f: impl Fn(String) -> String) -> Listed {
+        let mut paths: Vec<String> = self.paths.into_iter().map(f).collect();
+        paths.sort();
+        Listed {
+            count: self.count,
+            paths,
+        }
+    }
+}
+
 /// What an ownership step left as it was, from its outcome: by the
 /// walk's rules (hard links with names outside the tree, device nodes,
 /// other filesystems) or because the tree moved under it (raced,
-/// vanished), and mounts refused outright.
+/// vanished), and mounts refused outright. Each kind is a count and its
+/// first names (older run records, with every name, read as well).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeftAlone {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hard_links: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub devices: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub other_filesystems: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub raced: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub vanished: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub refused_mounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub hard_links: Listed,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub devices: Listed,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub other_filesystems: Listed,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub raced: Listed,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub vanished: Listed,
+    #[serde(default, skip_serializing_if = "Listed::is_empty")]
+    pub refused_mounts: Listed,
 }
 
 /// How many paths of each kind a one-line summary names.
@@ -119,7 +210,7 @@ impl LeftAlone {
         self.kinds().iter().all(|(list, _)| list.is_empty())
     }
 
-    fn kinds(&self) -> [(&Vec<String>, &'static str); 6] {
+    fn kinds(&self) -> [(&Listed, &'static str); 6] {
         [
             (&self.hard_links, "hard link(s) with names outside the tree"),
             (&self.devices, "device node(s)"),
@@ -139,11 +230,12 @@ impl LeftAlone {
             .iter()
             .filter(|(list, _)| !list.is_empty())
             .map(|(list, what)| {
-                let mut named: Vec<&str> = list.iter().take(NAMED).map(String::as_str).collect();
-                if list.len() > NAMED {
+                let mut named: Vec<&str> =
+                    list.paths.iter().take(NAMED).map(String::as_str).collect();
+                if list.count > named.len() as u64 {
                     named.push("…");
                 }
-                format!("{} {what} ({})", list.len(), named.join(", "))
+                format!("{} {what} ({})", list.count, named.join(", "))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -180,38 +272,35 @@ pub struct OwnedMountView {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RemapReportView {
     #[serde(default)]
-    pub other_filesystems: Vec<String>,
+    pub other_filesystems: Listed,
     #[serde(default)]
-    pub raced: Vec<String>,
+    pub raced: Listed,
     #[serde(default)]
-    pub refused_hardlinks: Vec<String>,
+    pub refused_hardlinks: Listed,
     #[serde(default)]
-    pub devices_left: Vec<String>,
+    pub devices_left: Listed,
     #[serde(default)]
-    pub vanished: Vec<String>,
+    pub vanished: Listed,
 }
 
 impl From<OwnershipOutcomeView> for LeftAlone {
     fn from(outcome: OwnershipOutcomeView) -> Self {
         let mut left = LeftAlone {
-            refused_mounts: outcome.refusals,
+            refused_mounts: Listed::of(outcome.refusals),
             ..Default::default()
         };
         for (mount, report) in outcome.mounts {
             // The walk names entries relative to its mount: say which mount,
             // as the container sees it.
-            let under = |paths: Vec<String>| -> Vec<String> {
-                let base = mount.destination.trim_end_matches('/');
-                paths
-                    .into_iter()
-                    .map(|p| {
-                        if base.is_empty() || p.starts_with('/') {
-                            p
-                        } else {
-                            format!("{base}/{p}")
-                        }
-                    })
-                    .collect()
+            let base = mount.destination.trim_end_matches('/').to_string();
+            let under = |paths: Listed| -> Listed {
+                paths.map(|p| {
+                    if base.is_empty() || p.starts_with('/') {
+                        p
+                    } else {
+                        format!("{base}/{p}")
+                    }
+                })
             };
             left.hard_links.extend(under(report.refused_hardlinks));
             left.devices.extend(under(report.devices_left));
@@ -248,8 +337,8 @@ mod tests {
     #[test]
     fn what_was_left_alone_in_one_line() {
         let left = LeftAlone {
-            hard_links: vec!["/srv/a (not all of its names are in the tree)".into()],
-            devices: vec!["d1".into(), "d2".into(), "d3".into(), "d4".into()],
+            hard_links: Listed::of(vec!["/srv/a (not all of its names are in the tree)".into()]),
+            devices: Listed::of(vec!["d1".into(), "d2".into(), "d3".into(), "d4".into()]),
             ..Default::default()
         };
         assert_eq!(
@@ -257,6 +346,21 @@ mod tests {
             "1 hard link(s) with names outside the tree (/srv/a (not all of its names are in the tree)), 4 device node(s) (d1, d2, d3, …)"
         );
         assert!(LeftAlone::default().is_empty() && !left.is_empty());
+    }
+
+    #[test]
+    fn a_listed_keeps_its_count_and_the_first_twenty_names() {
+        let mut listed = Listed::default();
+        for i in (0..1000).rev() {
+            listed.push(format!("f{i:04}"));
+        }
+        assert_eq!(listed.count, 1000);
+        let first: Vec<String> = (0..20).map(|i| format!("f{i:04}")).collect();
+        assert_eq!(listed.paths, first);
+        let mut both = Listed::of(vec!["b".into(), "a".into()]);
+        both.extend(listed.clone());
+        assert_eq!((both.count, both.paths.len()), (1002, 20));
+        assert_eq!(&both.paths[..3], ["a", "b", "f0000"]);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use super::links::{HardLinks, all_names_inside, open_first, protected_hardlinks}
 use super::manifest::{self, End, Header};
 use super::walk::{self, Entry, Skipped};
 use super::{
-    Birth, IdMapping, Progress, RemapError, RemapOptions, RemapReport, Targets, display, open_root,
-    preflight,
+    Birth, IdMapping, Listed, Progress, RemapError, RemapOptions, RemapReport, Targets, display,
+    open_root, preflight,
 };
 
 /// What the passes of one remap share besides the ledger.
@@ -36,6 +36,9 @@ struct Worker<'s, 'a> {
     cx: &'s Context<'s>,
     batch: Batch,
     report: RemapReport,
+    /// Mount points met (few: each is a mount), every one, so that the
+    /// passes of a walk count each once.
+    other_filesystems: Vec<String>,
     hardlinks: HardLinks,
     failure: Option<RemapError>,
 }
@@ -47,6 +50,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             cx,
             batch: Batch::default(),
             report: RemapReport::default(),
+            other_filesystems: Vec::new(),
             hardlinks: HardLinks::default(),
             failure: None,
         }
@@ -170,6 +174,14 @@ impl walk::Visitor for Worker<'_, '_> {
         true
     }
 
+    /// The last batch of this thread, committed on this thread.
+    fn finish(&mut self) -> Result<(), Errno> {
+        self.batch.commit(self.ledger).map_err(|e| {
+            self.failure = Some(e);
+            Errno::CANCELED
+        })
+    }
+
     fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
         let is_dir = entry.file_type() == FileType::Directory;
         match self.consider(entry, Birth::Known(btime)) {
@@ -183,7 +195,7 @@ impl walk::Visitor for Worker<'_, '_> {
 
     fn skipped(&mut self, skipped: Skipped) {
         match skipped {
-            Skipped::OtherFilesystem(p) => self.report.other_filesystems.push(display(&p)),
+            Skipped::OtherFilesystem(p) => self.other_filesystems.push(display(&p)),
             Skipped::Raced(p) => self.report.raced.push(display(&p)),
             Skipped::Vanished(p) => self.report.vanished.push(display(&p)),
         }
@@ -198,13 +210,14 @@ fn threads(options: &RemapOptions) -> usize {
     }
 }
 
-/// A batch size that keeps every thread's held descriptors within half of
-/// the soft RLIMIT_NOFILE (the walk itself needs some too).
+/// A batch size that keeps every thread's held descriptors (two batches
+/// each: one filling, one being synced) within half of the soft
+/// RLIMIT_NOFILE (the walk itself needs some too).
 pub(super) fn batch_size(wanted: usize, threads: usize) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(1024) as usize;
-    wanted.clamp(1, (limit / 2 / threads.max(1)).max(16))
+    wanted.clamp(1, (limit / 4 / threads.max(1)).max(16))
 }
 
 /// Remaps the tree at `root` (an absolute path without symlinks; already
@@ -293,6 +306,7 @@ pub fn remap(
         ..Default::default()
     };
     let mut root_fd = Some(root_fd);
+    let mut other_filesystems = Vec::new();
     for pass in 0..3 {
         let fd = match root_fd.take() {
             Some(fd) => fd,
@@ -305,9 +319,9 @@ pub fn remap(
                 fd
             }
         };
-        let once = run_pass(&ledger, &cx, fd, root_stat, workers)?;
+        let (once, mounts) = run_pass(&ledger, &cx, fd, root_stat, workers)?;
+        other_filesystems.extend(mounts);
         report.resumed += once.resumed;
-        report.other_filesystems.extend(once.other_filesystems);
         report.devices_left.extend(once.devices_left);
         report.vanished.extend(once.vanished);
         report.refused_hardlinks.extend(once.refused_hardlinks);
@@ -316,24 +330,16 @@ pub fn remap(
             break;
         }
     }
-    for list in [
-        &mut report.other_filesystems,
-        &mut report.raced,
-        &mut report.devices_left,
-        &mut report.vanished,
-        &mut report.refused_hardlinks,
-    ] {
-        list.sort();
-        list.dedup();
-    }
+    // Walked again, a tree shows its mount points again: each counts once.
+    report.other_filesystems = Listed::of(other_filesystems);
     report.entries = ledger.entries.load(Ordering::Relaxed);
     report.changed = ledger.changed.load(Ordering::Relaxed);
     report.kept = ledger.kept.load(Ordering::Relaxed);
     report.bytes = ledger.bytes.load(Ordering::Relaxed);
-    if let Some(first) = report.raced.first() {
+    if let Some(first) = report.raced.paths.first() {
         return Err(RemapError::KeptRacing {
             root: root_text,
-            count: report.raced.len(),
+            count: report.raced.count as usize,
             first: first.clone(),
         });
     }
@@ -357,7 +363,7 @@ fn run_pass(
     root_fd: rustix::fd::OwnedFd,
     root_stat: Stat,
     threads: usize,
-) -> Result<RemapReport, RemapError> {
+) -> Result<(RemapReport, Vec<String>), RemapError> {
     let root_text = ledger.root.clone();
     let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
     let mut workers: Vec<Worker<'_, '_>> = (0..threads).map(|_| Worker::new(ledger, cx)).collect();
@@ -397,11 +403,12 @@ fn run_pass(
     // Merge what the threads saw; multiply-linked entries are judged only
     // now, once every name of theirs in the tree has been seen.
     let mut report = RemapReport::default();
+    let mut other_filesystems = Vec::new();
     let mut hardlinks = HardLinks::default();
     for worker in workers {
         let r = worker.report;
+        other_filesystems.extend(worker.other_filesystems);
         report.resumed += r.resumed;
-        report.other_filesystems.extend(r.other_filesystems);
         report.raced.extend(r.raced);
         report.devices_left.extend(r.devices_left);
         report.vanished.extend(r.vanished);
@@ -444,5 +451,5 @@ fn run_pass(
         .refused_hardlinks
         .extend(finisher.report.refused_hardlinks);
     report.devices_left.extend(finisher.report.devices_left);
-    Ok(report)
+    Ok((report, other_filesystems))
 }

@@ -67,6 +67,8 @@ pub struct Rec {
     pub xattrs: bool,
     /// Set by the undo once it has restored the entry.
     pub seen: AtomicBool,
+    /// Set by the undo once it has found another inode with its number.
+    pub impostor: AtomicBool,
     /// Where its line starts in the manifest.
     offset: usize,
 }
@@ -322,6 +324,7 @@ fn parse_chunk(text: &[u8], range: std::ops::Range<usize>) -> std::io::Result<Pa
                 kept: l.kept,
                 xattrs: l.cap.is_some() || l.acl.is_some() || l.dacl.is_some(),
                 seen: AtomicBool::new(false),
+                impostor: AtomicBool::new(false),
                 offset: at,
             },
         ));

@@ -4,9 +4,11 @@
 //! is seen; and an interrupted walk's records are finished, not redone.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use rustix::fs::FileType;
 use rustix::io::Errno;
@@ -60,6 +62,87 @@ impl Handled {
     }
 }
 
+/// Makes the manifest durable off the walk threads: a batch's records are
+/// written (to the kernel) and given a ticket, and the thread goes on
+/// walking while this one syncs; the batch's changes are made only once
+/// its ticket is synced. One `fdatasync` covers every ticket written
+/// before it began, whichever thread wrote them.
+struct Syncer {
+    state: Mutex<SyncState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// The last ticket written, and the last made durable.
+    requested: u64,
+    synced: u64,
+    failed: Option<String>,
+    stop: bool,
+}
+
+impl Syncer {
+    fn start(file: File) -> (Arc<Syncer>, JoinHandle<()>) {
+        let syncer = Arc::new(Syncer {
+            state: Mutex::new(SyncState::default()),
+            changed: Condvar::new(),
+        });
+        let shared = syncer.clone();
+        let handle = std::thread::spawn(move || shared.run(&file));
+        (syncer, handle)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(&self, file: &File) {
+        let mut state = self.lock();
+        loop {
+            if state.requested > state.synced && state.failed.is_none() {
+                let target = state.requested;
+                drop(state);
+                let result = file.sync_data();
+                state = self.lock();
+                match result {
+                    Ok(()) => state.synced = target,
+                    Err(e) => state.failed = Some(e.to_string()),
+                }
+                self.changed.notify_all();
+            } else if state.stop {
+                return;
+            } else {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    fn request(&self, ticket: u64) {
+        let mut state = self.lock();
+        state.requested = state.requested.max(ticket);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `ticket` is durable.
+    fn wait(&self, ticket: u64) -> std::io::Result<()> {
+        let mut state = self.lock();
+        loop {
+            if let Some(failed) = &state.failed {
+                return Err(std::io::Error::other(failed.clone()));
+            }
+            if state.synced >= ticket {
+                return Ok(());
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+}
+
 /// Fault points of a walk (see `fleet_core::fault`): `synced` once a
 /// batch is synced but before any of it is made, `made` after.
 #[derive(Clone, Copy)]
@@ -77,6 +160,10 @@ pub(super) struct Ledger<'a> {
     /// Opened on the first commit: a walk with nothing to record leaves no
     /// file (the forward walk opens it at once, for its header).
     writer: Mutex<Option<ManifestWriter>>,
+    /// Tickets handed out (under the writer's lock): see `Syncer`.
+    tickets: AtomicU64,
+    syncer: OnceLock<Arc<Syncer>>,
+    syncer_thread: Mutex<Option<JoinHandle<()>>>,
     /// The manifest of an interrupted walk (first record of each entry:
     /// the one that holds its original state).
     pub recorded: Index,
@@ -108,6 +195,9 @@ impl<'a> Ledger<'a> {
             path: path.to_path_buf(),
             header,
             writer: Mutex::new(None),
+            tickets: AtomicU64::new(0),
+            syncer: OnceLock::new(),
+            syncer_thread: Mutex::new(None),
             recorded,
             handled: Handled::new(),
             entries: AtomicU64::new(0),
@@ -143,12 +233,43 @@ impl<'a> Ledger<'a> {
 
     fn ensure_open(&self, writer: &mut Option<ManifestWriter>) -> Result<(), RemapError> {
         if writer.is_none() {
-            *writer = Some(
-                ManifestWriter::open(&self.path, &self.header)
-                    .map_err(|e| self.manifest_error(e))?,
-            );
+            let opened = ManifestWriter::open(&self.path, &self.header)
+                .map_err(|e| self.manifest_error(e))?;
+            let file = opened.sync_handle().map_err(|e| self.manifest_error(e))?;
+            let (syncer, thread) = Syncer::start(file);
+            if self.syncer.set(syncer).is_ok() {
+                *self.syncer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+            }
+            *writer = Some(opened);
         }
         Ok(())
+    }
+
+    /// Writes records to the manifest (not yet durable) and asks for them
+    /// to be synced: the ticket to wait for before making their changes.
+    fn write<'c>(&self, records: impl Iterator<Item = &'c Change>) -> Result<u64, RemapError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure_open(&mut writer)?;
+        let Some(w) = writer.as_mut() else {
+            return Err(self.manifest_error(std::io::Error::other("no manifest")));
+        };
+        for record in records {
+            w.record(record).map_err(|e| self.manifest_error(e))?;
+        }
+        w.flush().map_err(|e| self.manifest_error(e))?;
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(syncer) = self.syncer.get() {
+            syncer.request(ticket);
+        }
+        Ok(ticket)
+    }
+
+    /// Waits until the records of `ticket` are durable.
+    fn synced(&self, ticket: u64) -> Result<(), RemapError> {
+        match self.syncer.get() {
+            Some(syncer) => syncer.wait(ticket).map_err(|e| self.manifest_error(e)),
+            None => Err(self.manifest_error(std::io::Error::other("no manifest"))),
+        }
     }
 
     /// Whether this is the first time the walk handles `key`.
@@ -191,18 +312,41 @@ impl<'a> Ledger<'a> {
     }
 }
 
-/// One thread's records waiting for their commit.
+impl Drop for Ledger<'_> {
+    fn drop(&mut self) {
+        if let Some(syncer) = self.syncer.get() {
+            syncer.stop();
+        }
+        let thread = self
+            .syncer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            thread.join().ok();
+        }
+    }
+}
+
+/// One thread's records waiting for their commit: the batch being filled,
+/// and the one before it, recorded and being synced (so a thread walks on
+/// while its last batch reaches the disk; both hold descriptors, hence
+/// `batch_size`).
 #[derive(Default)]
 pub(super) struct Batch {
     pending: Vec<Pending>,
     kept: Vec<Change>,
+    in_flight: Vec<Pending>,
+    kept_in_flight: u64,
+    /// The ticket of the batch in flight, if any.
+    ticket: Option<u64>,
 }
 
 impl Batch {
     pub fn push(&mut self, ledger: &Ledger<'_>, pending: Pending) -> Result<(), RemapError> {
         self.pending.push(pending);
         if self.pending.len() >= ledger.batch {
-            self.commit(ledger)?;
+            self.send(ledger)?;
         }
         Ok(())
     }
@@ -210,50 +354,60 @@ impl Batch {
     pub fn keep(&mut self, ledger: &Ledger<'_>, record: Change) -> Result<(), RemapError> {
         self.kept.push(record);
         if self.kept.len() >= ledger.batch.max(1024) {
-            self.commit(ledger)?;
+            self.send(ledger)?;
         }
         Ok(())
     }
 
-    /// Records the batch, syncs the manifest, and only then changes.
-    pub fn commit(&mut self, ledger: &Ledger<'_>) -> Result<(), RemapError> {
+    /// Records the batch being filled and has it synced; makes the changes
+    /// of the batch before it, once that one is synced.
+    fn send(&mut self, ledger: &Ledger<'_>) -> Result<(), RemapError> {
         if self.pending.is_empty() && self.kept.is_empty() {
             return Ok(());
         }
-        {
-            let mut writer = ledger.writer.lock().unwrap_or_else(|p| p.into_inner());
-            ledger.ensure_open(&mut writer)?;
-            if let Some(writer) = writer.as_mut() {
-                let records = self.kept.iter().chain(
-                    self.pending
-                        .iter()
-                        .filter(|p| !p.recorded)
-                        .map(|p| &p.change),
-                );
-                for record in records {
-                    writer
-                        .record(record)
-                        .map_err(|e| ledger.manifest_error(e))?;
-                }
-                writer.commit().map_err(|e| ledger.manifest_error(e))?;
-            }
-        }
+        let records = self.kept.iter().chain(
+            self.pending
+                .iter()
+                .filter(|p| !p.recorded)
+                .map(|p| &p.change),
+        );
+        let ticket = ledger.write(records)?;
+        self.land(ledger)?;
+        std::mem::swap(&mut self.pending, &mut self.in_flight);
+        self.kept_in_flight = self.kept.len() as u64;
+        self.kept.clear();
+        self.ticket = Some(ticket);
+        Ok(())
+    }
+
+    /// Waits for the batch in flight to be durable, then makes its changes.
+    fn land(&mut self, ledger: &Ledger<'_>) -> Result<(), RemapError> {
+        let Some(ticket) = self.ticket.take() else {
+            return Ok(());
+        };
+        ledger.synced(ticket)?;
         // Test aid: a crash with this batch recorded and none of it made.
         fleet_core::fault::count(
             ledger.faults.synced,
-            ledger.changed.load(Ordering::Relaxed) + self.pending.len() as u64,
+            ledger.changed.load(Ordering::Relaxed) + self.in_flight.len() as u64,
         );
         ledger
             .kept
-            .fetch_add(self.kept.len() as u64, Ordering::Relaxed);
-        self.kept.clear();
-        for pending in std::mem::take(&mut self.pending) {
+            .fetch_add(std::mem::take(&mut self.kept_in_flight), Ordering::Relaxed);
+        // Drained, not taken: the next batch reuses the room.
+        for pending in self.in_flight.drain(..) {
             apply(&pending, &|what, e| ledger.io(what, e))?;
             ledger.changed.fetch_add(1, Ordering::Relaxed);
         }
         // Test aid: a crash after N entries were recorded, synced and changed.
         fleet_core::fault::count(ledger.faults.made, ledger.changed.load(Ordering::Relaxed));
         Ok(())
+    }
+
+    /// Records everything held, syncs it, and only then changes it.
+    pub fn commit(&mut self, ledger: &Ledger<'_>) -> Result<(), RemapError> {
+        self.send(ledger)?;
+        self.land(ledger)
     }
 }
 

@@ -128,10 +128,105 @@ impl Change {
     }
 }
 
+/// `change` as one JSON line (with its newline), as serde would write it.
+pub fn write_record(out: &mut Vec<u8>, c: &Change) {
+    out.push(b'{');
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, name: &str| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    for (name, value) in [("p", &c.p), ("px", &c.px)] {
+        if let Some(v) = value {
+            key(out, name);
+            json_string(out, v);
+        }
+    }
+    for (name, value) in [
+        ("dev", c.dev),
+        ("ino", c.ino),
+        ("uid", u64::from(c.uid)),
+        ("gid", u64::from(c.gid)),
+        ("mode", u64::from(c.mode)),
+        ("new_uid", u64::from(c.new_uid)),
+        ("new_gid", u64::from(c.new_gid)),
+    ] {
+        key(out, name);
+        decimal(out, value);
+    }
+    for (name, value) in [("cap", &c.cap), ("acl", &c.acl), ("dacl", &c.dacl)] {
+        if let Some(v) = value {
+            key(out, name);
+            json_string(out, v);
+        }
+    }
+    if let Some(btime) = c.btime {
+        key(out, "btime");
+        if btime < 0 {
+            out.push(b'-');
+        }
+        let magnitude = btime.unsigned_abs();
+        match u64::try_from(magnitude) {
+            Ok(small) => decimal(out, small),
+            Err(_) => out.extend_from_slice(magnitude.to_string().as_bytes()),
+        }
+    }
+    if c.kept {
+        key(out, "kept");
+        out.extend_from_slice(b"true");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
 #[derive(Debug)]
 pub struct ManifestWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The line being written (kept, so that a record costs no allocation).
+    line: Vec<u8>,
 }
 
 impl ManifestWriter {
@@ -150,6 +245,7 @@ impl ManifestWriter {
         let mut writer = ManifestWriter {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(1 << 20, file),
+            line: Vec::with_capacity(256),
         };
         if fresh {
             serde_json::to_writer(&mut writer.out, header).map_err(std::io::Error::other)?;
@@ -162,9 +258,12 @@ impl ManifestWriter {
         Ok(writer)
     }
 
+    /// Appends one record line: the JSON serde writes for `Change`, field
+    /// for field, written without serde (a million of them per walk).
     pub fn record(&mut self, change: &Change) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, change).map_err(std::io::Error::other)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        write_record(&mut self.line, change);
+        self.out.write_all(&self.line)
     }
 
     /// Marks the walk finished, synced.
@@ -181,6 +280,16 @@ impl ManifestWriter {
         self.out.get_ref().sync_data()
     }
 
+    /// Hands what is buffered to the kernel (not yet durable).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Another handle on the file, to make it durable from another thread.
+    pub fn sync_handle(&self) -> std::io::Result<File> {
+        self.out.get_ref().try_clone()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -189,6 +298,71 @@ impl ManifestWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_written_as_serde_writes_them() {
+        let base = Change {
+            p: Some("d/f".into()),
+            px: None,
+            dev: 2049,
+            ino: u64::MAX,
+            uid: 0,
+            gid: u32::MAX,
+            mode: 0o104755,
+            new_uid: 61234,
+            new_gid: 7,
+            cap: None,
+            acl: None,
+            dacl: None,
+            btime: Some(1_764_695_108_123_456_789),
+            kept: false,
+        };
+        let mut changes = vec![base.clone()];
+        for p in [
+            "a \"q\" \\ b",
+            "tab\there\r\u{1}\u{1f}\u{8}\u{c}\u{7f}",
+            "ünï/çødé €",
+            "",
+        ] {
+            changes.push(Change {
+                p: Some(p.into()),
+                ..base.clone()
+            });
+        }
+        changes.push(Change {
+            p: None,
+            px: Some("ff0a".into()),
+            cap: Some("0100".into()),
+            acl: Some("02".into()),
+            dacl: Some("03".into()),
+            btime: Some(-5),
+            kept: true,
+            ..base.clone()
+        });
+        changes.push(Change {
+            btime: Some(i128::MAX),
+            ..base.clone()
+        });
+        changes.push(Change {
+            btime: Some(i128::MIN + 1),
+            ..base.clone()
+        });
+        changes.push(Change {
+            btime: None,
+            p: None,
+            ..base.clone()
+        });
+        for change in changes {
+            let mut ours = Vec::new();
+            write_record(&mut ours, &change);
+            let mut theirs = serde_json::to_vec(&change).unwrap_or_else(|e| panic!("{e}"));
+            theirs.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs)
+            );
+        }
+    }
 
     #[test]
     fn the_reverse_manifest_sits_next_to_the_forward_one() {

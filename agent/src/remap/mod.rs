@@ -50,6 +50,8 @@ use rustix::fs::{FileType, StatVfsMountFlags, fstatvfs};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
+/// A count and the first names: how the reports list paths.
+pub use fleet_core::migration::Listed;
 pub use forward::remap;
 pub use undo::{UndoOptions, undo, undo_with};
 use walk::Entry;
@@ -221,12 +223,19 @@ pub struct RemapReport {
     /// Entries found in the manifest of an interrupted walk.
     pub resumed: u64,
     pub skipped_root_already_owned: bool,
-    pub other_filesystems: Vec<String>,
-    pub raced: Vec<String>,
-    pub refused_hardlinks: Vec<String>,
-    pub devices_left: Vec<String>,
+    /// Each list below is its true count and its first `Listed::MAX`
+    /// names, sorted (a plain array of every name in older journals).
+    #[serde(default)]
+    pub other_filesystems: Listed,
+    #[serde(default)]
+    pub raced: Listed,
+    #[serde(default)]
+    pub refused_hardlinks: Listed,
+    #[serde(default)]
+    pub devices_left: Listed,
     /// Names that disappeared while the walk ran.
-    pub vanished: Vec<String>,
+    #[serde(default)]
+    pub vanished: Listed,
     pub millis: u64,
 }
 
@@ -234,12 +243,14 @@ pub struct RemapReport {
 pub struct UndoReport {
     pub root: String,
     pub restored: u64,
-    /// Entries of the manifest no longer in the tree (deleted since).
-    pub missing: Vec<String>,
+    /// Entries of the manifest no longer in the tree (deleted since). Each
+    /// list is its true count and its first `Listed::MAX` names.
+    #[serde(default)]
+    pub missing: Listed,
     /// Recorded inode numbers now held by other files (the recorded file
     /// was deleted and its number reused): left untouched.
     #[serde(default)]
-    pub impostors: Vec<String>,
+    pub impostors: Listed,
     /// Entries the forward manifest did not know (made or replaced by the
     /// workload after the remap) that were owned by a target id or had an
     /// ACL entry naming one, given the prior ids: the total over every undo
@@ -267,25 +278,6 @@ pub struct UndoReport {
     #[serde(default)]
     pub raced: Listed,
     pub millis: u64,
-}
-
-/// A count, and the first paths (sorted, at most `Listed::MAX`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listed {
-    pub count: u64,
-    pub paths: Vec<String>,
-}
-
-impl Listed {
-    pub const MAX: usize = 100;
-
-    pub fn of(mut paths: Vec<String>) -> Self {
-        paths.sort();
-        paths.dedup();
-        let count = paths.len() as u64;
-        paths.truncate(Self::MAX);
-        Listed { count, paths }
-    }
 }
 
 /// The target ids of a mapping, to tell an entry that already belongs to

@@ -81,11 +81,11 @@ struct UndoWorker<'s, 'a> {
     known: &'s Known<'s>,
     ledger: &'s Ledger<'a>,
     batch: Batch,
-    impostors: Vec<String>,
-    raced: Vec<String>,
-    vanished: Vec<String>,
-    devices: Vec<String>,
-    refused: Vec<String>,
+    impostors: Listed,
+    raced: Listed,
+    vanished: Listed,
+    devices: Listed,
+    refused: Listed,
     hardlinks: HardLinks,
     failure: Option<RemapError>,
 }
@@ -96,11 +96,11 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
             known,
             ledger,
             batch: Batch::default(),
-            impostors: Vec::new(),
-            raced: Vec::new(),
-            vanished: Vec::new(),
-            devices: Vec::new(),
-            refused: Vec::new(),
+            impostors: Listed::default(),
+            raced: Listed::default(),
+            vanished: Listed::default(),
+            devices: Listed::default(),
+            refused: Listed::default(),
             hardlinks: HardLinks::default(),
             failure: None,
         }
@@ -121,8 +121,11 @@ impl<'s, 'a> UndoWorker<'s, 'a> {
                 return Ok(());
             }
             // Its number was reused by a new file: that one is the
-            // workload's, reverse-mapped like any other new entry.
-            self.impostors.push(display(&entry.path));
+            // workload's, reverse-mapped like any other new entry. Said
+            // once, however many times the undo walks.
+            if !change.impostor.swap(true, Ordering::Relaxed) {
+                self.impostors.push(display(&entry.path));
+            }
         }
         let Some(inverse) = self.known.inverse else {
             return Ok(());
@@ -188,6 +191,14 @@ impl walk::Visitor for UndoWorker<'_, '_> {
 
     fn wants_birth_time(&self) -> bool {
         true
+    }
+
+    /// The last batch of this thread, committed on this thread.
+    fn finish(&mut self) -> Result<(), Errno> {
+        self.batch.commit(self.ledger).map_err(|e| {
+            self.failure = Some(e);
+            Errno::CANCELED
+        })
     }
 
     fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
@@ -321,9 +332,13 @@ pub fn undo_with(
         wanted: &forward,
         inverse: inverse.as_ref(),
     };
-    let mut impostors = Vec::new();
-    let (mut devices, mut refused, mut vanished, mut raced_ever) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut impostors = Listed::default();
+    let (mut devices, mut refused, mut vanished, mut raced_ever) = (
+        Listed::default(),
+        Listed::default(),
+        Listed::default(),
+        Listed::default(),
+    );
     for attempt in 0..3 {
         let root_fd = open_root(root)?;
         let root_stat = fstat(&root_fd).map_err(|e| ledger.io("stat", e))?;
@@ -379,7 +394,7 @@ pub fn undo_with(
             worker.batch.commit(&ledger)?;
         }
         let mut hardlinks = HardLinks::default();
-        let mut raced = Vec::new();
+        let mut raced = Listed::default();
         for worker in workers {
             impostors.extend(worker.impostors);
             raced.extend(worker.raced);
@@ -419,19 +434,19 @@ pub fn undo_with(
             }
             finisher.batch.commit(&ledger)?;
         }
-        if raced.is_empty() {
+        let Some(first) = raced.paths.first() else {
             break;
-        }
+        };
         if attempt == 2 {
             return Err(RemapError::KeptRacing {
                 root: root_text,
-                count: raced.len(),
-                first: raced[0].clone(),
+                count: raced.count as usize,
+                first: first.clone(),
             });
         }
         raced_ever.extend(raced);
     }
-    let mut missing = Vec::new();
+    let mut missing = Listed::default();
     for rec in forward.recs.values().filter(|r| !r.kept) {
         if rec.seen.load(Ordering::Relaxed) {
             report.restored += 1;
@@ -439,16 +454,13 @@ pub fn undo_with(
             missing.push(change.path_display());
         }
     }
-    missing.sort();
     report.missing = missing;
-    impostors.sort();
-    impostors.dedup();
     report.impostors = impostors;
     report.reverse_mapped = ledger.changed.load(Ordering::Relaxed);
-    report.refused_hardlinks = Listed::of(refused);
-    report.devices_left = Listed::of(devices);
-    report.vanished = Listed::of(vanished);
-    report.raced = Listed::of(raced_ever);
+    report.refused_hardlinks = refused;
+    report.devices_left = devices;
+    report.vanished = vanished;
+    report.raced = raced_ever;
     if reverse_path.exists() {
         report.reverse_manifest = Some(reverse_path.display().to_string());
     }

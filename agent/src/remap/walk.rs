@@ -65,6 +65,12 @@ pub trait Visitor: Send {
         false
     }
 
+    /// Called by each thread once the whole tree is walked (not after an
+    /// error): a visitor finishes its own work there, on its own thread.
+    fn finish(&mut self) -> Result<(), Errno> {
+        Ok(())
+    }
+
     /// `visit`, with the birth time (ns) where the filesystem keeps one.
     fn visit_born(&mut self, entry: Entry, btime: Option<i128>) -> Result<bool, Errno> {
         let _ = btime;
@@ -263,14 +269,17 @@ fn work<V: Visitor>(shared: &Shared, visitor: &mut V) -> Result<(), Errno> {
                 }
                 if let Some(dir) = queue.dirs.pop_back() {
                     queue.busy += 1;
-                    break dir;
+                    break Some(dir);
                 }
                 if queue.busy == 0 {
                     shared.ready.notify_all();
-                    return Ok(());
+                    break None;
                 }
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
+        };
+        let Some(next) = next else {
+            return visitor.finish();
         };
         let result = enter(shared, next, &mut found, visitor);
         let mut queue = shared.lock();

@@ -2,7 +2,7 @@
 //! records and says about a container: its downtime by both definitions,
 //! and what the ownership walk left alone. Tolerant of fields added later.
 
-use fleet_core::migration::{LeftAlone, OwnershipOutcomeView, downtime_text};
+use fleet_core::migration::{LeftAlone, Listed, OwnershipOutcomeView, downtime_text};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,13 +28,6 @@ pub fn left_alone(outcome: &Value) -> LeftAlone {
         .unwrap_or_default()
 }
 
-/// A count with the first names, as the agent reports a list.
-#[derive(Debug, Default, Deserialize)]
-struct CountView {
-    #[serde(default)]
-    count: u64,
-}
-
 /// An ownership undo's report per mount, as the agent journals it.
 #[derive(Debug, Default, Deserialize)]
 struct UndoReportView {
@@ -43,17 +36,18 @@ struct UndoReportView {
     #[serde(default)]
     reverse_mapped: u64,
     #[serde(default)]
-    refused_hardlinks: CountView,
+    refused_hardlinks: Listed,
     #[serde(default)]
-    devices_left: CountView,
+    devices_left: Listed,
     #[serde(default)]
     root: String,
     #[serde(default)]
     restored: u64,
+    /// A count and the first names (a plain list in older journals).
     #[serde(default)]
-    missing: Vec<String>,
+    missing: Listed,
     #[serde(default)]
-    impostors: Vec<String>,
+    impostors: Listed,
 }
 
 /// What an undo event says: for the ownership step, what was restored and
@@ -86,18 +80,14 @@ pub fn undone_line(outcome: &Value) -> String {
             "; {kept} target-owned hard link(s) or device(s) left as they are"
         ));
     }
-    let missing: Vec<&String> = reports.iter().flat_map(|r| &r.missing).collect();
-    let impostors: Vec<&String> = reports.iter().flat_map(|r| &r.impostors).collect();
-    if !missing.is_empty() {
-        line.push_str(&format!(
-            "; {} recorded entries no longer there",
-            missing.len()
-        ));
+    let missing: u64 = reports.iter().map(|r| r.missing.count).sum();
+    let impostors: u64 = reports.iter().map(|r| r.impostors.count).sum();
+    if missing > 0 {
+        line.push_str(&format!("; {missing} recorded entries no longer there"));
     }
-    if !impostors.is_empty() {
+    if impostors > 0 {
         line.push_str(&format!(
-            "; {} recorded inode(s) now another file's, left as they are",
-            impostors.len()
+            "; {impostors} recorded inode(s) now another file's, left as they are"
         ));
     }
     line
@@ -158,12 +148,27 @@ mod tests {
         let left = left_alone(&outcome);
         // Named as the container sees them, under their mount.
         assert_eq!(
-            left.hard_links,
+            left.hard_links.paths,
             ["/data/x (not all of its names are in the tree; the others could be host files)"]
         );
-        assert_eq!(left.devices, ["/data/dev/null"]);
-        assert_eq!(left.vanished, ["/data/tmp.1"]);
-        assert_eq!(left.refused_mounts, ["/etc: a sensitive host path"]);
+        assert_eq!(left.devices.paths, ["/data/dev/null"]);
+        assert_eq!(left.vanished.paths, ["/data/tmp.1"]);
+        assert_eq!(left.refused_mounts.paths, ["/etc: a sensitive host path"]);
+        assert_eq!((left.hard_links.count, left.raced.count), (1, 0));
+        // As the agent reports them now: a count and at most 20 names.
+        let capped = left_alone(&json!({
+            "mounts": [[
+                {"root": "/srv/a", "destination": "/data"},
+                {"root": "/srv/a", "devices_left": {"count": 5000, "paths": ["d0", "d1"]},
+                 "raced": {"count": 1, "paths": ["r"]}}
+            ]]
+        }));
+        assert_eq!(capped.devices.count, 5000);
+        assert_eq!(capped.devices.paths, ["/data/d0", "/data/d1"]);
+        assert_eq!(
+            capped.summary(),
+            "5000 device node(s) (/data/d0, /data/d1, …), 1 entry(ies) that changed while the walk ran (/data/r)"
+        );
         assert!(left_alone(&json!({"mounts": []})).is_empty());
         // An undo's reports, with a field added later.
         assert_eq!(
@@ -178,6 +183,13 @@ mod tests {
                  "refused_hardlinks": {"count": 1, "paths": ["x"]}, "devices_left": {"count": 0, "paths": []}}
             ])),
             "undone: 7 entries restored under /srv/a; 12 made while migrated given back to the pre-run ids; 1 target-owned hard link(s) or device(s) left as they are"
+        );
+        assert_eq!(
+            undone_line(&json!([
+                {"root": "/srv/a", "restored": 7, "missing": {"count": 300, "paths": ["x"]},
+                 "impostors": {"count": 2, "paths": ["y", "z"]}}
+            ])),
+            "undone: 7 entries restored under /srv/a; 300 recorded entries no longer there; 2 recorded inode(s) now another file's, left as they are"
         );
         assert_eq!(undone_line(&json!({"stopped": true})), "undone");
     }
