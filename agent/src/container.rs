@@ -72,7 +72,19 @@ impl<'a> Api<'a> {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, bytes::Bytes), ContainerError> {
-        let full = format!("{}{path}", self.conn.api_prefix);
+        self.call_at(&self.conn.api_prefix, method, path, body)
+            .await
+    }
+
+    /// A call under `prefix`: the compat API's or Podman's own (libpod).
+    async fn call_at(
+        &self,
+        prefix: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, bytes::Bytes), ContainerError> {
+        let full = format!("{prefix}{path}");
         rawhttp::request(Path::new(&self.conn.facts.socket), method, &full, body)
             .await
             .map_err(|e| ContainerError::Unreachable(e.to_string()))
@@ -300,6 +312,27 @@ impl<'a> Api<'a> {
                 ))
             })
             .collect())
+    }
+
+    /// Runs the container's healthcheck once through Podman's own API; the
+    /// result goes into the health state inspect shows, as a scheduled run's
+    /// would. Returns the status of this one run.
+    pub async fn run_healthcheck(&self, id: &str) -> Result<String, ContainerError> {
+        let prefix = self.conn.libpod_prefix.clone();
+        let path = format!("/containers/{}/healthcheck", encode(id));
+        let (status, bytes) = self.call_at(&prefix, Method::GET, &path, None).await?;
+        match status {
+            200 => Ok(serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("Status")?.as_str().map(String::from))
+                .unwrap_or_default()),
+            404 => Err(ContainerError::NotFound(id.to_string())),
+            _ => Err(ContainerError::Engine {
+                call: "healthcheck run".into(),
+                status,
+                message: engine_message(&bytes),
+            }),
+        }
     }
 
     /// Runs `argv` inside the container and returns (exit code, output).

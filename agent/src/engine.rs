@@ -11,6 +11,7 @@ use fleet_core::audit::{EngineFacts, EngineKind};
 use tokio::sync::OnceCell;
 
 use crate::error::EngineError;
+use crate::flavour::Flavour;
 use crate::rawhttp;
 
 /// Which engine to talk to, as configured.
@@ -78,6 +79,8 @@ pub struct Connected {
     pub data_root: Option<PathBuf>,
     /// The negotiated compat API version, as (major, minor).
     pub api_version: (u32, u32),
+    /// What this engine does differently (`flavour`).
+    pub flavour: Flavour,
 }
 
 /// The engine, connected on first use and reconnected after a failure.
@@ -209,8 +212,10 @@ impl Engine {
             userns_remap,
             socket: socket_text,
         };
-        tracing::info!(engine = %facts.kind, version = %facts.version, socket = %facts.socket, rootless, userns_remap, "connected to the container engine");
+        let flavour = Flavour::new(facts.kind, &facts.version);
+        tracing::info!(engine = %facts.kind, version = %facts.version, flavour = %flavour.describe(), socket = %facts.socket, rootless, userns_remap, "connected to the container engine");
         Ok(Connected {
+            flavour,
             docker,
             facts,
             root_host_uid,

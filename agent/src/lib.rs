@@ -10,6 +10,7 @@ pub mod container;
 pub mod engine;
 pub mod error;
 pub mod findings;
+pub mod flavour;
 pub mod host_accounts;
 pub mod id_record;
 pub mod identity;

@@ -39,6 +39,12 @@ pub struct RecreatePlan {
     pub was_running: bool,
     pub stop_timeout: Option<i64>,
     pub restart_policy: Value,
+    /// The engine cannot change a restart policy after create (Podman
+    /// before 5.1): the checkpoint keeps its own, and is kept from
+    /// restarting by having been stopped (Podman restarts no container its
+    /// user stopped; the plan refuses where a boot service would).
+    #[serde(default)]
+    pub checkpoint_keeps_restart_policy: bool,
     /// Networks where the old container holds a static address: released
     /// before the new one is created, given back on undo.
     pub static_networks: Vec<(String, Value)>,
@@ -80,7 +86,7 @@ fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
 /// the changes a recreate may lose.
 const ENGINE_OWN: &[&str] = &["/dev", "/proc", "/sys"];
 
-fn is_ephemeral(path: &str, mounts: &[String]) -> bool {
+fn is_ephemeral(path: &str, mounts: &[String], engine_files: &[&str]) -> bool {
     let under =
         |root: &str| path == root || path.starts_with(&format!("{}/", root.trim_end_matches('/')));
     // The engine creates mount points (and their parents) in the layer, and
@@ -90,6 +96,7 @@ fn is_ephemeral(path: &str, mounts: &[String]) -> bool {
     runtime_dirs::RUNTIME_ROOTS
         .iter()
         .chain(ENGINE_OWN)
+        .chain(engine_files)
         .any(|r| under(r) || above(r))
         || mounts.iter().any(|m| under(m) || above(m))
 }
@@ -164,13 +171,16 @@ pub async fn plan(
             .into_iter()
             .flat_map(|t| t.keys().cloned()),
     );
+    let flavour = api.connected().flavour;
     if !request.allow_layer_loss {
         let lost: Vec<String> = api
             .changes(&old_id)
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|(path, kind)| *kind != 2 && !is_ephemeral(path, &mounts))
+            .filter(|(path, kind)| {
+                *kind != 2 && !is_ephemeral(path, &mounts, flavour.own_layer_files())
+            })
             .map(|(path, _)| path)
             .collect();
         if !lost.is_empty() {
@@ -181,6 +191,17 @@ pub async fn plan(
                 if lost.len() > 8 { ", ..." } else { "" }
             ));
         }
+    }
+    let restart_policy = old
+        .pointer("/HostConfig/RestartPolicy")
+        .cloned()
+        .unwrap_or(json!({"Name": "no"}));
+    let policy_name = str_at(&restart_policy, "/Name");
+    if !flavour.updates_restart_policy() && flavour.boot_restarts(policy_name) {
+        refusals.push(format!(
+            "{name} has restart policy {policy_name}, which {} cannot change after create: podman-restart.service would start the kept checkpoint at boot next to its successor, on the same data; recreate it with --restart unless-stopped first",
+            flavour.describe()
+        ));
     }
     if !refusals.is_empty() {
         return Err(ContainerError::Refused(refusals));
@@ -210,10 +231,8 @@ pub async fn plan(
         checkpoint_name: format!("{name}.fleet-pre-{}", request.run),
         was_running: old.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true),
         stop_timeout: old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64()),
-        restart_policy: old
-            .pointer("/HostConfig/RestartPolicy")
-            .cloned()
-            .unwrap_or(json!({"Name": "no"})),
+        checkpoint_keeps_restart_policy: !flavour.updates_restart_policy(),
+        restart_policy,
         static_networks,
         create_body,
         extra_networks,
@@ -504,6 +523,16 @@ fn adapt_for_podman(host: &mut Map<String, Value>, config: &mut Map<String, Valu
         });
     }
     config.remove("MacAddress");
+    // Its inspect names ulimits `RLIMIT_NOFILE`; its create (before 4.5,
+    // containers/podman#18077) takes only `nofile`, which every version takes.
+    if let Some(ulimits) = host.get_mut("Ulimits").and_then(|u| u.as_array_mut()) {
+        for ulimit in ulimits.iter_mut().filter_map(|u| u.as_object_mut()) {
+            if let Some(name) = ulimit.get("Name").and_then(|n| n.as_str()) {
+                let short = name.strip_prefix("RLIMIT_").unwrap_or(name).to_lowercase();
+                ulimit.insert("Name".into(), json!(short));
+            }
+        }
+    }
 }
 
 /// Carries out a plan. On any failure the steps taken are undone before
@@ -521,8 +550,10 @@ pub async fn execute(
             exited_at_ms = Some(now_ms());
         }
         api.rename(&plan.old_id, &plan.checkpoint_name).await?;
-        api.set_restart_policy(&plan.old_id, &json!({"Name": "no"}))
-            .await?;
+        if !plan.checkpoint_keeps_restart_policy {
+            api.set_restart_policy(&plan.old_id, &json!({"Name": "no"}))
+                .await?;
+        }
         for (net, _) in &plan.static_networks {
             api.disconnect(net, &plan.old_id).await?;
         }
@@ -625,7 +656,9 @@ pub async fn undo(
     if str_at(&old, "/Name").trim_start_matches('/') != plan.name {
         api.rename(&plan.old_id, &plan.name).await?;
     }
-    if old.pointer("/HostConfig/RestartPolicy") != Some(&plan.restart_policy) {
+    if !plan.checkpoint_keeps_restart_policy
+        && old.pointer("/HostConfig/RestartPolicy") != Some(&plan.restart_policy)
+    {
         api.set_restart_policy(&plan.old_id, &plan.restart_policy)
             .await?;
     }
@@ -661,7 +694,7 @@ mod tests {
             "/srv",
             "/srv/data/f",
         ] {
-            assert!(is_ephemeral(path, &mounts), "{path}");
+            assert!(is_ephemeral(path, &mounts, &[]), "{path}");
         }
         for path in [
             "/etc",
@@ -670,7 +703,21 @@ mod tests {
             "/srv/other",
             "/varnish",
         ] {
-            assert!(!is_ephemeral(path, &mounts), "{path}");
+            assert!(!is_ephemeral(path, &mounts, &[]), "{path}");
+        }
+        // Podman's own mount-point files leave their parent listed.
+        let podman = crate::flavour::Flavour::new(fleet_core::audit::EngineKind::Podman, "4.3.1");
+        for path in ["/etc", "/etc/hosts", "/etc/mtab", "/run"] {
+            assert!(
+                is_ephemeral(path, &mounts, podman.own_layer_files()),
+                "{path}"
+            );
+        }
+        for path in ["/etc/app.conf", "/etc/passwd", "/etcetera"] {
+            assert!(
+                !is_ephemeral(path, &mounts, podman.own_layer_files()),
+                "{path}"
+            );
         }
     }
 }

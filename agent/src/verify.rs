@@ -49,6 +49,50 @@ pub struct VerifyOutcome {
     pub downtime_from_stop_ms: Option<u64>,
     pub verdict: String,
     pub probe: Option<String>,
+    /// The engine runs no healthcheck here (Podman without systemd): the
+    /// agent ran it, through the engine, for as long as verify waited.
+    #[serde(default)]
+    pub healthcheck_run_by_agent: bool,
+}
+
+/// Docker's default healthcheck interval, for a check that sets none.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// When to run a healthcheck the engine does not run: at once, then every
+/// interval, as the engine's scheduler would after the first.
+struct HealthRunner {
+    interval: Duration,
+    next: Instant,
+}
+
+impl HealthRunner {
+    fn for_container(doc: &Value) -> Self {
+        let nanos = doc
+            .pointer("/Config/Healthcheck/Interval")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let interval = if nanos == 0 {
+            DEFAULT_HEALTH_INTERVAL
+        } else {
+            Duration::from_nanos(nanos).max(Duration::from_millis(200))
+        };
+        HealthRunner {
+            interval,
+            next: Instant::now(),
+        }
+    }
+
+    async fn run_if_due(&mut self, api: &Api<'_>, id: &str) -> Result<(), ContainerError> {
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        self.next = Instant::now() + self.interval;
+        match api.run_healthcheck(id).await {
+            // 409: not running yet or any more; the loop sees which.
+            Ok(_) | Err(ContainerError::Engine { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn fail(message: String) -> ContainerError {
@@ -72,6 +116,8 @@ pub async fn verify(
         .and_then(|t| t.as_array())
         .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
     let restarts_at_start = restart_count(&first);
+    let mut agent_health = (has_healthcheck && !api.connected().flavour.runs_healthchecks())
+        .then(|| HealthRunner::for_container(&first));
     let min_running = Duration::from_secs(request.min_running_secs);
     let running_since = Instant::now();
     let gate = loop {
@@ -93,7 +139,15 @@ pub async fn verify(
                 restart_count(&doc) - restarts_at_start
             )));
         }
+        if let Some(runner) = agent_health.as_mut() {
+            runner.run_if_due(api, &id).await?;
+        }
         if has_healthcheck {
+            let doc = if agent_health.is_some() {
+                api.inspect(&id).await?
+            } else {
+                doc
+            };
             match doc.pointer("/State/Health/Status").and_then(|s| s.as_str()) {
                 Some("healthy") => break "healthy",
                 Some("unhealthy") => {
@@ -167,6 +221,7 @@ pub async fn verify(
             .map(|s| healthy_at_ms.saturating_sub(s)),
         verdict: container.identity.verdict.to_string(),
         probe,
+        healthcheck_run_by_agent: agent_health.is_some(),
     })
 }
 

@@ -1,0 +1,143 @@
+//! What differs between the engines behind the Docker-compatible API, in
+//! one place: decided once from the facts the connection learns (the
+//! engine, its version, whether systemd runs the host), asked by the steps.
+
+use std::path::Path;
+
+use fleet_core::audit::EngineKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flavour {
+    pub kind: EngineKind,
+    /// The engine's own version (Podman's, not its compat API's).
+    pub version: (u32, u32, u32),
+    /// systemd is PID 1 on this host (`/run/systemd/system` exists).
+    pub systemd: bool,
+}
+
+/// Files Podman creates in a container's writable layer when the image
+/// lacks them (its mount points for the files it bind-mounts, and the mtab
+/// link); its changes endpoint hides the files but lists their parents.
+const PODMAN_LAYER_FILES: &[&str] = &[
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/mtab",
+    "/run/.containerenv",
+    "/run/secrets",
+];
+
+impl Flavour {
+    pub fn new(kind: EngineKind, version: &str) -> Self {
+        Flavour {
+            kind,
+            version: parse_version(version),
+            systemd: Path::new("/run/systemd/system").is_dir(),
+        }
+    }
+
+    fn is_podman(&self) -> bool {
+        self.kind == EngineKind::Podman
+    }
+
+    /// Paths the engine itself puts into the writable layer: a recreate
+    /// loses nothing there (the new container gets its own).
+    pub fn own_layer_files(&self) -> &'static [&'static str] {
+        if self.is_podman() {
+            PODMAN_LAYER_FILES
+        } else {
+            &[]
+        }
+    }
+
+    /// Whether a container's restart policy can be changed after create:
+    /// Podman's compat and libpod update endpoints take one only from 5.1
+    /// (4.3.1's libpod update changes cgroup resources only).
+    pub fn updates_restart_policy(&self) -> bool {
+        !self.is_podman() || self.version >= (5, 1, 0)
+    }
+
+    /// Whether the engine runs a container's healthcheck on its own: Podman
+    /// schedules it with systemd timers, so without systemd nobody does and
+    /// the health stays `starting`.
+    pub fn runs_healthchecks(&self) -> bool {
+        !self.is_podman() || self.systemd
+    }
+
+    /// Whether a stopped container with restart policy `always` is started
+    /// again at boot by the engine: Podman's `podman-restart.service` does
+    /// (`podman start --all --filter restart-policy=always`), with systemd.
+    pub fn boot_restarts(&self, policy: &str) -> bool {
+        match self.kind {
+            EngineKind::Podman => self.systemd && policy == "always",
+            // Docker's daemon starts `always` and `unless-stopped`
+            // containers at its start only if they were not stopped by hand.
+            _ => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let (a, b, c) = self.version;
+        format!(
+            "{} {a}.{b}.{c}{}",
+            self.kind,
+            if self.systemd { "" } else { " (no systemd)" }
+        )
+    }
+}
+
+/// "4.3.1", "5.1.0-rc1", "28.2.2" → (4, 3, 1); what does not parse is 0.
+fn parse_version(text: &str) -> (u32, u32, u32) {
+    let mut parts = text.split(['.', '-', '+']).map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn podman(version: &str, systemd: bool) -> Flavour {
+        Flavour {
+            systemd,
+            ..Flavour::new(EngineKind::Podman, version)
+        }
+    }
+
+    #[test]
+    fn versions_parse_with_suffixes() {
+        assert_eq!(parse_version("4.3.1"), (4, 3, 1));
+        assert_eq!(parse_version("5.1.0-rc1"), (5, 1, 0));
+        assert_eq!(parse_version("28.2"), (28, 2, 0));
+        assert_eq!(parse_version(""), (0, 0, 0));
+    }
+
+    #[test]
+    fn podman_before_5_1_cannot_change_a_restart_policy_and_without_systemd_runs_no_healthcheck() {
+        let old = podman("4.3.1", false);
+        assert!(!old.updates_restart_policy());
+        assert!(!old.runs_healthchecks());
+        assert!(!old.boot_restarts("always"));
+        assert!(podman("4.3.1", true).boot_restarts("always"));
+        assert!(!podman("4.3.1", true).boot_restarts("unless-stopped"));
+        assert!(podman("5.1.0", true).updates_restart_policy());
+        assert!(podman("5.1.0", true).runs_healthchecks());
+        assert!(old.own_layer_files().contains(&"/etc/hosts"));
+        let docker = Flavour {
+            systemd: false,
+            ..Flavour::new(EngineKind::Docker, "28.2.2")
+        };
+        assert!(docker.updates_restart_policy());
+        assert!(docker.runs_healthchecks());
+        assert!(docker.own_layer_files().is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! The in-place migration on real rootful Podman (this machine's Debian
+//! package, `runc`, no systemd): migrated, writing as its new user,
+//! healthchecked by the agent where the engine runs no healthcheck, its
+//! checkpoint never restarted, then rolled back to the same container.
+
+// Test helpers fail by panicking: an unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_tests::cli::{CliOutput, fleetctl};
+use fleet_tests::fleet::{UsersCleanup, run_containers, users_of};
+use fleet_tests::pki::TestPki;
+use fleet_tests::podman::PodmanService;
+use fleet_tests::servers::{
+    AgentOptions, RunningAgent, RunningController, start_agent, start_controller,
+};
+use fleet_tests::unique;
+use serde_json::Value;
+
+struct PodmanFleet {
+    podman: PodmanService,
+    pki: TestPki,
+    _agent: RunningAgent,
+    controller: RunningController,
+}
+
+impl PodmanFleet {
+    async fn start() -> Self {
+        let podman = tokio::task::spawn_blocking(PodmanService::rootful)
+            .await
+            .unwrap();
+        let pki = TestPki::new();
+        let agent = start_agent(
+            pki.files("agent"),
+            AgentOptions {
+                engine_socket: podman.socket.clone(),
+                hostname: "pod-host".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let controller =
+            start_controller(pki.files("controller"), &[("pod-host", &agent.address)]).await;
+        PodmanFleet {
+            podman,
+            pki,
+            _agent: agent,
+            controller,
+        }
+    }
+
+    async fn ctl(&self, args: &[&str]) -> CliOutput {
+        fleetctl(&self.controller.address, &self.pki.files("alice"), args).await
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let out = self.podman.podman(&["container", "inspect", name]);
+        assert!(
+            out.status.success(),
+            "podman inspect {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        all[0].clone()
+    }
+}
+
+fn step<'a>(container: &'a Value, kind: &str) -> &'a Value {
+    container["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} step in {container}"))
+}
+
+/// Every entry under `root` with its owner, by path.
+fn owners(root: &Path) -> Vec<(String, u32, u32)> {
+    let mut all = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            let shown = path.strip_prefix(root).unwrap().display().to_string();
+            all.push((shown, meta.uid(), meta.gid()));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Leaves a file named after its uid in each mount, every half second.
+const SERVICE: &str =
+    "trap 'exit 0' TERM; while true; do touch /data/by-$(id -u) /vol/by-$(id -u); sleep 0.5; done";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_the_same_container()
+{
+    let f = PodmanFleet::start().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("sub")).unwrap();
+    std::fs::write(data.path().join("sub/kept"), "x").unwrap();
+    let volume = unique("pvol");
+    let made = f
+        .podman
+        .podman(&["volume", "create", "--label", "fleet-test=1", &volume]);
+    assert!(made.status.success(), "{made:?}");
+    let name = unique("p-svc");
+    let bind = format!("{}:/data", data.path().display());
+    let vol = format!("{volume}:/vol");
+    let id = f.podman.run(
+        &name,
+        &[
+            "-v",
+            &bind,
+            "-v",
+            &vol,
+            "--restart",
+            "always",
+            "--health-cmd",
+            "touch /data/.healthy",
+            "--health-interval",
+            "1s",
+        ],
+        &["sh", "-c", SERVICE],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let volume_dir = std::path::PathBuf::from(
+        f.inspect(&name)["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Destination"] == "/vol")
+            .unwrap()["Source"]
+            .as_str()
+            .unwrap(),
+    );
+    let before = (owners(data.path()), owners(&volume_dir));
+    assert!(before.0.iter().any(|(p, u, _)| p == "by-0" && *u == 0));
+
+    let run = f
+        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "the migration succeeds on Podman: {run:?}");
+    let record = run_containers(&view)
+        .into_iter()
+        .find(|c| c["plan"]["name"] == name.as_str())
+        .unwrap();
+
+    // The new container runs as the target user and writes as it.
+    let new = f.inspect(&name);
+    let user = new["Config"]["User"].as_str().unwrap().to_string();
+    let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
+    assert_ne!(uid, 0);
+    assert_ne!(new["Id"], id.as_str(), "a new container holds the name");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for dir in [data.path(), volume_dir.as_path()] {
+        let written = dir.join(format!("by-{uid}"));
+        assert_eq!(
+            std::fs::metadata(&written)
+                .unwrap_or_else(|e| panic!("{}: {e}", written.display()))
+                .uid(),
+            uid
+        );
+    }
+    // Nobody runs healthchecks here but the agent, and it says so.
+    let verify = &step(&record, "verify")["outcome"];
+    assert_eq!(verify["gate"], "healthy", "{verify}");
+    assert_eq!(verify["healthcheck_run_by_agent"], true, "{verify}");
+    // The checkpoint keeps `always` (4.3.1 cannot change it) and stays
+    // stopped: it was stopped by its user, which Podman never restarts.
+    let checkpoint = f.inspect(&id);
+    assert_eq!(checkpoint["HostConfig"]["RestartPolicy"]["Name"], "always");
+    assert_eq!(checkpoint["State"]["Running"], false, "{checkpoint}");
+    assert_eq!(
+        step(&record, "recreate")["outcome"]["plan"]["checkpoint_keeps_restart_policy"],
+        true
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(f.inspect(&id)["State"]["Running"], false);
+
+    // Rollback: the same container, running as root, every entry owned as
+    // before, what the migrated service wrote given back to root.
+    let run_id = view["run"]["id"].as_str().unwrap();
+    let back = f.ctl(&["rollback", run_id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    let restored = f.inspect(&name);
+    assert_eq!(
+        restored["Id"],
+        id.as_str(),
+        "rolled back to the same container"
+    );
+    assert_eq!(restored["State"]["Running"], true);
+    assert_eq!(restored["HostConfig"]["RestartPolicy"]["Name"], "always");
+    let after = (owners(data.path()), owners(&volume_dir));
+    for (path, u, g) in after.0.iter().chain(after.1.iter()) {
+        assert_eq!((*u, *g), (0, 0), "{path} is root's again");
+    }
+    for (was, is) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        for entry in was {
+            assert!(is.contains(entry), "{entry:?} kept its owner");
+        }
+    }
+    assert!(
+        after.0.iter().any(|(p, _, _)| *p == format!("by-{uid}")),
+        "the migrated service wrote here"
+    );
+}
