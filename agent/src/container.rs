@@ -314,6 +314,27 @@ impl<'a> Api<'a> {
             .collect())
     }
 
+    /// Podman's own inspect document, which holds what the compat one
+    /// leaves out (`Config.CreateCommand`).
+    pub async fn libpod_inspect(&self, id: &str) -> Result<Value, ContainerError> {
+        let prefix = self.conn.libpod_prefix.clone();
+        let path = format!("/containers/{}/json", encode(id));
+        let (status, bytes) = self.call_at(&prefix, Method::GET, &path, None).await?;
+        match status {
+            200 => serde_json::from_slice(&bytes).map_err(|e| ContainerError::Engine {
+                call: "libpod inspect".into(),
+                status,
+                message: e.to_string(),
+            }),
+            404 => Err(ContainerError::NotFound(id.to_string())),
+            _ => Err(ContainerError::Engine {
+                call: format!("libpod inspect {id}"),
+                status,
+                message: engine_message(&bytes),
+            }),
+        }
+    }
+
     /// Runs the container's healthcheck once through Podman's own API; the
     /// result goes into the health state inspect shows, as a scheduled run's
     /// would. Returns the status of this one run.

@@ -86,6 +86,66 @@ impl Flavour {
     }
 }
 
+/// The static addresses a Podman container was created with, per network,
+/// from its `CreateCommand` (`--ip`, `--ip6` with one `--network NAME`, or
+/// `--network NAME:ip=A,ip6=B`): Podman (4.3.1 at least) shows them nowhere
+/// in inspect, and a recreate that dropped them would move the service.
+/// A container created through the API has no `CreateCommand`: nothing is
+/// known, and its address is the engine's choice again.
+pub fn podman_static_addresses(create_command: &[String]) -> Vec<(String, StaticAddress)> {
+    let mut networks: Vec<(String, StaticAddress)> = Vec::new();
+    let mut loose = StaticAddress::default();
+    let mut args = create_command.iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next().cloned());
+        match flag {
+            "--ip" => loose.ipv4 = value(),
+            "--ip6" => loose.ipv6 = value(),
+            "--network" | "--net" => {
+                let Some(value) = value() else { continue };
+                // `NAME:ip=A,ip6=B` (options after the colon), or `A,B`.
+                match value.split_once(':') {
+                    Some((name, options)) => {
+                        let mut address = StaticAddress::default();
+                        for option in options.split(',') {
+                            match option.split_once('=') {
+                                Some(("ip", ip)) => address.ipv4 = Some(ip.into()),
+                                Some(("ip6", ip)) => address.ipv6 = Some(ip.into()),
+                                _ => {}
+                            }
+                        }
+                        networks.push((name.to_string(), address));
+                    }
+                    None => networks.extend(
+                        value
+                            .split(',')
+                            .filter(|n| !n.is_empty())
+                            .map(|n| (n.to_string(), StaticAddress::default())),
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+    if loose != StaticAddress::default() && networks.len() == 1 {
+        let only = &mut networks[0].1;
+        only.ipv4 = only.ipv4.take().or(loose.ipv4);
+        only.ipv6 = only.ipv6.take().or(loose.ipv6);
+    }
+    networks.retain(|(_, a)| *a != StaticAddress::default());
+    networks
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticAddress {
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+}
+
 /// "4.3.1", "5.1.0-rc1", "28.2.2" → (4, 3, 1); what does not parse is 0.
 fn parse_version(text: &str) -> (u32, u32, u32) {
     let mut parts = text.split(['.', '-', '+']).map(|p| {
@@ -111,6 +171,31 @@ mod tests {
             systemd,
             ..Flavour::new(EngineKind::Podman, version)
         }
+    }
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn static_addresses_come_from_the_create_command_in_each_form() {
+        let found = podman_static_addresses(&words(
+            "podman run -d --name web --network appnet --ip 10.89.0.7 -p 127.0.0.1:80:8080 img",
+        ));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "appnet");
+        assert_eq!(found[0].1.ipv4.as_deref(), Some("10.89.0.7"));
+        let found = podman_static_addresses(&words(
+            "podman run --network=a:ip=10.1.0.2,ip6=fd00::2 --network b img",
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1.ipv6.as_deref(), Some("fd00::2"));
+        assert!(podman_static_addresses(&words("podman run --network appnet img")).is_empty());
+        // `--ip` with two networks names neither: nothing is guessed.
+        assert!(
+            podman_static_addresses(&words("podman run --network a --network b --ip 10.0.0.2 i"))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub async fn plan(
 ) -> Result<RecreatePlan, ContainerError> {
     let mut old = api.inspect(&request.container).await?;
     repoint_to_successors(api, &mut old, &request.run).await?;
+    if api.connected().facts.kind == fleet_core::audit::EngineKind::Podman {
+        add_podman_static_addresses(api, &mut old).await?;
+    }
     let old_id = str_at(&old, "/Id").to_string();
     let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
     let mut refusals = Vec::new();
@@ -239,6 +242,42 @@ pub async fn plan(
         old_id,
         name,
     })
+}
+
+/// Writes the static addresses Podman keeps out of its inspect documents
+/// (`flavour::podman_static_addresses`) into the endpoints' `IPAMConfig`,
+/// where Docker shows them, so the recreate keeps and releases them alike.
+async fn add_podman_static_addresses(api: &Api<'_>, old: &mut Value) -> Result<(), ContainerError> {
+    let own = api.libpod_inspect(str_at(old, "/Id")).await?;
+    let command: Vec<String> = own
+        .pointer("/Config/CreateCommand")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    for (net, address) in crate::flavour::podman_static_addresses(&command) {
+        let Some(endpoint) = old
+            .pointer_mut(&format!(
+                "/NetworkSettings/Networks/{}",
+                net.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(|e| e.as_object_mut())
+        else {
+            continue;
+        };
+        let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if has(&address.ipv4) || has(&address.ipv6) {
+            endpoint.insert(
+                "IPAMConfig".into(),
+                json!({
+                    "IPv4Address": address.ipv4.unwrap_or_default(),
+                    "IPv6Address": address.ipv6.unwrap_or_default(),
+                }),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A partner this run recreated already is now a checkpoint

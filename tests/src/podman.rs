@@ -144,10 +144,17 @@ impl PodmanService {
         command.output().expect("podman CLI")
     }
 
-    /// `podman run -d` with the flags this machine needs; returns the id.
+    /// `podman run -d` with the flags this machine needs (no network
+    /// unless `extra` names one); returns the id.
     pub fn run(&self, name: &str, extra: &[&str], cmd: &[&str]) -> String {
         let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(RUN_FLAGS);
+        let networked = extra.contains(&"--network");
+        args.extend(
+            RUN_FLAGS
+                .chunks(2)
+                .filter(|flag| !(networked && flag[0] == "--network"))
+                .flatten(),
+        );
         args.extend_from_slice(extra);
         args.push(IMAGE);
         args.extend_from_slice(cmd);

@@ -215,3 +215,121 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
         "the migrated service wrote here"
     );
 }
+
+/// The HTTP status line of `GET /` at `address`, read with plain TCP.
+fn http_status(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return "refused".into();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_address_on_a_user_network_and_a_loopback_publish_survive_the_migration_and_the_rollback()
+ {
+    let f = PodmanFleet::start().await;
+    let net = unique("pnet");
+    // A subnet of its own per run: the tests of one binary run in parallel.
+    let octet = 100 + std::process::id() % 100;
+    let subnet = format!("10.89.{octet}.0/24");
+    let address = format!("10.89.{octet}.7");
+    let made = f.podman.podman(&[
+        "network",
+        "create",
+        "--label",
+        "fleet-test=1",
+        "--subnet",
+        &subnet,
+        &net,
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "hello").unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let publish = format!("127.0.0.1:{port}:8080");
+    let bind = format!("{}:/site", site.path().display());
+    let name = unique("p-web");
+    let id = f.podman.run(
+        &name,
+        &[
+            "--network",
+            &net,
+            "--ip",
+            &address,
+            "-p",
+            &publish,
+            "-v",
+            &bind,
+        ],
+        &["httpd", "-f", "-p", "8080", "-h", "/site"],
+    );
+    let local = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !http_status(&local).contains("200") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            http_status(&local)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = |doc: &Value| {
+        (
+            doc["NetworkSettings"]["Networks"][&net]["IPAddress"].clone(),
+            doc["HostConfig"]["PortBindings"]["8080/tcp"].clone(),
+        )
+    };
+    let before = kept(&f.inspect(&name));
+    assert_eq!(before.0, address.as_str());
+    assert_eq!(before.1[0]["HostIp"], "127.0.0.1");
+
+    let run = f
+        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "the migration succeeds on Podman: {run:?}");
+    let new = f.inspect(&name);
+    assert_ne!(new["Id"], id.as_str());
+    assert_ne!(new["Config"]["User"], "");
+    assert_eq!(
+        kept(&new),
+        before,
+        "the same address and loopback-only publish"
+    );
+    assert!(
+        http_status(&local).contains("200"),
+        "it serves as its new user"
+    );
+
+    let run_id = view["run"]["id"].as_str().unwrap();
+    let back = f.ctl(&["rollback", run_id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    let restored = f.inspect(&name);
+    assert_eq!(
+        restored["Id"],
+        id.as_str(),
+        "rolled back to the same container"
+    );
+    assert_eq!(
+        kept(&restored),
+        before,
+        "its address and publish given back"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !http_status(&local).contains("200") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            http_status(&local)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = f.podman.podman(&["rm", "-f", &name, &id]);
+    let _ = f.podman.podman(&["network", "rm", "-f", &net]);
+}

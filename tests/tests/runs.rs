@@ -749,14 +749,14 @@ async fn what_the_walk_left_alone_and_the_downtime_are_said_where_the_operator_l
     let c = &containers(&view)[0];
     assert_eq!(c["state"], "migrated", "{view}");
     assert!(
-        c["left_alone"]["hard_links"][0]
+        c["left_alone"]["hard_links"]["paths"][0]
             .as_str()
             .unwrap()
             .contains("host-hardlink"),
         "{c}"
     );
     assert!(
-        c["left_alone"]["devices"][0]
+        c["left_alone"]["devices"]["paths"][0]
             .as_str()
             .unwrap()
             .ends_with("null-device"),
