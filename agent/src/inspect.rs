@@ -396,6 +396,16 @@ impl Inspector {
         } else {
             Vec::new()
         };
+        let foreseen = if options.with_users {
+            crate::recreate::foresee(&crate::container::Api::new(conn), &id)
+                .await
+                .unwrap_or_else(|e| crate::recreate::Foreseen {
+                    refusals: vec![format!("what a recreate would do cannot be read: {e}")],
+                    ..Default::default()
+                })
+        } else {
+            Default::default()
+        };
         let (uid, gid, resolution) = match &resolved {
             Ok(r) => (Some(r.uid), Some(r.gid), r.how.clone()),
             Err(e) => (None, None, e.clone()),
@@ -435,6 +445,9 @@ impl Inspector {
             stop_timeout_secs: config.stop_timeout.unwrap_or(10),
             exposed_ports: exposed_ports(&config),
             runtime_dirs,
+            layer_loss: foreseen.layer_loss,
+            recreate_refusals: foreseen.refusals,
+            engine_notes: foreseen.notes,
             id,
         }
     }

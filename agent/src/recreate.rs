@@ -101,6 +101,110 @@ fn is_ephemeral(path: &str, mounts: &[String], engine_files: &[&str]) -> bool {
         || mounts.iter().any(|m| under(m) || above(m))
 }
 
+/// What a recreate of a container would refuse or do differently, known
+/// from the running container before anything changes: the plan shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Foreseen {
+    /// Writable-layer paths a recreate loses (refused unless the policy
+    /// allows the loss).
+    pub layer_loss: Vec<String>,
+    /// Refusals whatever the policy says.
+    pub refusals: Vec<String>,
+    /// What the engine makes the run do differently.
+    pub notes: Vec<String>,
+}
+
+pub async fn foresee(api: &Api<'_>, id: &str) -> Result<Foreseen, ContainerError> {
+    let old = api.inspect(id).await?;
+    let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
+    let flavour = api.connected().flavour;
+    let restart_policy = old
+        .pointer("/HostConfig/RestartPolicy")
+        .cloned()
+        .unwrap_or(json!({"Name": "no"}));
+    let mut notes = Vec::new();
+    let policy = str_at(&restart_policy, "/Name");
+    if !flavour.updates_restart_policy() && !matches!(policy, "" | "no") {
+        notes.push(format!(
+            "the kept checkpoint keeps restart policy {policy} ({} cannot change it): it was stopped by its user, which Podman never restarts",
+            flavour.describe()
+        ));
+    }
+    if has_healthcheck(&old) && !flavour.runs_healthchecks() {
+        notes.push(format!(
+            "{} runs no healthcheck: fleet-agent runs it while verify waits",
+            flavour.describe()
+        ));
+    }
+    Ok(Foreseen {
+        layer_loss: lost_content(api, str_at(&old, "/Id"), &mount_destinations(&old)).await,
+        refusals: restart_refusal(&name, &restart_policy, &flavour)
+            .into_iter()
+            .collect(),
+        notes,
+    })
+}
+
+pub fn has_healthcheck(doc: &Value) -> bool {
+    doc.pointer("/Config/Healthcheck/Test")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
+}
+
+/// Where the container's mounts and tmpfs mounts are.
+fn mount_destinations(doc: &Value) -> Vec<String> {
+    let mut mounts: Vec<String> = doc
+        .pointer("/Mounts")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("Destination")?.as_str().map(String::from))
+        .collect();
+    mounts.extend(
+        doc.pointer("/HostConfig/Tmpfs")
+            .and_then(|t| t.as_object())
+            .into_iter()
+            .flat_map(|t| t.keys().cloned()),
+    );
+    mounts
+}
+
+/// Writable-layer paths with content of their own that a recreate loses.
+async fn lost_content(api: &Api<'_>, id: &str, mounts: &[String]) -> Vec<String> {
+    let engine_files = api.connected().flavour.own_layer_files();
+    let lost: Vec<(String, i64)> = api
+        .changes(id)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(path, kind)| *kind != 2 && !is_ephemeral(path, mounts, engine_files))
+        .collect();
+    // A directory listed as modified because a child changed holds nothing
+    // of its own: the child is listed too.
+    let holds_a_listed_change = |dir: &str| {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        lost.iter().any(|(other, _)| other.starts_with(&prefix))
+    };
+    lost.iter()
+        .filter(|(path, kind)| !(*kind == 0 && holds_a_listed_change(path)))
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// A checkpoint the engine would start again at boot, next to its
+/// successor on the same data, because its restart policy cannot be changed.
+fn restart_refusal(
+    name: &str,
+    policy: &Value,
+    flavour: &crate::flavour::Flavour,
+) -> Option<String> {
+    let policy = str_at(policy, "/Name");
+    (!flavour.updates_restart_policy() && flavour.boot_restarts(policy)).then(|| format!(
+        "{name} has restart policy {policy}, which {} cannot change after create: podman-restart.service would start the kept checkpoint at boot next to its successor, on the same data; recreate it with --restart unless-stopped first",
+        flavour.describe()
+    ))
+}
+
 /// Decides the recreate, refusing what cannot be done faithfully.
 pub async fn plan(
     api: &Api<'_>,
@@ -161,37 +265,14 @@ pub async fn plan(
             }
         }
     }
-    let mut mounts: Vec<String> = old
-        .pointer("/Mounts")
-        .and_then(|m| m.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.get("Destination")?.as_str().map(String::from))
-        .collect();
-    mounts.extend(
-        old.pointer("/HostConfig/Tmpfs")
-            .and_then(|t| t.as_object())
-            .into_iter()
-            .flat_map(|t| t.keys().cloned()),
-    );
+    let mounts = mount_destinations(&old);
     let flavour = api.connected().flavour;
     if !request.allow_layer_loss {
-        let lost: Vec<String> = api
-            .changes(&old_id)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(path, kind)| {
-                *kind != 2 && !is_ephemeral(path, &mounts, flavour.own_layer_files())
-            })
-            .map(|(path, _)| path)
-            .collect();
+        let lost = lost_content(api, &old_id, &mounts).await;
         if !lost.is_empty() {
-            let shown: Vec<&str> = lost.iter().take(8).map(String::as_str).collect();
             refusals.push(format!(
-                "{name} has content in its writable layer that a recreate loses ({}{}): move it to a volume, or allow the loss explicitly",
-                shown.join(", "),
-                if lost.len() > 8 { ", ..." } else { "" }
+                "{name}: {}",
+                fleet_core::migration::layer_loss_refusal(&lost)
             ));
         }
     }
@@ -199,13 +280,7 @@ pub async fn plan(
         .pointer("/HostConfig/RestartPolicy")
         .cloned()
         .unwrap_or(json!({"Name": "no"}));
-    let policy_name = str_at(&restart_policy, "/Name");
-    if !flavour.updates_restart_policy() && flavour.boot_restarts(policy_name) {
-        refusals.push(format!(
-            "{name} has restart policy {policy_name}, which {} cannot change after create: podman-restart.service would start the kept checkpoint at boot next to its successor, on the same data; recreate it with --restart unless-stopped first",
-            flavour.describe()
-        ));
-    }
+    refusals.extend(restart_refusal(&name, &restart_policy, &flavour));
     if !refusals.is_empty() {
         return Err(ContainerError::Refused(refusals));
     }

@@ -111,10 +111,7 @@ pub async fn verify(
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    let has_healthcheck = first
-        .pointer("/Config/Healthcheck/Test")
-        .and_then(|t| t.as_array())
-        .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+    let has_healthcheck = crate::recreate::has_healthcheck(&first);
     let restarts_at_start = restart_count(&first);
     let mut agent_health = (has_healthcheck && !api.connected().flavour.runs_healthchecks())
         .then(|| HealthRunner::for_container(&first));

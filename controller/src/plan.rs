@@ -101,6 +101,13 @@ pub struct Migration {
     /// recreate gives to the target ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_dirs: Vec<RuntimeDirPlan>,
+    /// Writable-layer content the recreate loses, with the rule's leave
+    /// (`allow_layer_loss = true`); the recreate is told it is allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_loss_allowed: Vec<String>,
+    /// What the engine makes this migration do differently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_notes: Vec<String>,
 }
 
 /// What the planner is told to look at.
@@ -290,6 +297,8 @@ fn migration(
         host_id_collisions,
         instead_of,
         runtime_dirs: runtime::planned(c, uid.zip(gid)),
+        layer_loss_allowed: c.layer_loss.clone(),
+        engine_notes: c.engine_notes.clone(),
     })
 }
 
@@ -325,7 +334,11 @@ fn plan_container(
                 reasons: vec![format!("its identity is unknown: {reason}")],
             },
             Verdict::Root | Verdict::StartsAsRootDropsTo { .. } => {
-                let reasons = refusals(c, selection);
+                let mut reasons = refusals(c, selection);
+                reasons.extend(c.recreate_refusals.iter().cloned());
+                if !c.layer_loss.is_empty() && !decision.allow_layer_loss {
+                    reasons.push(fleet_core::migration::layer_loss_refusal(&c.layer_loss));
+                }
                 if !reasons.is_empty() {
                     Action::Refused { reasons }
                 } else {

@@ -105,6 +105,17 @@ pub struct ContainerReport {
     /// theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_dirs: Vec<RuntimeDir>,
+    /// Writable-layer paths with content of their own that a recreate
+    /// would lose (planning only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_loss: Vec<String>,
+    /// Why a recreate of it would be refused on this engine, whatever the
+    /// policy (planning only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recreate_refusals: Vec<String>,
+    /// What this engine makes a migration do differently (planning only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_notes: Vec<String>,
 }
 
 /// A directory the container's processes own or write outside its mounts.

@@ -316,6 +316,18 @@ impl From<OwnershipOutcomeView> for LeftAlone {
 /// `5.3 s (14.8 s from the stop request)`: the service's downtime, from
 /// the old container exiting to the new one verified, and from the stop
 /// request; None when neither was measured.
+/// Why a container whose writable layer holds content of its own is not
+/// recreated (the recreate starts from the image and loses it), and the
+/// way out; the plan and the agent's recreate say the same.
+pub fn layer_loss_refusal(lost: &[String]) -> String {
+    let shown: Vec<&str> = lost.iter().take(8).map(String::as_str).collect();
+    format!(
+        "its writable layer holds content that a recreate loses ({}{}): move it to a volume, or allow the loss with allow_layer_loss = true in its policy rule",
+        shown.join(", "),
+        if lost.len() > 8 { ", ..." } else { "" }
+    )
+}
+
 pub fn downtime_text(from_exit_ms: Option<u64>, from_stop_ms: Option<u64>) -> Option<String> {
     let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
     match (from_exit_ms, from_stop_ms) {

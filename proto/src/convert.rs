@@ -166,6 +166,9 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             stop_timeout_secs: c.stop_timeout_secs,
             exposed_ports: c.exposed_ports,
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
+            layer_loss: c.layer_loss,
+            recreate_refusals: c.recreate_refusals,
+            engine_notes: c.engine_notes,
         }
     }
 }
@@ -201,6 +204,9 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             stop_timeout_secs: c.stop_timeout_secs,
             exposed_ports: c.exposed_ports,
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
+            layer_loss: c.layer_loss,
+            recreate_refusals: c.recreate_refusals,
+            engine_notes: c.engine_notes,
         }
     }
 }

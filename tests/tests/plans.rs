@@ -577,3 +577,73 @@ async fn the_class_is_what_the_container_is_and_each_path_says_what_stays_as_it_
         table.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_a_recreate_loses_is_refused_in_the_plan_before_anything_moves_unless_the_rule_allows_it()
+ {
+    let fleet = TestFleet::start(1).await;
+    let base = tempfile::tempdir().unwrap();
+    let name = fleet
+        .container(
+            1,
+            "layered",
+            body(
+                &fleet.image,
+                &["sh", "-c", "echo tuned > /etc/app.conf; exec sleep 3600"],
+            ),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = seen(fleet.docker(), &name).await;
+    let strict = file(
+        base.path(),
+        "strict.toml",
+        "[defaults]\nmin_healthy_secs = 1\n\n[[rule]]\nname = \"*\"\nstrategy = \"61540:61540\"\n",
+    );
+    let planned = fleet
+        .ctl(&["plan", "--policy", &strict, "-o", "json"])
+        .await;
+    assert_eq!(planned.code, 0, "{planned:?}");
+    let c = &planned.json()["hosts"][0]["containers"][0];
+    assert_eq!(c["action"]["kind"], "refused", "{c}");
+    let reason = c["action"]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("/etc/app.conf") && reason.contains("allow_layer_loss = true"),
+        "{reason}"
+    );
+    // The run refuses it too, and nothing was stopped or changed.
+    let _ = fleet
+        .ctl(&["migrate", "--policy", &strict, "--yes", "-o", "json"])
+        .await;
+    assert_eq!(seen(fleet.docker(), &name).await, before, "untouched");
+
+    let lenient = file(
+        base.path(),
+        "lenient.toml",
+        "[defaults]\nmin_healthy_secs = 1\n\n[[rule]]\nname = \"*\"\nstrategy = \"61540:61540\"\nallow_layer_loss = true\n",
+    );
+    let planned = fleet
+        .ctl(&["plan", "--policy", &lenient, "-o", "json"])
+        .await;
+    let c = &planned.json()["hosts"][0]["containers"][0];
+    assert_eq!(c["action"]["kind"], "migrate", "{c}");
+    assert_eq!(c["action"]["layer_loss_allowed"][0], "/etc/app.conf", "{c}");
+    let table = fleet.ctl(&["plan", "--policy", &lenient]).await;
+    assert!(
+        table
+            .stdout
+            .contains("! the recreate loses what its writable layer holds (/etc/app.conf)"),
+        "{}",
+        table.stdout
+    );
+    let run = fleet
+        .ctl(&["migrate", "--policy", &lenient, "--yes", "-o", "json"])
+        .await;
+    assert_eq!(
+        run.code, 0,
+        "the recreate was told the loss is allowed: {run:?}"
+    );
+    let after = seen(fleet.docker(), &name).await;
+    assert_eq!(after.user, "61540:61540");
+    assert!(after.is_non_root(), "{after:?}");
+}

@@ -20,15 +20,22 @@ use fleet_tests::servers::{
 use fleet_tests::unique;
 use serde_json::Value;
 
+/// One test at a time: each service's drop removes every test container
+/// of the shared rootful storage.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct PodmanFleet {
     podman: PodmanService,
     pki: TestPki,
     _agent: RunningAgent,
     controller: RunningController,
+    /// Last: fields drop in order, and the service's cleanup is covered.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl PodmanFleet {
     async fn start() -> Self {
+        let serial = SERIAL.lock().await;
         let podman = tokio::task::spawn_blocking(PodmanService::rootful)
             .await
             .unwrap();
@@ -49,6 +56,7 @@ impl PodmanFleet {
             pki,
             _agent: agent,
             controller,
+            _serial: serial,
         }
     }
 
@@ -144,6 +152,17 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
     );
     let before = (owners(data.path()), owners(&volume_dir));
     assert!(before.0.iter().any(|(p, u, _)| p == "by-0" && *u == 0));
+
+    // The plan knows before anything moves: nothing of Podman's own is
+    // lost content, and what the engine makes the run do differently.
+    let planned = f.ctl(&["plan", "--container", &name, "-o", "json"]).await;
+    let c = &planned.json()["hosts"][0]["containers"][0];
+    assert_eq!(c["action"]["kind"], "migrate", "{c}");
+    let notes = c["action"]["engine_notes"].to_string();
+    assert!(
+        notes.contains("runs no healthcheck") && notes.contains("keeps restart policy always"),
+        "{notes}"
+    );
 
     let run = f
         .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])

@@ -271,6 +271,10 @@ struct MigrationNotes {
     instead_of: Option<String>,
     #[serde(default)]
     runtime_dirs: Vec<RuntimeDirPlan>,
+    #[serde(default)]
+    layer_loss_allowed: Vec<String>,
+    #[serde(default)]
+    engine_notes: Vec<String>,
 }
 
 /// Entries a remap leaves alone named under their path line; the rest counted.
@@ -308,6 +312,15 @@ pub fn migration_notes(action: &Value) -> Vec<String> {
     }
     for dir in &notes.runtime_dirs {
         lines.push(format!("runtime dir {dir}"));
+    }
+    if !notes.layer_loss_allowed.is_empty() {
+        lines.push(format!(
+            "! the recreate loses what its writable layer holds ({}): allow_layer_loss = true in its policy rule",
+            notes.layer_loss_allowed.join(", ")
+        ));
+    }
+    for note in &notes.engine_notes {
+        lines.push(format!("engine: {note}"));
     }
     lines
 }
@@ -353,7 +366,9 @@ mod tests {
                     ],
                     "host_id_collisions": [{"kind": "gid", "id": 999, "owner": "systemd-journal"}],
                     "runtime_dirs": [{"path": "/run/db", "now": {"uid": 999, "gid": 999, "mode": 493},
-                                      "image": {"uid": 0, "gid": 0, "mode": 493}, "target": null, "why": "owned by uid 999"}]
+                                      "image": {"uid": 0, "gid": 0, "mode": 493}, "target": null, "why": "owned by uid 999"}],
+                    "layer_loss_allowed": ["/etc/app.conf"],
+                    "engine_notes": ["podman 4.3.1 (no systemd) runs no healthcheck: fleet-agent runs it while verify waits"]
                 }
             }]}]
         });
@@ -368,13 +383,15 @@ mod tests {
             "{out}"
         );
         assert_eq!(
-            &lines[2..7],
+            &lines[2..9],
             [
                 "    ! gid 999 is the host's group systemd-journal: without a user namespace the service shares its files (on_host_id_collision = \"refuse\" or \"dedicated\" avoids it)",
                 "    /srv/db → /var/lib/db: 12 of 40 entries change owner, 1 left alone, 4.0 kB",
                 "      left alone: /srv/db/dev/null (a device node: never handed to a service)",
                 "    /srv/logs → /logs: ≥100000 of ≥100000 entries change owner, 0 B",
                 "    runtime dir /run/db: 999:999 0755 now (owned by uid 999), 0:0 0755 in the image → the new user's ids, 0755",
+                "    ! the recreate loses what its writable layer holds (/etc/app.conf): allow_layer_loss = true in its policy rule",
+                "    engine: podman 4.3.1 (no systemd) runs no healthcheck: fleet-agent runs it while verify waits",
             ]
         );
         assert!(out.ends_with("policy: p.toml (sha256 ab12)\n"), "{out}");

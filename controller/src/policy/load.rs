@@ -60,6 +60,9 @@ struct RuleFile {
     /// A name or a number, as a string or an integer: checked here.
     order: Option<Spanned<toml::Value>>,
     on_host_id_collision: Option<Spanned<String>>,
+    /// Recreate even though the writable layer holds content it loses.
+    #[serde(default)]
+    allow_layer_loss: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +231,7 @@ fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, Pol
         deadline_secs: rule.deadline_secs,
         order,
         on_host_id_collision,
+        allow_layer_loss: rule.allow_layer_loss,
     })
 }
 

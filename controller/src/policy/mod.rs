@@ -94,6 +94,8 @@ pub struct Decision {
     /// Which rule decided (1-based), if any.
     pub rule: Option<usize>,
     pub on_host_id_collision: OnHostIdCollision,
+    /// The rule accepts that a recreate loses what the writable layer holds.
+    pub allow_layer_loss: bool,
 }
 
 /// The text a policy was read from. A saved plan carries it, so applying
@@ -137,6 +139,7 @@ struct Rule {
     deadline_secs: Option<u64>,
     order: Option<String>,
     on_host_id_collision: Option<OnHostIdCollision>,
+    allow_layer_loss: bool,
 }
 
 /// What a rule is matched against.
@@ -182,6 +185,7 @@ impl Policy {
             order: None,
             rule: None,
             on_host_id_collision: defaults.on_host_id_collision.unwrap_or_default(),
+            allow_layer_loss: false,
         };
         let Some((index, rule)) = self
             .rules
@@ -199,6 +203,7 @@ impl Policy {
         decision.deadline_secs = rule.deadline_secs.unwrap_or(decision.deadline_secs);
         decision.order = rule.order.clone();
         decision.rule = Some(index + 1);
+        decision.allow_layer_loss = rule.allow_layer_loss;
         decision.on_host_id_collision = rule
             .on_host_id_collision
             .unwrap_or(decision.on_host_id_collision);

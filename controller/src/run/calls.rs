@@ -222,7 +222,7 @@ pub async fn step(
                     container: call.container_id.into(),
                     uid,
                     gid,
-                    allow_layer_loss: false,
+                    allow_layer_loss: !m.layer_loss_allowed.is_empty(),
                     together: call.together.to_vec(),
                 })
                 .await

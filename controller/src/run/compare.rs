@@ -375,6 +375,8 @@ mod tests {
             host_id_collisions: Vec::new(),
             instead_of: None,
             runtime_dirs: Vec::new(),
+            layer_loss_allowed: Vec::new(),
+            engine_notes: Vec::new(),
         })
     }
 
