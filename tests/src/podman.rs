@@ -183,6 +183,9 @@ impl PodmanService {
         let context = dir.path().display().to_string();
         let out = self.podman(&[
             "build",
+            // The OCI format drops HEALTHCHECK (and other Docker-only keys).
+            "--format",
+            "docker",
             "--network",
             "none",
             "--label",

@@ -136,6 +136,12 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
             "touch /data/.healthy",
             "--health-interval",
             "1s",
+            "-e",
+            "MODE=production",
+            "--label",
+            "app=svc",
+            "--tmpfs",
+            "/scratch:size=1m",
         ],
         &["sh", "-c", SERVICE],
     );
@@ -175,8 +181,26 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
         .find(|c| c["plan"]["name"] == name.as_str())
         .unwrap();
 
-    // The new container runs as the target user and writes as it.
+    // The new container runs as the target user and writes as it, and is
+    // the old one field by field otherwise (Podman's own documents).
     let new = f.inspect(&name);
+    let old_doc = f.inspect(&id);
+    for pointer in [
+        "/Config/Env",
+        "/Config/Labels",
+        "/Config/Healthcheck",
+        "/Config/Cmd",
+        "/Config/StopSignal",
+        "/HostConfig/Ulimits",
+        "/HostConfig/Tmpfs",
+        "/HostConfig/RestartPolicy",
+        "/HostConfig/Binds",
+        "/HostConfig/NetworkMode",
+        "/ImageName",
+    ] {
+        assert_eq!(new.pointer(pointer), old_doc.pointer(pointer), "{pointer}");
+    }
+    assert!(new["Config"]["Env"].to_string().contains("MODE=production"));
     let user = new["Config"]["User"].as_str().unwrap().to_string();
     let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
     assert_ne!(uid, 0);
