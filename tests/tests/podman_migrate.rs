@@ -185,8 +185,19 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
     // the old one field by field otherwise (Podman's own documents).
     let new = f.inspect(&name);
     let old_doc = f.inspect(&id);
+    // Podman's env order is a map's: compared as a set.
+    let env = |doc: &Value| {
+        let mut all: Vec<String> = doc["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(env(&new), env(&old_doc));
     for pointer in [
-        "/Config/Env",
         "/Config/Labels",
         "/Config/Healthcheck",
         "/Config/Cmd",
@@ -375,4 +386,105 @@ async fn a_static_address_on_a_user_network_and_a_loopback_publish_survive_the_m
     }
     let _ = f.podman.podman(&["rm", "-f", &name, &id]);
     let _ = f.podman.podman(&["network", "rm", "-f", &net]);
+}
+
+/// Writes a marker into /data on SIGTERM once it no longer runs as root.
+const GRACEFUL: &str = r#"
+trap 'if [ "$(id -u)" != 0 ]; then echo bye > /data/sigterm; fi; exit 0' TERM
+while true; do sleep 1 & wait $!; done
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_on_podman_stops_the_migrated_service_with_its_own_stop_signal() {
+    let f = PodmanFleet::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/data", data.path().display());
+    let name = unique("p-graceful");
+    let id = f.podman.run(&name, &["-v", &bind], &["sh", "-c", GRACEFUL]);
+    let run = f
+        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "{run:?}");
+    let marker = data.path().join("sigterm");
+    assert!(!marker.exists(), "not stopped yet");
+
+    let run_id = view["run"]["id"].as_str().unwrap();
+    let back = f.ctl(&["rollback", run_id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("bye\n"),
+        "the migrated service got SIGTERM and wrote its marker before it was removed"
+    );
+    assert_eq!(
+        std::fs::metadata(&marker).unwrap().uid(),
+        0,
+        "what it wrote then is root's again"
+    );
+    assert_eq!(f.inspect(&name)["Id"], id.as_str());
+}
+
+/// Starts as root, gives its runtime directory to `app`, then drops to it
+/// (as redis's or postgres's entrypoints do); it cannot start without it.
+const ENTRYPOINT: &str = r#"
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p /run/app && chown app:app /run/app && chmod 750 /run/app
+  exec su app -c "$SERVE"
+fi
+exec sh -c "$SERVE"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_directory_the_entrypoint_made_is_the_image_users_in_the_new_podman_container() {
+    let f = PodmanFleet::start().await;
+    let base = tempfile::tempdir().unwrap();
+    let policy = fleet_tests::fleet::write_policy(
+        base.path(),
+        "[defaults]\nmin_healthy_secs = 2\ndeadline_secs = 30\n\n[[rule]]\nname = \"p-runtime*\"\nstrategy = \"image-user\"\n",
+    );
+    let policy = policy.to_str().unwrap();
+    let name = unique("p-runtime");
+    let serve = "SERVE=echo $$ > /run/app/pid || exit 1; exec sleep 3600";
+    f.podman
+        .run(&name, &["-e", serve], &["sh", "-c", ENTRYPOINT]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let planned = f
+        .ctl(&[
+            "plan",
+            "--policy",
+            policy,
+            "--container",
+            &name,
+            "-o",
+            "json",
+        ])
+        .await;
+    let c = &planned.json()["hosts"][0]["containers"][0];
+    assert_eq!(c["action"]["kind"], "migrate", "{c}");
+    assert_eq!(c["action"]["runtime_dirs"][0]["path"], "/run/app", "{c}");
+
+    let run = f
+        .ctl(&[
+            "migrate",
+            "--policy",
+            policy,
+            "--container",
+            &name,
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(
+        run.code, 0,
+        "the service starts in its own runtime dir: {run:?}"
+    );
+    let new = f.inspect(&name);
+    assert_eq!(new["Config"]["User"], "1000:1000");
+    let pid = f.podman.podman(&["exec", &name, "cat", "/run/app/pid"]);
+    assert!(pid.status.success(), "{pid:?}");
 }
