@@ -27,7 +27,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct PodmanFleet {
     podman: PodmanService,
     pki: TestPki,
-    _agent: RunningAgent,
+    agent: RunningAgent,
     controller: RunningController,
     /// Last: fields drop in order, and the service's cleanup is covered.
     _serial: tokio::sync::MutexGuard<'static, ()>,
@@ -54,7 +54,7 @@ impl PodmanFleet {
         PodmanFleet {
             podman,
             pki,
-            _agent: agent,
+            agent,
             controller,
             _serial: serial,
         }
@@ -487,4 +487,85 @@ async fn a_runtime_directory_the_entrypoint_made_is_the_image_users_in_the_new_p
     assert_eq!(new["Config"]["User"], "1000:1000");
     let pid = f.podman.podman(&["exec", &name, "cat", "/run/app/pid"]);
     assert!(pid.status.success(), "{pid:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_fails_its_health_gate_on_podman_is_put_back_exactly() {
+    let f = PodmanFleet::start().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "x").unwrap();
+    let bind = format!("{}:/data", data.path().display());
+    let name = unique("p-rootonly");
+    let id = f.podman.run(
+        &name,
+        &["-v", &bind],
+        &[
+            "sh",
+            "-c",
+            "[ \"$(id -u)\" = 0 ] && exec sleep 3600; exit 3",
+        ],
+    );
+    let before = owners(data.path());
+    let run = f
+        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_ne!(run.code, 0, "verify fails: {run:?}");
+    let record = &run_containers(&view)[0];
+    assert_eq!(record["state"], "rolled-back", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited (code 3)"),
+        "{record}"
+    );
+    let restored = f.inspect(&name);
+    assert_eq!(restored["Id"], id.as_str(), "the same container, put back");
+    assert_eq!(restored["State"]["Running"], true);
+    assert_eq!(restored["Config"]["User"], "");
+    assert_eq!(owners(data.path()), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_binary_rolls_a_podman_run_back_with_no_controller() {
+    let f = PodmanFleet::start().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "x").unwrap();
+    let bind = format!("{}:/data", data.path().display());
+    let name = unique("p-breakglass");
+    let id = f.podman.run(&name, &["-v", &bind], &["sh", "-c", SERVICE]);
+    let run = f
+        .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "{run:?}");
+    let run_id = view["run"]["id"].as_str().unwrap();
+    // The served agent is gone; the host's own journal is what is left.
+    f.agent.shutdown.cancel();
+    let out = std::process::Command::new(fleet_tests::process::workspace_binary("fleet-agent"))
+        .args(["rollback", "--run", run_id, "--engine-socket"])
+        .arg(&f.podman.socket)
+        .arg("--state-dir")
+        .arg(f.agent.state.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("undone") && stdout.contains("recreate"),
+        "{stdout}"
+    );
+    let restored = f.inspect(&name);
+    assert_eq!(restored["Id"], id.as_str(), "the same container");
+    assert_eq!(restored["State"]["Running"], true);
+    for (path, u, g) in owners(data.path()) {
+        assert_eq!((u, g), (0, 0), "{path} is root's again");
+    }
 }
