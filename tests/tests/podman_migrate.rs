@@ -569,3 +569,97 @@ async fn the_agent_binary_rolls_a_podman_run_back_with_no_controller() {
         assert_eq!((u, g), (0, 0), "{path} is root's again");
     }
 }
+
+/// The network namespace of a running container's main process.
+fn net_ns(doc: &Value) -> String {
+    let pid = doc["State"]["Pid"].as_i64().unwrap();
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linked_group_on_podman_moves_as_one_and_comes_back_joined_as_before() {
+    let f = PodmanFleet::start().await;
+    let base = tempfile::tempdir().unwrap();
+    let policy = fleet_tests::fleet::write_policy(
+        base.path(),
+        "[defaults]\nmin_healthy_secs = 1\ndeadline_secs = 30\n\n[[rule]]\nname = \"p-link*\"\nstrategy = \"2002:2002\"\n",
+    );
+    let policy = policy.to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "x").unwrap();
+    let bind = format!("{}:/data", data.path().display());
+    let net = unique("p-link-net");
+    let side = unique("p-link-side");
+    // The network namespace the side joins must exist: a loopback-only one.
+    // `sleep` as PID 1 ignores SIGTERM: a short stop timeout.
+    let net_id = f.podman.run(
+        &net,
+        &["-v", &bind, "--stop-timeout", "1"],
+        &["sleep", "3600"],
+    );
+    let joined = format!("container:{net}");
+    let side_id = f.podman.run(
+        &side,
+        &["--network", &joined, "--stop-timeout", "1"],
+        &["sleep", "3600"],
+    );
+    let planned = f
+        .ctl(&[
+            "plan",
+            "--policy",
+            policy,
+            "--container",
+            "p-link*",
+            "-o",
+            "json",
+        ])
+        .await;
+    let containers = planned.json()["hosts"][0]["containers"].clone();
+    for c in containers.as_array().unwrap() {
+        assert_eq!(c["action"]["kind"], "migrate", "{c}");
+        assert_eq!(
+            c["group"].as_array().unwrap().len(),
+            1,
+            "the other member: {c}"
+        );
+    }
+
+    let run = f
+        .ctl(&[
+            "migrate",
+            "--policy",
+            policy,
+            "--container",
+            "p-link*",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    let _users = UsersCleanup(users_of(&view));
+    assert_eq!(run.code, 0, "the group migrates on Podman: {run:?}");
+    let (new_net, new_side) = (f.inspect(&net), f.inspect(&side));
+    assert_eq!(new_net["Config"]["User"], "2002:2002");
+    assert_eq!(new_side["Config"]["User"], "2002:2002");
+    assert_eq!(
+        net_ns(&new_side),
+        net_ns(&new_net),
+        "the new side joined the new net"
+    );
+
+    let run_id = view["run"]["id"].as_str().unwrap();
+    let back = f.ctl(&["rollback", run_id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    let (old_net, old_side) = (f.inspect(&net), f.inspect(&side));
+    assert_eq!(old_net["Id"], net_id.as_str());
+    assert_eq!(old_side["Id"], side_id.as_str());
+    assert_eq!(old_side["State"]["Running"], true);
+    assert_eq!(net_ns(&old_side), net_ns(&old_net), "joined as before");
+    for (path, u, g) in owners(data.path()) {
+        assert_eq!((u, g), (0, 0), "{path} is root's again");
+    }
+}
