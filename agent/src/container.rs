@@ -157,6 +157,27 @@ impl<'a> Api<'a> {
             .to_string())
     }
 
+    /// The environment an image gives its containers (`Config.Env`).
+    pub async fn image_env(&self, reference: &str) -> Result<Vec<String>, ContainerError> {
+        let bytes = self
+            .expect(
+                "image inspect",
+                Method::GET,
+                &format!("/images/{}/json", encode(reference)),
+                None,
+                &[],
+            )
+            .await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(value
+            .pointer("/Config/Env")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(String::from))
+            .collect())
+    }
+
     /// Every container, as the list endpoint shows them.
     pub async fn list(&self) -> Result<Vec<Value>, ContainerError> {
         let bytes = self

@@ -213,7 +213,7 @@ pub async fn plan(
     let mut old = api.inspect(&request.container).await?;
     repoint_to_successors(api, &mut old, &request.run).await?;
     if api.connected().facts.kind == fleet_core::audit::EngineKind::Podman {
-        add_podman_static_addresses(api, &mut old).await?;
+        adapt_podman_inspect(api, &mut old).await?;
     }
     let old_id = str_at(&old, "/Id").to_string();
     let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
@@ -319,10 +319,13 @@ pub async fn plan(
     })
 }
 
-/// Writes the static addresses Podman keeps out of its inspect documents
-/// (`flavour::podman_static_addresses`) into the endpoints' `IPAMConfig`,
-/// where Docker shows them, so the recreate keeps and releases them alike.
-async fn add_podman_static_addresses(api: &Api<'_>, old: &mut Value) -> Result<(), ContainerError> {
+/// Makes Podman's inspect document say what Docker's would: the static
+/// addresses it keeps out of inspect (`flavour::podman_static_addresses`)
+/// go into the endpoints' `IPAMConfig`, so the recreate keeps and releases
+/// them alike; and the `HOME` it derived for the old user at create (root's
+/// `/root`) leaves `Env` unless the image or the operator set it, so the
+/// engine derives the new user's.
+async fn adapt_podman_inspect(api: &Api<'_>, old: &mut Value) -> Result<(), ContainerError> {
     let own = api.libpod_inspect(str_at(old, "/Id")).await?;
     let command: Vec<String> = own
         .pointer("/Config/CreateCommand")
@@ -331,6 +334,19 @@ async fn add_podman_static_addresses(api: &Api<'_>, old: &mut Value) -> Result<(
         .flatten()
         .filter_map(|a| a.as_str().map(String::from))
         .collect();
+    let image_env = api
+        .image_env(str_at(old, "/Image"))
+        .await
+        .unwrap_or_default();
+    let set_home = |env: &[String]| env.iter().any(|e| e.contains("HOME="));
+    if !set_home(&image_env)
+        && !set_home(&command)
+        && let Some(env) = old
+            .pointer_mut("/Config/Env")
+            .and_then(|e| e.as_array_mut())
+    {
+        env.retain(|e| e.as_str().is_none_or(|e| !e.starts_with("HOME=")));
+    }
     for (net, address) in crate::flavour::podman_static_addresses(&command) {
         let Some(endpoint) = old
             .pointer_mut(&format!(

@@ -185,18 +185,26 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
     // the old one field by field otherwise (Podman's own documents).
     let new = f.inspect(&name);
     let old_doc = f.inspect(&id);
-    // Podman's env order is a map's: compared as a set.
+    // Podman's env order is a map's: compared as a set. It wrote root's
+    // HOME into the old one's; the new user's is the engine's to derive.
     let env = |doc: &Value| {
         let mut all: Vec<String> = doc["Config"]["Env"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| e.as_str().unwrap().to_string())
+            .filter(|e| !e.starts_with("HOME="))
             .collect();
         all.sort();
         all
     };
     assert_eq!(env(&new), env(&old_doc));
+    assert!(old_doc["Config"]["Env"].to_string().contains("HOME=/root"));
+    assert!(
+        !new["Config"]["Env"].to_string().contains("HOME=/root"),
+        "{}",
+        new["Config"]["Env"]
+    );
     for pointer in [
         "/Config/Labels",
         "/Config/Healthcheck",
@@ -315,6 +323,10 @@ async fn a_static_address_on_a_user_network_and_a_loopback_publish_survive_the_m
             &net,
             "--ip",
             &address,
+            "--network-alias",
+            "www",
+            "--stop-timeout",
+            "1",
             "-p",
             &publish,
             "-v",
@@ -333,14 +345,21 @@ async fn a_static_address_on_a_user_network_and_a_loopback_publish_survive_the_m
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let kept = |doc: &Value| {
+        let endpoint = &doc["NetworkSettings"]["Networks"][&net];
         (
-            doc["NetworkSettings"]["Networks"][&net]["IPAddress"].clone(),
+            endpoint["IPAddress"].clone(),
             doc["HostConfig"]["PortBindings"]["8080/tcp"].clone(),
+            endpoint["Aliases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "www"),
         )
     };
     let before = kept(&f.inspect(&name));
     assert_eq!(before.0, address.as_str());
     assert_eq!(before.1[0]["HostIp"], "127.0.0.1");
+    assert!(before.2, "the alias is set");
 
     let run = f
         .ctl(&["migrate", "--container", &name, "--yes", "-o", "json"])
