@@ -2,7 +2,7 @@
 //! one place: decided once from the facts the connection learns (the
 //! engine, its version, whether systemd runs the host), asked by the steps.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fleet_core::audit::EngineKind;
 
@@ -13,6 +13,56 @@ pub struct Flavour {
     pub version: (u32, u32, u32),
     /// systemd is PID 1 on this host (`/run/systemd/system` exists).
     pub systemd: bool,
+}
+
+/// A systemd drop-in that makes `podman-restart.service` start at boot
+/// what it always starts, but fleet's checkpoints (`NAME.fleet-pre-RUN`).
+/// Written whether or not systemd runs now: systemd reads it at the boot
+/// it matters for. It changes nothing else, so it stays once written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootGuard {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// Where the drop-in goes.
+pub const PODMAN_RESTART_DROP_IN: &str =
+    "/etc/systemd/system/podman-restart.service.d/50-fleet-skip-checkpoints.conf";
+
+/// The boot command of the drop-in, as the shell runs it (systemd reads
+/// `$$` as `$`): every `always` container but fleet's checkpoints.
+pub const PODMAN_BOOT_START: &str = "podman ps -a --filter restart-policy=always --format '{{.ID}} {{.Names}}' | awk '$2 !~ /[.]fleet-pre-/ {print $1}' | xargs -r podman start";
+
+impl BootGuard {
+    fn podman_restart() -> Self {
+        let path = PathBuf::from(PODMAN_RESTART_DROP_IN);
+        let contents = format!(
+            "# Written by fleet-agent: a checkpoint fleet keeps for rollback (NAME.fleet-pre-RUN)\n\
+             # keeps its restart policy (Podman before 5.1 cannot change it), and must not\n\
+             # start at boot next to the container that replaced it.\n\
+             [Service]\nExecStart=\nExecStart=/bin/sh -c \"{}\"\n",
+            PODMAN_BOOT_START.replace('$', "$$")
+        );
+        BootGuard { path, contents }
+    }
+
+    /// Writes the drop-in (atomically, synced) unless it is there already.
+    pub fn install(&self) -> std::io::Result<bool> {
+        if std::fs::read_to_string(&self.path).ok().as_deref() == Some(self.contents.as_str()) {
+            return Ok(false);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir)?;
+        let partial = self.path.with_extension("conf.partial");
+        {
+            let mut file = std::fs::File::create(&partial)?;
+            std::io::Write::write_all(&mut file, self.contents.as_bytes())?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&partial, &self.path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(true)
+    }
 }
 
 /// Files Podman creates in a container's writable layer when the image
@@ -64,16 +114,13 @@ impl Flavour {
         !self.is_podman() || self.systemd
     }
 
-    /// Whether a stopped container with restart policy `always` is started
-    /// again at boot by the engine: Podman's `podman-restart.service` does
-    /// (`podman start --all --filter restart-policy=always`), with systemd.
-    pub fn boot_restarts(&self, policy: &str) -> bool {
-        match self.kind {
-            EngineKind::Podman => self.systemd && policy == "always",
-            // Docker's daemon starts `always` and `unless-stopped`
-            // containers at its start only if they were not stopped by hand.
-            _ => false,
-        }
+    /// The guard a checkpoint with restart policy `policy` needs against
+    /// the engine's boot-time restart, where its policy cannot be set to
+    /// `no`: Podman's `podman-restart.service` runs `podman start --all
+    /// --filter restart-policy=always` at boot, which would start the
+    /// checkpoint next to its successor, on the same data.
+    pub fn checkpoint_boot_guard(&self, policy: &str) -> Option<BootGuard> {
+        (!self.updates_restart_policy() && policy == "always").then(BootGuard::podman_restart)
     }
 
     pub fn describe(&self) -> String {
@@ -211,9 +258,18 @@ mod tests {
         let old = podman("4.3.1", false);
         assert!(!old.updates_restart_policy());
         assert!(!old.runs_healthchecks());
-        assert!(!old.boot_restarts("always"));
-        assert!(podman("4.3.1", true).boot_restarts("always"));
-        assert!(!podman("4.3.1", true).boot_restarts("unless-stopped"));
+        let guard = old.checkpoint_boot_guard("always").unwrap();
+        assert!(
+            guard.contents.contains("$$2 !~ /[.]fleet-pre-/"),
+            "{}",
+            guard.contents
+        );
+        assert!(old.checkpoint_boot_guard("unless-stopped").is_none());
+        assert!(
+            podman("5.1.0", true)
+                .checkpoint_boot_guard("always")
+                .is_none()
+        );
         assert!(podman("5.1.0", true).updates_restart_policy());
         assert!(podman("5.1.0", true).runs_healthchecks());
         assert!(old.own_layer_files().contains(&"/etc/hosts"));

@@ -400,7 +400,7 @@ impl Inspector {
             crate::recreate::foresee(&crate::container::Api::new(conn), &id)
                 .await
                 .unwrap_or_else(|e| crate::recreate::Foreseen {
-                    refusals: vec![format!("what a recreate would do cannot be read: {e}")],
+                    notes: vec![format!("what a recreate would do cannot be read: {e}")],
                     ..Default::default()
                 })
         } else {
@@ -446,7 +446,6 @@ impl Inspector {
             exposed_ports: exposed_ports(&config),
             runtime_dirs,
             layer_loss: foreseen.layer_loss,
-            recreate_refusals: foreseen.refusals,
             engine_notes: foreseen.notes,
             id,
         }

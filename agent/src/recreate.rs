@@ -45,6 +45,11 @@ pub struct RecreatePlan {
     /// user stopped; the plan refuses where a boot service would).
     #[serde(default)]
     pub checkpoint_keeps_restart_policy: bool,
+    /// Where the systemd drop-in that keeps the engine's boot-time restart
+    /// off the checkpoint is written, when its policy needs one
+    /// (`flavour::BootGuard`).
+    #[serde(default)]
+    pub checkpoint_boot_guard: Option<std::path::PathBuf>,
     /// Networks where the old container holds a static address: released
     /// before the new one is created, given back on undo.
     pub static_networks: Vec<(String, Value)>,
@@ -108,15 +113,12 @@ pub struct Foreseen {
     /// Writable-layer paths a recreate loses (refused unless the policy
     /// allows the loss).
     pub layer_loss: Vec<String>,
-    /// Refusals whatever the policy says.
-    pub refusals: Vec<String>,
     /// What the engine makes the run do differently.
     pub notes: Vec<String>,
 }
 
 pub async fn foresee(api: &Api<'_>, id: &str) -> Result<Foreseen, ContainerError> {
     let old = api.inspect(id).await?;
-    let name = str_at(&old, "/Name").trim_start_matches('/').to_string();
     let flavour = api.connected().flavour;
     let restart_policy = old
         .pointer("/HostConfig/RestartPolicy")
@@ -126,8 +128,15 @@ pub async fn foresee(api: &Api<'_>, id: &str) -> Result<Foreseen, ContainerError
     let policy = str_at(&restart_policy, "/Name");
     if !flavour.updates_restart_policy() && !matches!(policy, "" | "no") {
         notes.push(format!(
-            "the kept checkpoint keeps restart policy {policy} ({} cannot change it): it was stopped by its user, which Podman never restarts",
-            flavour.describe()
+            "the kept checkpoint keeps restart policy {policy} ({} cannot change it): it was stopped by its user, which Podman never restarts{}",
+            flavour.describe(),
+            match flavour.checkpoint_boot_guard(policy) {
+                Some(guard) => format!(
+                    ", and {} keeps podman-restart.service from starting it at boot",
+                    guard.path.display()
+                ),
+                None => String::new(),
+            }
         ));
     }
     if has_healthcheck(&old) && !flavour.runs_healthchecks() {
@@ -138,9 +147,6 @@ pub async fn foresee(api: &Api<'_>, id: &str) -> Result<Foreseen, ContainerError
     }
     Ok(Foreseen {
         layer_loss: lost_content(api, str_at(&old, "/Id"), &mount_destinations(&old)).await,
-        refusals: restart_refusal(&name, &restart_policy, &flavour)
-            .into_iter()
-            .collect(),
         notes,
     })
 }
@@ -189,20 +195,6 @@ async fn lost_content(api: &Api<'_>, id: &str, mounts: &[String]) -> Vec<String>
         .filter(|(path, kind)| !(*kind == 0 && holds_a_listed_change(path)))
         .map(|(path, _)| path.clone())
         .collect()
-}
-
-/// A checkpoint the engine would start again at boot, next to its
-/// successor on the same data, because its restart policy cannot be changed.
-fn restart_refusal(
-    name: &str,
-    policy: &Value,
-    flavour: &crate::flavour::Flavour,
-) -> Option<String> {
-    let policy = str_at(policy, "/Name");
-    (!flavour.updates_restart_policy() && flavour.boot_restarts(policy)).then(|| format!(
-        "{name} has restart policy {policy}, which {} cannot change after create: podman-restart.service would start the kept checkpoint at boot next to its successor, on the same data; recreate it with --restart unless-stopped first",
-        flavour.describe()
-    ))
 }
 
 /// Decides the recreate, refusing what cannot be done faithfully.
@@ -280,7 +272,6 @@ pub async fn plan(
         .pointer("/HostConfig/RestartPolicy")
         .cloned()
         .unwrap_or(json!({"Name": "no"}));
-    refusals.extend(restart_refusal(&name, &restart_policy, &flavour));
     if !refusals.is_empty() {
         return Err(ContainerError::Refused(refusals));
     }
@@ -310,6 +301,9 @@ pub async fn plan(
         was_running: old.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true),
         stop_timeout: old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64()),
         checkpoint_keeps_restart_policy: !flavour.updates_restart_policy(),
+        checkpoint_boot_guard: flavour
+            .checkpoint_boot_guard(str_at(&restart_policy, "/Name"))
+            .map(|guard| guard.path),
         restart_policy,
         static_networks,
         create_body,
@@ -678,6 +672,20 @@ pub async fn execute(
         if plan.was_running {
             api.stop(&plan.old_id, plan.stop_timeout).await?;
             exited_at_ms = Some(now_ms());
+        }
+        if plan.checkpoint_boot_guard.is_some()
+            && let Some(guard) = api
+                .connected()
+                .flavour
+                .checkpoint_boot_guard(str_at(&plan.restart_policy, "/Name"))
+        {
+            // Before the name that the guard skips is given.
+            guard.install().map_err(|e| {
+                ContainerError::Verify(format!(
+                    "cannot write {} (it keeps the checkpoint from starting at boot): {e}",
+                    guard.path.display()
+                ))
+            })?;
         }
         api.rename(&plan.old_id, &plan.checkpoint_name).await?;
         if !plan.checkpoint_keeps_restart_policy {

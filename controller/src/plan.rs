@@ -335,7 +335,6 @@ fn plan_container(
             },
             Verdict::Root | Verdict::StartsAsRootDropsTo { .. } => {
                 let mut reasons = refusals(c, selection);
-                reasons.extend(c.recreate_refusals.iter().cloned());
                 if !c.layer_loss.is_empty() && !decision.allow_layer_loss {
                     reasons.push(fleet_core::migration::layer_loss_refusal(&c.layer_loss));
                 }

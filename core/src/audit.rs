@@ -109,10 +109,6 @@ pub struct ContainerReport {
     /// would lose (planning only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layer_loss: Vec<String>,
-    /// Why a recreate of it would be refused on this engine, whatever the
-    /// policy (planning only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recreate_refusals: Vec<String>,
     /// What this engine makes a migration do differently (planning only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engine_notes: Vec<String>,

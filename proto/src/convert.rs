@@ -167,7 +167,6 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             exposed_ports: c.exposed_ports,
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
             layer_loss: c.layer_loss,
-            recreate_refusals: c.recreate_refusals,
             engine_notes: c.engine_notes,
         }
     }
@@ -205,7 +204,6 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             exposed_ports: c.exposed_ports,
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
             layer_loss: c.layer_loss,
-            recreate_refusals: c.recreate_refusals,
             engine_notes: c.engine_notes,
         }
     }

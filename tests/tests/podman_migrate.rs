@@ -249,6 +249,35 @@ async fn a_rootful_podman_service_migrates_writes_as_its_user_and_rolls_back_to_
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(f.inspect(&id)["State"]["Running"], false);
+    // At boot, podman-restart.service starts every `always` container: its
+    // drop-in starts them all but the checkpoint. Run as systemd would.
+    let other = unique("p-always");
+    f.podman
+        .run(&other, &["--restart", "always"], &["sleep", "3600"]);
+    let stopped = f.podman.podman(&["stop", "-t", "1", &other]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    let drop_in = std::fs::read_to_string(fleet_agent::flavour::PODMAN_RESTART_DROP_IN).unwrap();
+    let line = drop_in
+        .lines()
+        .find(|l| l.starts_with("ExecStart=/bin/sh -c \""))
+        .unwrap_or_else(|| panic!("{drop_in}"));
+    let command = line["ExecStart=/bin/sh -c \"".len()..line.len() - 1].replace("$$", "$");
+    let boot = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .output()
+        .unwrap();
+    assert!(boot.status.success(), "{boot:?}");
+    assert_eq!(
+        f.inspect(&other)["State"]["Running"],
+        true,
+        "the unit still works"
+    );
+    assert_eq!(
+        f.inspect(&id)["State"]["Running"],
+        false,
+        "the checkpoint is not started at boot"
+    );
+    let _ = f.podman.podman(&["rm", "-f", &other]);
 
     // Rollback: the same container, running as root, every entry owned as
     // before, what the migrated service wrote given back to root.
