@@ -32,6 +32,13 @@ pub enum ContainerError {
     Verify(String),
 }
 
+/// The string at a JSON pointer of an engine document, or "".
+pub fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
+    v.pointer(pointer)
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+}
+
 /// Raw engine calls for one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Api<'a> {
