@@ -275,14 +275,14 @@ pub async fn agent_steps(
         .journal(pb::JournalRequest { run_id: run.into() })
         .await
     {
-        Ok(response) => {
-            let records: Vec<Value> =
-                serde_json::from_str(&response.into_inner().records_json).unwrap_or_default();
-            Ok(records
-                .iter()
-                .filter_map(|r| r.get("step").and_then(Value::as_str).map(str::to_string))
-                .collect())
-        }
+        // A journal that does not read is not an empty one: the resume and
+        // the rollback decide from it which steps the agent took.
+        Ok(response) => journal_steps(&response.into_inner().records_json).map_err(|e| {
+            CallError::Lost(format!(
+                "agent {} sent a journal for run {run} that does not read: {e}",
+                host.name
+            ))
+        }),
         Err(status)
             if status.code() == tonic::Code::NotFound
                 && std::error::Error::source(&status).is_none() =>
@@ -291,6 +291,17 @@ pub async fn agent_steps(
         }
         Err(status) => Err(classify(host, &status)),
     }
+}
+
+/// A record of the agent's journal, as far as the controller reads it.
+#[derive(serde::Deserialize)]
+struct JournalRecord {
+    step: String,
+}
+
+fn journal_steps(records_json: &str) -> Result<HashSet<String>, serde_json::Error> {
+    let records: Vec<JournalRecord> = serde_json::from_str(records_json)?;
+    Ok(records.into_iter().map(|r| r.step).collect())
 }
 
 /// Releases the run's checkpoints on the host.
@@ -346,6 +357,18 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn a_journal_that_does_not_read_is_an_error_not_an_empty_journal() {
+        let steps =
+            journal_steps(r#"[{"step":"a.backup","kind":"backup"},{"step":"a.user"}]"#).unwrap();
+        assert_eq!(steps.len(), 2);
+        assert!(steps.contains("a.user"));
+        assert!(journal_steps("[]").unwrap().is_empty());
+        for broken in ["", "{", r#"[{"kind":"backup"}]"#, r#"{"step":"a"}"#] {
+            assert!(journal_steps(broken).is_err(), "{broken:?}");
+        }
+    }
 
     #[tokio::test]
     async fn the_deadline_counts_only_the_time_out_of_reach() {
