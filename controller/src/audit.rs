@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_core::tls::explain_connect_error;
+use fleet_core::tls::{ConnectFailure, error_chain, explain_connect_error};
 use fleet_proto::agent::v1 as agent_pb;
 use fleet_proto::controller::v1 as pb;
 use pb::host_error::Kind;
@@ -72,20 +72,21 @@ fn classify(host: &Host, status: &tonic::Status) -> pb::host_audit::Outcome {
     use std::error::Error;
     let peer = format!("agent {} at {}", host.name, host.address);
     if let Some(source) = status.source() {
-        let message = explain_connect_error(&peer, source);
-        let kind = if message.contains("nothing is listening") {
-            Kind::Unreachable
-        } else if message.contains("TLS")
-            || message.contains("certificate")
-            || message.contains("not the kind of server")
-        {
-            Kind::Refused
-        } else if message.contains("did not answer in time") {
-            Kind::Timeout
-        } else {
-            Kind::Unreachable
+        // By what failed, not by the words of the explanation.
+        let kind = match ConnectFailure::of(&error_chain(source)) {
+            ConnectFailure::NothingListening | ConnectFailure::Other => Kind::Unreachable,
+            ConnectFailure::TimedOut => Kind::Timeout,
+            ConnectFailure::Expired
+            | ConnectFailure::UnknownCa
+            | ConnectFailure::PeerNotFromOurCa
+            | ConnectFailure::NoClientCertificate
+            | ConnectFailure::WrongRole
+            | ConnectFailure::CertificateRefused
+            | ConnectFailure::WrongName
+            | ConnectFailure::ClosedInHandshake
+            | ConnectFailure::RefusedAfterHandshake => Kind::Refused,
         };
-        return host_error(kind, message);
+        return host_error(kind, explain_connect_error(&peer, source));
     }
     let kind = match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Kind::Refused,
