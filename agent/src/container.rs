@@ -39,6 +39,17 @@ pub fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
         .unwrap_or_default()
 }
 
+/// The strings of the array at a JSON pointer (`Env`, `VolumesFrom`, ...),
+/// or none.
+pub fn strings_at(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
 /// Raw engine calls for one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Api<'a> {
@@ -123,30 +134,40 @@ impl<'a> Api<'a> {
     }
 
     pub async fn inspect(&self, id: &str) -> Result<Value, ContainerError> {
-        let (status, bytes) = self
-            .call(
-                Method::GET,
-                &format!("/containers/{}/json", encode(id)),
-                None,
-            )
-            .await?;
+        self.inspect_at(&self.conn.api_prefix, "inspect", id).await
+    }
+
+    /// Podman's own inspect document, which holds what the compat one
+    /// leaves out (`Config.CreateCommand`).
+    pub async fn libpod_inspect(&self, id: &str) -> Result<Value, ContainerError> {
+        self.inspect_at(&self.conn.libpod_prefix, "libpod inspect", id)
+            .await
+    }
+
+    async fn inspect_at(
+        &self,
+        prefix: &str,
+        call: &str,
+        id: &str,
+    ) -> Result<Value, ContainerError> {
+        let path = format!("/containers/{}/json", encode(id));
+        let (status, bytes) = self.call_at(prefix, Method::GET, &path, None).await?;
         match status {
             200 => serde_json::from_slice(&bytes).map_err(|e| ContainerError::Engine {
-                call: "inspect".into(),
+                call: call.into(),
                 status,
                 message: e.to_string(),
             }),
             404 => Err(ContainerError::NotFound(id.to_string())),
             _ => Err(ContainerError::Engine {
-                call: format!("inspect {id}"),
+                call: format!("{call} {id}"),
                 status,
                 message: engine_message(&bytes),
             }),
         }
     }
 
-    /// The image ID a reference (tag or ID) resolves to now.
-    pub async fn image_id(&self, reference: &str) -> Result<String, ContainerError> {
+    async fn image_inspect(&self, reference: &str) -> Result<Value, ContainerError> {
         let bytes = self
             .expect(
                 "image inspect",
@@ -156,33 +177,20 @@ impl<'a> Api<'a> {
                 &[],
             )
             .await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(value
-            .get("Id")
-            .and_then(|i| i.as_str())
-            .unwrap_or_default()
-            .to_string())
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// The image ID a reference (tag or ID) resolves to now.
+    pub async fn image_id(&self, reference: &str) -> Result<String, ContainerError> {
+        Ok(str_at(&self.image_inspect(reference).await?, "/Id").to_string())
     }
 
     /// The environment an image gives its containers (`Config.Env`).
     pub async fn image_env(&self, reference: &str) -> Result<Vec<String>, ContainerError> {
-        let bytes = self
-            .expect(
-                "image inspect",
-                Method::GET,
-                &format!("/images/{}/json", encode(reference)),
-                None,
-                &[],
-            )
-            .await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(value
-            .pointer("/Config/Env")
-            .and_then(|e| e.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_str().map(String::from))
-            .collect())
+        Ok(strings_at(
+            &self.image_inspect(reference).await?,
+            "/Config/Env",
+        ))
     }
 
     /// Every container, as the list endpoint shows them.
@@ -340,27 +348,6 @@ impl<'a> Api<'a> {
                 ))
             })
             .collect())
-    }
-
-    /// Podman's own inspect document, which holds what the compat one
-    /// leaves out (`Config.CreateCommand`).
-    pub async fn libpod_inspect(&self, id: &str) -> Result<Value, ContainerError> {
-        let prefix = self.conn.libpod_prefix.clone();
-        let path = format!("/containers/{}/json", encode(id));
-        let (status, bytes) = self.call_at(&prefix, Method::GET, &path, None).await?;
-        match status {
-            200 => serde_json::from_slice(&bytes).map_err(|e| ContainerError::Engine {
-                call: "libpod inspect".into(),
-                status,
-                message: e.to_string(),
-            }),
-            404 => Err(ContainerError::NotFound(id.to_string())),
-            _ => Err(ContainerError::Engine {
-                call: format!("libpod inspect {id}"),
-                status,
-                message: engine_message(&bytes),
-            }),
-        }
     }
 
     /// Runs the container's healthcheck once through Podman's own API; the

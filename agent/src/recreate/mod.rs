@@ -15,7 +15,7 @@ mod podman;
 
 pub use layer::{Foreseen, foresee, has_healthcheck};
 
-use crate::container::{Api, ContainerError, str_at};
+use crate::container::{Api, ContainerError, str_at, strings_at};
 use crate::mount_roots::{self, MountRoot, MountRootReset};
 use crate::runtime_dirs::{self, RuntimeDirGrant};
 
@@ -232,13 +232,7 @@ async fn repoint_to_successors(
             *slot = json!(format!("container:{name}"));
         }
     }
-    let sources: Vec<String> = doc
-        .pointer("/HostConfig/VolumesFrom")
-        .and_then(|v| v.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let sources = strings_at(doc, "/HostConfig/VolumesFrom");
     let mut repointed = Vec::with_capacity(sources.len());
     for entry in sources {
         let (source, mode) = entry.split_once(':').unwrap_or((&entry, ""));

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::container::{Api, ContainerError, str_at};
+use crate::container::{Api, ContainerError, str_at, strings_at};
 
 /// Makes Podman's inspect document say what Docker's would: the static
 /// addresses it keeps out of inspect (`flavour::podman_static_addresses`)
@@ -16,20 +16,22 @@ pub(super) async fn adapt_podman_inspect(
     old: &mut Value,
 ) -> Result<(), ContainerError> {
     let own = api.libpod_inspect(str_at(old, "/Id")).await?;
-    let command: Vec<String> = own
-        .pointer("/Config/CreateCommand")
-        .and_then(|c| c.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
+    let command = strings_at(&own, "/Config/CreateCommand");
     let image_env = api
         .image_env(str_at(old, "/Image"))
         .await
         .unwrap_or_default();
-    let set_home = |env: &[String]| env.iter().any(|e| e.contains("HOME="));
-    if !set_home(&image_env)
-        && !set_home(&command)
+    // `HOME=...` in the image's env; `-e HOME=...`, `--env=HOME=...` or
+    // `-e HOME` (from the caller's env) in the create command.
+    let sets_home = |arg: &str| {
+        let arg = arg
+            .strip_prefix("--env=")
+            .or_else(|| arg.strip_prefix("-e="))
+            .unwrap_or(arg);
+        arg == "HOME" || arg.starts_with("HOME=")
+    };
+    if !image_env.iter().any(|e| sets_home(e))
+        && !command.iter().any(|a| sets_home(a))
         && let Some(env) = old
             .pointer_mut("/Config/Env")
             .and_then(|e| e.as_array_mut())
