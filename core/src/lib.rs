@@ -1,5 +1,6 @@
-//! What every fleet component shares: the audit domain model, certificates
-//! and roles, and the mTLS plumbing. No component-specific logic lives here.
+//! What every fleet component shares: the one typed model the components
+//! speak (audit, plan, target, run, step), certificates and roles, and the
+//! mTLS plumbing. No component-specific logic lives here.
 
 pub mod audit;
 pub mod auth;
@@ -7,9 +8,13 @@ pub mod config;
 pub mod fault;
 pub mod migration;
 pub mod names;
+pub mod plan;
 pub mod pki;
 pub mod process;
 pub mod role;
+pub mod run;
+pub mod step;
+pub mod target;
 pub mod text;
 pub mod tls;
 

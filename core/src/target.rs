@@ -1,0 +1,164 @@
+//! Who a migrated container runs as, in types where root cannot be said:
+//! `Ids` holds a non-zero uid and gid, so a plan, a run record or a step
+//! request that would make root the target does not deserialize, and code
+//! cannot build one. `Target` says where the container goes; today's only
+//! placement is in place (the same engine, `User` set), and a rootless
+//! placement will be one more variant.
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+
+/// A non-root uid and gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ids {
+    pub uid: NonZeroU32,
+    pub gid: NonZeroU32,
+}
+
+/// Why a uid:gid pair is not a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RootId {
+    #[error("uid 0 is root, and a migration's target is never root: give a uid from 1")]
+    Uid,
+    #[error("gid 0 is root's group, and a migration's target is never root: give a gid from 1")]
+    Gid,
+}
+
+impl Ids {
+    pub fn new(uid: u32, gid: u32) -> Result<Self, RootId> {
+        Ok(Ids {
+            uid: NonZeroU32::new(uid).ok_or(RootId::Uid)?,
+            gid: NonZeroU32::new(gid).ok_or(RootId::Gid)?,
+        })
+    }
+
+    pub fn uid(self) -> u32 {
+        self.uid.get()
+    }
+
+    pub fn gid(self) -> u32 {
+        self.gid.get()
+    }
+}
+
+impl fmt::Display for Ids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// The user a migration gives the container, as the plan knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TargetUser {
+    /// Ids the policy gave (`strategy = "UID:GID"`).
+    Explicit { ids: Ids },
+    /// The image's own non-root user.
+    ImageUser { name: String, ids: Ids },
+    /// A host account the run makes for the service; its ids come from the
+    /// agent's range unless the policy gave them (a gid alone is the
+    /// account's group, its uid still allocated).
+    Dedicated {
+        name: String,
+        uid: Option<NonZeroU32>,
+        gid: Option<NonZeroU32>,
+    },
+}
+
+impl TargetUser {
+    /// The ids, when the plan knows both before the run.
+    pub fn known_ids(&self) -> Option<Ids> {
+        match self {
+            TargetUser::Explicit { ids } | TargetUser::ImageUser { ids, .. } => Some(*ids),
+            TargetUser::Dedicated { uid, gid, .. } => Some(Ids {
+                uid: (*uid)?,
+                gid: (*gid)?,
+            }),
+        }
+    }
+
+    /// The account the run makes, if any.
+    pub fn to_create(&self) -> Option<&str> {
+        match self {
+            TargetUser::Dedicated { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TargetUser {
+    /// `1000:1000`, `image user app`, `dedicated user svc-web`: what the
+    /// plan shows as the target (its ids beside it where they differ).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetUser::Explicit { ids } => write!(f, "{ids}"),
+            TargetUser::ImageUser { name, .. } => write!(f, "image user {name}"),
+            TargetUser::Dedicated { name, .. } => write!(f, "dedicated user {name}"),
+        }
+    }
+}
+
+/// Where a migrated container goes, and as whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "placement", rename_all = "kebab-case")]
+pub enum Target {
+    /// The same engine, recreated with `User` set to the user's ids.
+    InPlace { user: TargetUser },
+}
+
+impl Target {
+    pub fn user(&self) -> &TargetUser {
+        match self {
+            Target::InPlace { user } => user,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::InPlace { user } => write!(f, "{user}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_ids_are_refused_by_construction_and_by_deserialization() {
+        assert_eq!(Ids::new(0, 1000), Err(RootId::Uid));
+        assert_eq!(Ids::new(1000, 0), Err(RootId::Gid));
+        let ids = Ids::new(1000, 1001).expect("non-root");
+        assert_eq!(ids.to_string(), "1000:1001");
+        let text = serde_json::to_string(&ids).expect("serializes");
+        assert_eq!(text, r#"{"uid":1000,"gid":1001}"#);
+        assert_eq!(serde_json::from_str::<Ids>(&text).expect("reads"), ids);
+        for root in [r#"{"uid":0,"gid":1001}"#, r#"{"uid":1000,"gid":0}"#] {
+            assert!(serde_json::from_str::<Ids>(root).is_err(), "{root}");
+        }
+        let planned = r#"{"placement":"in-place","user":{"kind":"explicit","ids":{"uid":0,"gid":0}}}"#;
+        assert!(serde_json::from_str::<Target>(planned).is_err());
+    }
+
+    #[test]
+    fn a_dedicated_user_knows_its_ids_only_when_both_are_given() {
+        let gid_alone = TargetUser::Dedicated {
+            name: "svc-db".into(),
+            uid: None,
+            gid: NonZeroU32::new(2001),
+        };
+        assert_eq!(gid_alone.known_ids(), None);
+        assert_eq!(gid_alone.to_create(), Some("svc-db"));
+        assert_eq!(gid_alone.to_string(), "dedicated user svc-db");
+        let image = TargetUser::ImageUser {
+            name: "app".into(),
+            ids: Ids::new(999, 999).expect("non-root"),
+        };
+        assert_eq!(image.known_ids(), Some(Ids::new(999, 999).expect("non-root")));
+        assert_eq!(image.to_create(), None);
+    }
+}
