@@ -10,105 +10,18 @@ mod runtime;
 
 use std::collections::BTreeMap;
 
+use std::num::NonZeroU32;
+
 use fleet_core::audit::{ContainerReport, HostReport, Severity, Verdict};
-use fleet_core::migration::{IdCollision, RuntimeDirPlan};
-use serde::{Deserialize, Serialize};
+use fleet_core::target::{Ids, Target, TargetUser};
 
 use crate::inventory::Host;
-use crate::policy::{Decision, OnHostIdCollision, Policy, Probe, Strategy, Subject, glob};
+use crate::policy::{Decision, OnHostIdCollision, Policy, Strategy, Subject, glob};
 
 pub use class::image_base;
 use class::{class_of, class_rank};
 pub use fleet_core::migration::MountPlan;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub version: u32,
-    pub created_unix_ms: u64,
-    pub hosts: Vec<HostPlan>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostPlan {
-    pub host: String,
-    pub address: String,
-    /// Why the host could not be planned (unreachable...), if so.
-    pub error: Option<String>,
-    pub containers: Vec<ContainerPlan>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerPlan {
-    pub name: String,
-    pub id: String,
-    pub image: String,
-    /// The configuration this plan was made against.
-    pub fingerprint: String,
-    /// Who it runs as now (the audit's verdict).
-    pub current: String,
-    pub action: Action,
-    /// Ordering class (stateless, cache, queue, database, stateful, or the
-    /// policy's).
-    pub class: String,
-    /// Position within the host, from 1; linked containers share a group.
-    pub order: u32,
-    pub group: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Action {
-    Migrate(Migration),
-    Exempt {
-        reason: String,
-    },
-    Refused {
-        reasons: Vec<String>,
-    },
-    /// Nothing to do.
-    Skip {
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Migration {
-    pub strategy: String,
-    /// The target, when known before the run (a new user's ids are
-    /// allocated by its host's agent when it is made).
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub user_to_create: Option<String>,
-    /// Old uid/gid whose files move to the target.
-    pub from_ids: Vec<u32>,
-    pub mounts: Vec<MountPlan>,
-    pub backup_bytes: u64,
-    pub hooks: Vec<Vec<String>>,
-    pub probe: Option<Probe>,
-    pub min_healthy_secs: u64,
-    pub deadline_secs: u64,
-    pub retention_days: u64,
-    pub expected_downtime_ms: u64,
-    /// Target ids that already belong to a host account or group
-    /// (`on_host_id_collision = "warn"`): the service shares its files.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_id_collisions: Vec<IdCollision>,
-    /// `on_host_id_collision = "dedicated"` chose this dedicated account
-    /// instead of what the strategy gave: what, and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instead_of: Option<String>,
-    /// Directories of the writable layer outside the mounts that the
-    /// recreate gives to the target ids.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub runtime_dirs: Vec<RuntimeDirPlan>,
-    /// Writable-layer content the recreate loses, with the rule's leave
-    /// (`allow_layer_loss = true`); the recreate is told it is allowed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub layer_loss_allowed: Vec<String>,
-    /// What the engine makes this migration do differently.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub engine_notes: Vec<String>,
-}
+pub use fleet_core::plan::{Action, ContainerPlan, HostPlan, Migration, Plan};
 
 /// What the planner is told to look at.
 #[derive(Debug, Clone, Default)]
@@ -168,38 +81,47 @@ fn image_user(c: &ContainerReport) -> Option<(u32, u32, String)> {
         .map(|u| (u.uid, u.gid, u.name.clone()))
 }
 
-/// The target a strategy gives: its description, ids when known, and the
-/// dedicated user to create, if any.
-type Target = (String, Option<u32>, Option<u32>, Option<String>);
-
-fn target(c: &ContainerReport, decision: &Decision, service: &str) -> Result<Target, Vec<String>> {
-    let dedicated = || {
-        let name = fleet_core::names::derive_user_name(service);
-        (format!("dedicated user {name}"), None, None, Some(name))
+/// The user a strategy gives. The policy refused ids of 0 at load; the
+/// image's user is checked here (its group can be root's).
+fn target_user(
+    c: &ContainerReport,
+    decision: &Decision,
+    service: &str,
+) -> Result<TargetUser, Vec<String>> {
+    let image = |(uid, gid, name): (u32, u32, String)| {
+        Ids::new(uid, gid)
+            .map(|ids| TargetUser::ImageUser {
+                name: name.clone(),
+                ids,
+            })
+            .map_err(|why| {
+                vec![format!(
+                    "the image's user {name} cannot be the target: {why}"
+                )]
+            })
     };
-    Ok(match &decision.strategy {
-        Some(Strategy::Explicit { uid, gid }) => {
-            (format!("{uid}:{gid}"), Some(*uid), Some(*gid), None)
-        }
-        Some(Strategy::Dedicated { name, uid, gid }) => {
-            let name = name
-                .clone()
-                .unwrap_or_else(|| fleet_core::names::derive_user_name(service));
-            (format!("dedicated user {name}"), *uid, *gid, Some(name))
-        }
+    let dedicated =
+        |name: Option<String>, uid: Option<u32>, gid: Option<u32>| TargetUser::Dedicated {
+            name: name.unwrap_or_else(|| fleet_core::names::derive_user_name(service)),
+            uid: uid.and_then(NonZeroU32::new),
+            gid: gid.and_then(NonZeroU32::new),
+        };
+    match &decision.strategy {
+        Some(Strategy::Explicit { uid, gid }) => Ids::new(*uid, *gid)
+            .map(|ids| TargetUser::Explicit { ids })
+            .map_err(|why| vec![why.to_string()]),
+        Some(Strategy::Dedicated { name, uid, gid }) => Ok(dedicated(name.clone(), *uid, *gid)),
         Some(Strategy::ImageUser) => match image_user(c) {
-            Some((uid, gid, name)) => (format!("image user {name}"), Some(uid), Some(gid), None),
-            None => {
-                return Err(vec![
-                    "strategy image-user, but the image has no non-root user of its own".into(),
-                ]);
-            }
+            Some(user) => image(user),
+            None => Err(vec![
+                "strategy image-user, but the image has no non-root user of its own".into(),
+            ]),
         },
         None => match image_user(c) {
-            Some((uid, gid, name)) => (format!("image user {name}"), Some(uid), Some(gid), None),
-            None => dedicated(),
+            Some(user) => image(user),
+            None => Ok(dedicated(None, None, None)),
         },
-    })
+    }
 }
 
 fn migration(
@@ -208,7 +130,15 @@ fn migration(
     decision: &Decision,
 ) -> Result<Migration, Vec<String>> {
     let service = c.compose_service.clone().unwrap_or_else(|| c.name.clone());
-    let (mut strategy, mut uid, mut gid, mut user_to_create) = target(c, decision, &service)?;
+    let mut user = target_user(c, decision, &service)?;
+    let (uid, gid) = match &user {
+        TargetUser::Explicit { ids } | TargetUser::ImageUser { ids, .. } => {
+            (Some(ids.uid()), Some(ids.gid()))
+        }
+        TargetUser::Dedicated { uid, gid, .. } => {
+            (uid.map(NonZeroU32::get), gid.map(NonZeroU32::get))
+        }
+    };
     let mut host_id_collisions = host_ids::collisions(host, uid, gid);
     let mut instead_of = None;
     let checked = !matches!(decision.on_host_id_collision, OnHostIdCollision::Warn);
@@ -234,23 +164,27 @@ fn migration(
                 )]);
             }
             OnHostIdCollision::Dedicated => {
-                let ids = match uid.zip(gid) {
-                    Some((u, g)) if strategy != format!("{u}:{g}") => format!(" ({u}:{g})"),
-                    _ => String::new(),
+                let ids = match (&user, user.known_ids()) {
+                    (TargetUser::Explicit { .. }, _) | (_, None) => String::new(),
+                    (_, Some(ids)) => format!(" ({ids})"),
                 };
                 instead_of = Some(format!(
-                    "{strategy}{ids}: {found} (on_host_id_collision = \"dedicated\")"
+                    "{user}{ids}: {found} (on_host_id_collision = \"dedicated\")"
                 ));
-                let name = user_to_create
-                    .take()
-                    .unwrap_or_else(|| fleet_core::names::derive_user_name(&service));
+                let name = user.to_create().map_or_else(
+                    || fleet_core::names::derive_user_name(&service),
+                    str::to_string,
+                );
                 if host.host_users.iter().any(|a| a.name == name) {
                     return Err(vec![format!(
                         "its target ids belong to someone else on the host ({found}), and the dedicated account {name} exists already with them: name another account (user = \"...\") for on_host_id_collision = \"dedicated\""
                     )]);
                 }
-                strategy = format!("dedicated user {name}");
-                (uid, gid, user_to_create) = (None, None, Some(name));
+                user = TargetUser::Dedicated {
+                    name,
+                    uid: None,
+                    gid: None,
+                };
                 host_id_collisions.clear();
             }
         }
@@ -280,11 +214,9 @@ fn migration(
     // measured here), create and start, then the health gate.
     let expected_downtime_ms =
         1_000 + changing * 1_000 / 200_000 + decision.min_healthy_secs * 1_000;
+    let known = user.known_ids();
     Ok(Migration {
-        strategy,
-        uid,
-        gid,
-        user_to_create,
+        target: Target::InPlace { user },
         from_ids,
         mounts,
         backup_bytes,
@@ -296,7 +228,7 @@ fn migration(
         expected_downtime_ms,
         host_id_collisions,
         instead_of,
-        runtime_dirs: runtime::planned(c, uid.zip(gid)),
+        runtime_dirs: runtime::planned(c, known),
         layer_loss_allowed: c.layer_loss.clone(),
         engine_notes: c.engine_notes.clone(),
     })
@@ -559,13 +491,13 @@ fn group_rules(containers: &mut [ContainerPlan], members: &[usize]) {
             Some(format!("{} is {why}", c.name))
         })
         .collect();
-    let mut owners: BTreeMap<String, (String, Option<(u32, u32)>)> = BTreeMap::new();
+    let mut owners: BTreeMap<String, (String, Option<Ids>)> = BTreeMap::new();
     let mut shared: Vec<(usize, String)> = Vec::new();
     for m in members {
         let Action::Migrate(migration) = &containers[*m].action else {
             continue;
         };
-        let target = migration.uid.zip(migration.gid);
+        let target = migration.target.user().known_ids();
         for mount in &migration.mounts {
             match owners.get(&mount.source) {
                 None => {
@@ -871,13 +803,16 @@ mod tests {
         let Action::Migrate(web) = &p.containers[0].action else {
             panic!()
         };
-        assert_eq!(web.user_to_create.as_deref(), Some("svc-web"));
+        assert_eq!(web.target.user().to_create(), Some("svc-web"));
         let Action::Migrate(pg) = &p.containers[1].action else {
             panic!()
         };
         assert_eq!(
-            (pg.uid, pg.gid, pg.user_to_create.clone()),
-            (Some(999), Some(999), None)
+            pg.target.user(),
+            &fleet_core::target::TargetUser::ImageUser {
+                name: "postgres".into(),
+                ids: fleet_core::target::Ids::new(999, 999).unwrap(),
+            }
         );
     }
 }

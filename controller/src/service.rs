@@ -165,7 +165,7 @@ impl pb::controller_server::Controller for ControllerService {
         } else {
             Some(serde_json::from_str(&request.plan_json).map_err(|e| {
                 ControllerError::InvalidArgument(format!(
-                    "the saved plan is not a plan fleetctl wrote ({e}); make one with `fleetctl plan --out plan.json`"
+                    "the saved plan is not a plan fleetctl wrote ({e}); nothing was changed: make one with `fleetctl plan --out plan.json`"
                 ))
             })?)
         };

@@ -16,6 +16,39 @@ pub struct Plan {
     pub hosts: Vec<HostPlan>,
 }
 
+/// A plan as `fleetctl plan` shows and saves it: the plan, and what it was
+/// made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanDocument {
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// Absent from plans an older controller made.
+    #[serde(default)]
+    pub basis: Option<PlanBasis>,
+}
+
+/// Everything besides the audit that the plan was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanBasis {
+    pub policy: PolicySource,
+    /// Of the policy's text: to compare with the operator's file
+    /// (`sha256sum policy.toml`), and to catch an edited copy in the plan.
+    pub policy_sha256: String,
+    /// `--container` globs; every container if empty.
+    pub containers: Vec<String>,
+    pub include_pods: bool,
+}
+
+/// The text a policy was read from. A saved plan carries it, so applying
+/// the plan can make it again from the very same rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySource {
+    /// The operator's file, for error messages only.
+    pub path: String,
+    /// Empty: the default policy.
+    pub text: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostPlan {
     pub host: String,
@@ -94,4 +127,3 @@ pub struct Migration {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engine_notes: Vec<String>,
 }
-

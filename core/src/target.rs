@@ -12,9 +12,26 @@ use serde::{Deserialize, Serialize};
 
 /// A non-root uid and gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawIds")]
 pub struct Ids {
     pub uid: NonZeroU32,
     pub gid: NonZeroU32,
+}
+
+/// What a document says, before it is known not to be root: read through
+/// `Ids::new`, so the error says why 0 is refused.
+#[derive(Deserialize)]
+struct RawIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl TryFrom<RawIds> for Ids {
+    type Error = RootId;
+
+    fn try_from(raw: RawIds) -> Result<Self, RootId> {
+        Ids::new(raw.uid, raw.gid)
+    }
 }
 
 /// Why a uid:gid pair is not a target.
@@ -138,9 +155,11 @@ mod tests {
         assert_eq!(text, r#"{"uid":1000,"gid":1001}"#);
         assert_eq!(serde_json::from_str::<Ids>(&text).expect("reads"), ids);
         for root in [r#"{"uid":0,"gid":1001}"#, r#"{"uid":1000,"gid":0}"#] {
-            assert!(serde_json::from_str::<Ids>(root).is_err(), "{root}");
+            let error = serde_json::from_str::<Ids>(root).unwrap_err().to_string();
+            assert!(error.contains("is root"), "{root}: {error}");
         }
-        let planned = r#"{"placement":"in-place","user":{"kind":"explicit","ids":{"uid":0,"gid":0}}}"#;
+        let planned =
+            r#"{"placement":"in-place","user":{"kind":"explicit","ids":{"uid":0,"gid":0}}}"#;
         assert!(serde_json::from_str::<Target>(planned).is_err());
     }
 
@@ -158,7 +177,10 @@ mod tests {
             name: "app".into(),
             ids: Ids::new(999, 999).expect("non-root"),
         };
-        assert_eq!(image.known_ids(), Some(Ids::new(999, 999).expect("non-root")));
+        assert_eq!(
+            image.known_ids(),
+            Some(Ids::new(999, 999).expect("non-root"))
+        );
         assert_eq!(image.to_create(), None);
     }
 }

@@ -344,9 +344,10 @@ pub fn users_of(view: &serde_json::Value) -> Vec<String> {
     run_containers(view)
         .iter()
         .filter_map(|c| {
-            c["plan"]["action"]["user_to_create"]
-                .as_str()
-                .map(str::to_string)
+            let user = &c["plan"]["action"]["target"]["user"];
+            (user["kind"] == "dedicated")
+                .then(|| user["name"].as_str().map(str::to_string))
+                .flatten()
         })
         .collect()
 }

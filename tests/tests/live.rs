@@ -178,7 +178,7 @@ async fn runtime_directory_migrates(dir: &str) -> String {
     let (view, _users) = migrated(&fleet, &name, &["--policy", policy]).await;
     assert_eq!(
         run_containers(&view)[0]["target"],
-        serde_json::json!([1000, 1000])
+        serde_json::json!({"uid": 1000, "gid": 1000})
     );
     let (code, out) = docker_exec(
         &name,
@@ -227,8 +227,8 @@ async fn an_empty_volume_the_engine_repopulates_keeps_the_root_the_ownership_ste
     let (view, _users) = migrated(&fleet, &name, &[]).await;
     let target = &run_containers(&view)[0]["target"];
     let (uid, gid) = (
-        target[0].as_u64().unwrap() as u32,
-        target[1].as_u64().unwrap() as u32,
+        target["uid"].as_u64().unwrap() as u32,
+        target["gid"].as_u64().unwrap() as u32,
     );
     let meta = std::fs::metadata(&root).unwrap();
     assert_eq!(

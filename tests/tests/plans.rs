@@ -74,18 +74,38 @@ async fn edited_saved_plans_are_refused_naming_the_container_and_nothing_changes
     let made = fleet.ctl(&["plan", "--policy", policy, "-o", "json"]).await;
     assert_eq!(made.code, 0, "{made:?}");
     let plan = made.json();
-    assert_eq!(entry(&mut plan.clone(), &web)["action"]["uid"], 61500);
+    assert_eq!(
+        entry(&mut plan.clone(), &web)["action"]["target"]["user"]["ids"]["uid"],
+        61500
+    );
     assert_eq!(plan["basis"]["policy"]["text"], POLICY);
 
+    // A target id of 0 does not even read: the target's type has no root.
+    for field in ["uid", "gid"] {
+        let mut p = plan.clone();
+        entry(&mut p, &web)["action"]["target"]["user"]["ids"][field] = 0.into();
+        let path = file(base.path(), "root.json", &p.to_string());
+        let out = fleet
+            .ctl(&["migrate", "--plan", path.as_str(), "--yes"])
+            .await;
+        assert_eq!(out.code, 2, "a target {field} of 0: {out:?}");
+        let error = out.error.clone().unwrap_or_default();
+        assert!(
+            error.contains(&format!("{field} 0 is root"))
+                && error.contains("a migration's target is never root")
+                && error.contains("nothing was changed"),
+            "a target {field} of 0: {error}"
+        );
+    }
     let mut edits: Vec<(&str, Value, String)> = Vec::new();
     for field in ["uid", "gid"] {
         let mut p = plan.clone();
-        entry(&mut p, &web)["action"][field] = 0.into();
+        entry(&mut p, &web)["action"]["target"]["user"]["ids"][field] = 61501.into();
         edits.push((
-            "a target id of 0",
+            "another target id",
             p,
             format!(
-                "saved plan was edited: container {web} on host h1: action.{field} is 0 in the file, but its policy gives 61500 now"
+                "saved plan was edited: container {web} on host h1: action.target.user.ids.{field} is 61501 in the file, but its policy gives 61500 now"
             ),
         ));
     }
@@ -129,7 +149,7 @@ async fn edited_saved_plans_are_refused_naming_the_container_and_nothing_changes
     // The policy in the file rewritten to match an edited target.
     let mut p = plan.clone();
     p["basis"]["policy"]["text"] = POLICY.replace("61500:61500", "61501:61501").into();
-    entry(&mut p, &web)["action"]["uid"] = 61501.into();
+    entry(&mut p, &web)["action"]["target"]["user"]["ids"]["uid"] = 61501.into();
     edits.push((
         "the recorded policy",
         p,
@@ -421,7 +441,10 @@ async fn target_ids_of_host_accounts_are_named_and_the_policy_warns_refuses_or_p
     assert_eq!(collisions(&fixed_action), expected, "{fixed_action}");
     let svc_action = entry(&mut json, &svc)["action"].clone();
     assert_eq!(
-        (svc_action["uid"].as_u64(), svc_action["gid"].as_u64()),
+        (
+            svc_action["target"]["user"]["ids"]["uid"].as_u64(),
+            svc_action["target"]["user"]["ids"]["gid"].as_u64()
+        ),
         (Some(999), Some(999))
     );
     assert_eq!(
@@ -465,13 +488,14 @@ async fn target_ids_of_host_accounts_are_named_and_the_policy_warns_refuses_or_p
     let action = entry(&mut json, &fixed)["action"].clone();
     assert_eq!(action["kind"], "migrate", "{action}");
     assert!(
-        action["user_to_create"]
+        action["target"]["user"]["name"]
             .as_str()
             .unwrap()
             .starts_with("svc-"),
         "{action}"
     );
-    assert_eq!(action["uid"], Value::Null);
+    assert_eq!(action["target"]["user"]["kind"], "dedicated", "{action}");
+    assert_eq!(action["target"]["user"]["uid"], Value::Null);
     let instead = action["instead_of"].as_str().unwrap();
     assert!(
         instead.starts_with(&format!("{uid}:{gid}: {}", expected[0])),

@@ -141,12 +141,12 @@ async fn three_hosts_in_waves_then_a_rollback_of_the_finished_run() {
     assert_eq!(by_name(&s1.mon)["action"]["kind"], "exempt");
     assert_eq!(by_name(&s1.svc)["action"]["kind"], "migrate");
     assert_eq!(
-        by_name(&s1.svc)["action"]["uid"],
+        by_name(&s1.svc)["action"]["target"]["user"]["ids"]["uid"],
         999,
         "the image's own user"
     );
     assert!(
-        by_name(&s1.web)["action"]["user_to_create"].is_string(),
+        by_name(&s1.web)["action"]["target"]["user"]["kind"] == "dedicated",
         "dedicated"
     );
     assert_eq!(

@@ -59,7 +59,7 @@ async fn what_the_workload_wrote_while_migrated_goes_back_to_the_pre_run_ids() {
     assert_eq!(run.code, 0, "{run:?}");
     let id = view["run"]["id"].as_str().unwrap().to_string();
     let first = run_containers(&view)[0]["target"].clone();
-    let target_uid = first[0].as_u64().unwrap() as u32;
+    let target_uid = first["uid"].as_u64().unwrap() as u32;
     assert_ne!(target_uid, 0);
 
     // The migrated service writes for a while.
@@ -122,8 +122,8 @@ async fn what_the_workload_wrote_while_migrated_goes_back_to_the_pre_run_ids() {
     assert_eq!(run.code, 0, "{run:?}");
     let second = run_containers(&view)[0]["target"].clone();
     assert_ne!(
-        second[0], first[0],
+        second["uid"], first["uid"],
         "the removed account's uid was handed to the next service"
     );
-    assert_ne!(second[1], first[1]);
+    assert_ne!(second["gid"], first["gid"]);
 }

@@ -7,14 +7,13 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use fleet_core::run::{EventKind, RunEvent, RunPhase, RunView};
 use fleet_proto::controller::v1 as pb;
-use serde_json::Value;
 
 use crate::args::ListFormat;
 use crate::client::Controller;
-use crate::commands::plan::text;
 use crate::commands::progress::{Progress, Style};
-use crate::commands::runs::{event_line, parse, phase_code, render_summary};
+use crate::commands::run_render::{event_line, parse, phase_code, print_json, render_summary};
 use crate::exit::CliError;
 
 /// The pause after the first failure; it doubles up to `MAX_PAUSE`.
@@ -231,20 +230,18 @@ impl Follower<'_> {
                 streaming: false,
             })?
             .into_inner();
-        let view = parse(&info.run_json)?;
-        let phase = text(&view["run"], "phase");
+        let view: RunView = parse("run", &info.run_json)?;
+        let phase = view.run.phase;
         if self.ended || self.drained {
             self.progress.finish();
             match self.output {
-                ListFormat::Json => {
-                    let _ = writeln!(out, "{view}");
-                }
+                ListFormat::Json => print_json(&view, out),
                 ListFormat::Table => render_summary(&view, out),
             }
-            return Ok(Some(phase_code(&phase)));
+            return Ok(Some(phase_code(phase)));
         }
-        self.progress.plan(&view);
-        let settled = phase != "running";
+        self.progress.plan(&view.containers);
+        let settled = phase != RunPhase::Running;
         self.watch(reconnect, out).await?;
         self.drained = settled;
         if !self.ended && !self.drained {
@@ -274,7 +271,9 @@ impl Follower<'_> {
         // `get` but never streams must not keep the budget from running out.
         reconnect.reached();
         while let Some(event) = stream.message().await.map_err(broken(true))? {
-            let value: Value = serde_json::from_str(&event.event_json).unwrap_or(Value::Null);
+            // An event that does not read ends the follow with the reason:
+            // skipping it could skip the one that says the run ended.
+            let value: RunEvent = parse("event", &event.event_json)?;
             if event.seq == 0 {
                 self.progress.progress(&value, Instant::now());
                 continue;
@@ -282,7 +281,7 @@ impl Follower<'_> {
             if !self.seen.first_time(event.seq) {
                 continue;
             }
-            self.ended = matches!(text(&value, "what").as_str(), "run-finished" | "paused");
+            self.ended = matches!(value.what, EventKind::RunFinished | EventKind::Paused);
             self.progress.event(&value);
             let table = self.output == ListFormat::Table;
             self.progress.above(|| {

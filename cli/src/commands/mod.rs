@@ -6,4 +6,5 @@ pub mod follow;
 pub mod hosts;
 pub mod plan;
 pub mod progress;
+pub mod run_render;
 pub mod runs;

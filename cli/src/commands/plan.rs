@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use fleet_core::migration::{IdCollision, MountPlan, RuntimeDirPlan};
+use fleet_core::migration::MountPlan;
+use fleet_core::plan::{Action, PlanDocument};
+use fleet_core::target::{Target, TargetUser};
 use fleet_proto::controller::v1 as pb;
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::args::{ListFormat, PlanArgs, ScopeArgs};
 use crate::client::Controller;
@@ -48,9 +48,9 @@ pub async fn run(
         .map_err(|s| controller.explain(s))?
         .into_inner()
         .plan_json;
-    let plan: Value = serde_json::from_str(&plan_json).map_err(|e| {
+    let plan: PlanDocument = serde_json::from_str(&plan_json).map_err(|e| {
         CliError::error(format!(
-            "the controller sent a plan fleetctl cannot read: {e}"
+            "the controller sent a plan fleetctl cannot read (is fleetctl older than the controller?): {e}"
         ))
     })?;
     if let Some(path) = &args.out {
@@ -76,15 +76,6 @@ pub async fn run(
     Ok(exit::OK)
 }
 
-/// A string field of a JSON document, or "".
-pub fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
-}
-
-fn num(v: &Value, key: &str) -> u64 {
-    v.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
 /// `12.3 MB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
@@ -101,64 +92,53 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// One line per container: what it becomes (or why not), in order.
-pub fn describe_action(action: &Value) -> (String, String, String) {
-    match action.get("kind").and_then(Value::as_str).unwrap_or("") {
-        "migrate" => {
-            let target = match (
-                action.get("uid").and_then(Value::as_u64),
-                action.get("gid").and_then(Value::as_u64),
-            ) {
-                // `61500:61500` says its ids already.
-                (Some(u), Some(g)) if text(action, "strategy") == format!("{u}:{g}") => {
-                    text(action, "strategy")
-                }
-                (Some(u), Some(g)) => format!("{} ({u}:{g})", text(action, "strategy")),
-                (None, Some(g)) => format!(
-                    "{} (uid from the agent's range, gid {g})",
-                    text(action, "strategy")
-                ),
-                _ => text(action, "strategy"),
-            };
-            let mounts = action
-                .get("mounts")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let changing: u64 = mounts.iter().map(|m| num(m, "changing")).sum();
-            let partial = mounts
-                .iter()
-                .any(|m| m.get("partial").and_then(Value::as_bool) == Some(true));
-            let detail = format!(
-                "{} mount(s), {}{} entries to re-own, backup {}, downtime ~{:.1} s",
-                mounts.len(),
-                if partial { "≥" } else { "" },
-                changing,
-                bytes(num(action, "backup_bytes")),
-                num(action, "expected_downtime_ms") as f64 / 1000.0
-            );
-            ("migrate".into(), target, detail)
-        }
-        "exempt" => ("exempt".into(), "-".into(), text(action, "reason")),
-        "refused" => (
-            "refused".into(),
-            "-".into(),
-            action
-                .get("reasons")
-                .and_then(Value::as_array)
-                .map(|r| {
-                    r.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default(),
-        ),
-        other => (other.to_string(), "-".into(), text(action, "reason")),
+/// What the TARGET column says: the user, and its ids where the name
+/// does not say them.
+fn target_text(target: &Target) -> String {
+    match target.user() {
+        TargetUser::Explicit { ids } => ids.to_string(),
+        TargetUser::ImageUser { ids, .. } => format!("{target} ({ids})"),
+        TargetUser::Dedicated { uid, gid, .. } => match (uid, gid) {
+            (Some(u), Some(g)) => format!("{target} ({u}:{g})"),
+            (None, Some(g)) => format!("{target} (uid from the agent's range, gid {g})"),
+            _ => target.to_string(),
+        },
     }
 }
 
-fn render(plan: &Value, out: &mut dyn Write) {
+/// The words of an action's kind, as the tables show it.
+pub fn action_kind(action: &Action) -> &'static str {
+    match action {
+        Action::Migrate(_) => "migrate",
+        Action::Exempt { .. } => "exempt",
+        Action::Refused { .. } => "refused",
+        Action::Skip { .. } => "skip",
+    }
+}
+
+/// One line per container: what it becomes (or why not), in order.
+pub fn describe_action(action: &Action) -> (String, String, String) {
+    let kind = action_kind(action).to_string();
+    match action {
+        Action::Migrate(m) => {
+            let changing: u64 = m.mounts.iter().map(|mount| mount.changing).sum();
+            let partial = m.mounts.iter().any(|mount| mount.partial);
+            let detail = format!(
+                "{} mount(s), {}{} entries to re-own, backup {}, downtime ~{:.1} s",
+                m.mounts.len(),
+                if partial { "≥" } else { "" },
+                changing,
+                bytes(m.backup_bytes),
+                m.expected_downtime_ms as f64 / 1000.0
+            );
+            (kind, target_text(&m.target), detail)
+        }
+        Action::Exempt { reason } | Action::Skip { reason } => (kind, "-".into(), reason.clone()),
+        Action::Refused { reasons } => (kind, "-".into(), reasons.join("; ")),
+    }
+}
+
+fn render(doc: &PlanDocument, out: &mut dyn Write) {
     let mut table = Table::new(&[
         "HOST",
         "#",
@@ -170,67 +150,47 @@ fn render(plan: &Value, out: &mut dyn Write) {
         "DETAIL",
     ]);
     let (mut migrate, mut exempt, mut refused, mut skipped) = (0, 0, 0, 0);
-    for host in plan
-        .get("hosts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = text(host, "host");
-        if let Some(error) = host.get("error").and_then(Value::as_str) {
+    for host in &doc.plan.hosts {
+        if let Some(error) = &host.error {
             table.row(vec![
-                name.clone(),
+                host.host.clone(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
                 "unplanned".into(),
                 "-".into(),
-                error.into(),
+                error.clone(),
             ]);
             continue;
         }
-        for c in host
-            .get("containers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let action = c.get("action").cloned().unwrap_or(Value::Null);
-            let (kind, target, mut detail) = describe_action(&action);
-            match kind.as_str() {
-                "migrate" => migrate += 1,
-                "exempt" => exempt += 1,
-                "refused" => refused += 1,
-                _ => skipped += 1,
+        for c in &host.containers {
+            let (kind, target, mut detail) = describe_action(&c.action);
+            match &c.action {
+                Action::Migrate(_) => migrate += 1,
+                Action::Exempt { .. } => exempt += 1,
+                Action::Refused { .. } => refused += 1,
+                Action::Skip { .. } => skipped += 1,
             }
-            if let Some(user) = action.get("user_to_create").and_then(Value::as_str) {
+            if let Action::Migrate(m) = &c.action
+                && let Some(user) = m.target.user().to_create()
+            {
                 detail = format!("creates user {user}; {detail}");
             }
-            let group: Vec<String> = c
-                .get("group")
-                .and_then(Value::as_array)
-                .map(|g| {
-                    g.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !group.is_empty() {
-                detail = format!("{detail}; moves with {}", group.join(", "));
+            if !c.group.is_empty() {
+                detail = format!("{detail}; moves with {}", c.group.join(", "));
             }
             table.row(vec![
-                name.clone(),
-                num(c, "order").to_string(),
-                text(c, "name"),
-                text(c, "class"),
-                text(c, "current"),
+                host.host.clone(),
+                c.order.to_string(),
+                c.name.clone(),
+                c.class.clone(),
+                c.current.clone(),
                 kind,
                 target,
                 detail,
             ]);
-            for line in migration_notes(&action) {
+            for line in migration_notes(&c.action) {
                 table.note(line);
             }
         }
@@ -244,37 +204,22 @@ fn render(plan: &Value, out: &mut dyn Write) {
         out,
         "\n{migrate} to migrate, {exempt} exempt, {refused} refused, {skipped} with nothing to do"
     );
-    let policy = &plan["basis"]["policy"];
-    match (text(policy, "path"), text(&plan["basis"], "policy_sha256")) {
-        (_, sha) if sha.is_empty() => {}
-        (path, _) if path.is_empty() => {
+    match &doc.basis {
+        None => {}
+        Some(basis) if basis.policy.path.is_empty() => {
             let _ = writeln!(
                 out,
                 "policy: the default (image user, else a dedicated user)"
             );
         }
-        (path, sha) => {
-            let _ = writeln!(out, "policy: {path} (sha256 {sha})");
+        Some(basis) => {
+            let _ = writeln!(
+                out,
+                "policy: {} (sha256 {})",
+                basis.policy.path, basis.policy_sha256
+            );
         }
     }
-}
-
-/// What the plan says about a migration beyond its decision, read with
-/// the controller's own types; absent fields are empty.
-#[derive(Debug, Default, Deserialize)]
-struct MigrationNotes {
-    #[serde(default)]
-    mounts: Vec<MountPlan>,
-    #[serde(default)]
-    host_id_collisions: Vec<IdCollision>,
-    #[serde(default)]
-    instead_of: Option<String>,
-    #[serde(default)]
-    runtime_dirs: Vec<RuntimeDirPlan>,
-    #[serde(default)]
-    layer_loss_allowed: Vec<String>,
-    #[serde(default)]
-    engine_notes: Vec<String>,
 }
 
 /// Entries a remap leaves alone named under their path line; the rest counted.
@@ -283,11 +228,10 @@ const LEFT_ALONE_SHOWN: usize = 5;
 /// The lines under a migrating container: each path whose ownership
 /// changes (and what stays as it is), each target id someone on the host
 /// has, the account chosen instead, each runtime directory.
-pub fn migration_notes(action: &Value) -> Vec<String> {
-    if action.get("kind").and_then(Value::as_str) != Some("migrate") {
+pub fn migration_notes(action: &Action) -> Vec<String> {
+    let Action::Migrate(notes) = action else {
         return Vec::new();
-    }
-    let notes: MigrationNotes = serde_json::from_value(action.clone()).unwrap_or_default();
+    };
     let mut lines = Vec::new();
     if let Some(instead) = &notes.instead_of {
         lines.push(format!("a dedicated account instead of {instead}"));
@@ -351,27 +295,35 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_path_whose_ownership_changes() {
+        let action = serde_json::json!({
+            "kind": "migrate",
+            "target": {"placement": "in-place", "user": {"kind": "dedicated", "name": "svc-db", "uid": null, "gid": 2001}},
+            "from_ids": [0], "hooks": [], "probe": null, "min_healthy_secs": 0, "deadline_secs": 0, "retention_days": 0,
+            "backup_bytes": 4000, "expected_downtime_ms": 6000,
+            "mounts": [
+                {"source": "/srv/db", "destination": "/var/lib/db", "entries": 40, "changing": 12, "bytes": 4000, "partial": false,
+                 "left_alone": ["dev/null (a device node: never handed to a service)"], "left_alone_count": 1},
+                {"source": "/srv/logs", "destination": "/logs", "entries": 100000, "changing": 100000, "bytes": 0, "partial": true,
+                 "left_alone": [], "left_alone_count": 0}
+            ],
+            "host_id_collisions": [{"kind": "gid", "id": 999, "owner": "systemd-journal"}],
+            "runtime_dirs": [{"path": "/run/db", "now": {"uid": 999, "gid": 999, "mode": 493},
+                              "image": {"uid": 0, "gid": 0, "mode": 493}, "target": null, "why": "owned by uid 999"}],
+            "layer_loss_allowed": ["/etc/app.conf"],
+            "engine_notes": ["podman 4.3.1 (no systemd) runs no healthcheck: fleet-agent runs it while verify waits"]
+        });
         let plan = serde_json::json!({
             "version": 2,
-            "basis": {"policy": {"path": "p.toml", "text": ""}, "policy_sha256": "ab12"},
+            "created_unix_ms": 0,
+            "basis": {"policy": {"path": "p.toml", "text": ""}, "policy_sha256": "ab12", "containers": [], "include_pods": false},
             "hosts": [{"host": "h1", "address": "a", "error": null, "containers": [{
-                "name": "db", "order": 1, "class": "database", "current": "root", "group": [],
-                "action": {
-                    "kind": "migrate", "strategy": "dedicated user svc-db", "uid": null, "gid": 2001,
-                    "user_to_create": "svc-db", "backup_bytes": 4000, "expected_downtime_ms": 6000,
-                    "mounts": [
-                        {"source": "/srv/db", "destination": "/var/lib/db", "entries": 40, "changing": 12, "bytes": 4000, "partial": false,
-                         "left_alone": ["dev/null (a device node: never handed to a service)"], "left_alone_count": 1},
-                        {"source": "/srv/logs", "destination": "/logs", "entries": 100000, "changing": 100000, "bytes": 0, "partial": true}
-                    ],
-                    "host_id_collisions": [{"kind": "gid", "id": 999, "owner": "systemd-journal"}],
-                    "runtime_dirs": [{"path": "/run/db", "now": {"uid": 999, "gid": 999, "mode": 493},
-                                      "image": {"uid": 0, "gid": 0, "mode": 493}, "target": null, "why": "owned by uid 999"}],
-                    "layer_loss_allowed": ["/etc/app.conf"],
-                    "engine_notes": ["podman 4.3.1 (no systemd) runs no healthcheck: fleet-agent runs it while verify waits"]
-                }
+                "name": "db", "id": "c0ffee", "image": "db:1", "fingerprint": "f",
+                "order": 1, "class": "database", "current": "root", "group": [],
+                "action": {"kind": "skip", "reason": "replaced below"}
             }]}]
         });
+        let mut plan: PlanDocument = serde_json::from_value(plan).unwrap();
+        plan.plan.hosts[0].containers[0].action = serde_json::from_value(action).unwrap();
         let mut out = Vec::new();
         render(&plan, &mut out);
         let out = String::from_utf8(out).unwrap();

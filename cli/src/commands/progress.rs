@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use fleet_core::plan::Action;
+use fleet_core::run::{ContainerRun, EventKind, RunEvent};
 
-use crate::commands::plan::{bytes, text};
+use crate::commands::plan::bytes;
 
 /// Redraws of the bars at most this often (agents report up to ~50 times
 /// a second).
@@ -29,27 +30,19 @@ pub struct Planned {
     pub bytes: u64,
 }
 
-/// Per (host, container), from the run's view (the controller's schema).
-pub fn planned(view: &Value) -> HashMap<(String, String), Planned> {
-    let mounts_sum = |action: &Value, key: &str| -> u64 {
-        action["mounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| m[key].as_u64().unwrap_or(0))
-            .sum()
-    };
-    view["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+/// Per (host, container), from the run's containers.
+pub fn planned(containers: &[ContainerRun]) -> HashMap<(String, String), Planned> {
+    containers
+        .iter()
         .map(|c| {
-            let action = &c["plan"]["action"];
-            let key = (text(c, "host"), text(&c["plan"], "name"));
-            let planned = Planned {
-                entries: mounts_sum(action, "entries"),
-                changing: mounts_sum(action, "changing"),
-                bytes: action["backup_bytes"].as_u64().unwrap_or(0),
+            let key = (c.host.clone(), c.plan.name.clone());
+            let planned = match &c.plan.action {
+                Action::Migrate(m) => Planned {
+                    entries: m.mounts.iter().map(|mount| mount.entries).sum(),
+                    changing: m.mounts.iter().map(|mount| mount.changing).sum(),
+                    bytes: m.backup_bytes,
+                },
+                _ => Planned::default(),
             };
             (key, planned)
         })
@@ -65,12 +58,8 @@ pub struct HostState {
     pub counters: Option<Counters>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub entries: u64,
-    pub changed: u64,
-    pub bytes: u64,
-}
+/// A long step's counters, as the agent streams them.
+pub type Counters = fleet_core::step::Progress;
 
 /// ` ▕██████░░░░▏  61%`, or nothing without a total to measure against.
 fn bar(done: u64, total: u64) -> String {
@@ -128,6 +117,11 @@ pub fn host_line(host: &str, state: &HostState, planned: Option<Planned>) -> Str
     }
 }
 
+/// The step an event is about, as the bars name it ("" for none).
+fn step_name(event: &RunEvent) -> String {
+    event.step.map_or("", |kind| kind.as_str()).to_string()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
     /// Bars redrawn in place, each cut to the terminal's width.
@@ -178,47 +172,47 @@ impl<W: Write> Progress<W> {
         }
     }
 
-    /// The totals to measure against, from the run's view.
-    pub fn plan(&mut self, view: &Value) {
+    /// The totals to measure against, from the run's containers.
+    pub fn plan(&mut self, containers: &[ContainerRun]) {
         if self.planned.is_empty() {
-            self.planned = planned(view);
+            self.planned = planned(containers);
         }
     }
 
     /// A durable event: a host starts a step, or is done.
-    pub fn event(&mut self, event: &Value) {
-        let host = text(event, "host");
-        match text(event, "what").as_str() {
-            "step-started" | "undo-started" if !host.is_empty() => {
+    pub fn event(&mut self, event: &RunEvent) {
+        let host = event.host.clone().unwrap_or_default();
+        match event.what {
+            EventKind::StepStarted | EventKind::UndoStarted if !host.is_empty() => {
                 self.hosts.insert(
                     host,
                     HostState {
-                        container: text(event, "container"),
-                        step: text(event, "step"),
+                        container: event.container.clone().unwrap_or_default(),
+                        step: step_name(event),
                         counters: None,
                     },
                 );
             }
-            "host-done" | "host-failed" => {
+            EventKind::HostDone | EventKind::HostFailed => {
                 self.hosts.remove(&host);
             }
-            "run-finished" | "paused" | "halted" => self.hosts.clear(),
+            EventKind::RunFinished | EventKind::Paused | EventKind::Halted => self.hosts.clear(),
             _ => {}
         }
     }
 
     /// A progress event (no sequence number): counters of a long step, or
     /// none (every step reports that it started).
-    pub fn progress(&mut self, event: &Value, now: Instant) {
-        let host = text(event, "host");
+    pub fn progress(&mut self, event: &RunEvent, now: Instant) {
+        let host = event.host.clone().unwrap_or_default();
         let counters = Counters {
-            entries: event["entries"].as_u64().unwrap_or(0),
-            changed: event["changed"].as_u64().unwrap_or(0),
-            bytes: event["bytes"].as_u64().unwrap_or(0),
+            entries: event.entries,
+            changed: event.changed,
+            bytes: event.bytes,
         };
         let state = HostState {
-            container: text(event, "container"),
-            step: text(event, "step"),
+            container: event.container.clone().unwrap_or_default(),
+            step: step_name(event),
             counters: (counters != Counters::default()).then_some(counters),
         };
         match self.style {
@@ -308,13 +302,57 @@ impl<W: Write> Progress<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_core::step::StepKind;
     use serde_json::json;
 
-    fn progress(host: &str, container: &str, step: &str, counts: [u64; 3]) -> Value {
-        json!({
-            "host": host, "container": container, "step": step, "what": "step-progress",
-            "entries": counts[0], "changed": counts[1], "bytes": counts[2]
-        })
+    fn event(what: EventKind, host: &str, container: &str, step: Option<StepKind>) -> RunEvent {
+        RunEvent {
+            seq: 0,
+            unix_ms: 0,
+            host: Some(host.into()),
+            container: (!container.is_empty()).then(|| container.into()),
+            step,
+            what,
+            message: String::new(),
+            entries: 0,
+            changed: 0,
+            bytes: 0,
+        }
+    }
+
+    fn progress(host: &str, container: &str, step: StepKind, counts: [u64; 3]) -> RunEvent {
+        RunEvent {
+            entries: counts[0],
+            changed: counts[1],
+            bytes: counts[2],
+            ..event(EventKind::StepProgress, host, container, Some(step))
+        }
+    }
+
+    /// A run's container as the run view carries it, planned from JSON.
+    fn container(
+        host: &str,
+        name: &str,
+        backup_bytes: u64,
+        mounts: serde_json::Value,
+    ) -> ContainerRun {
+        let plan = json!({
+            "name": name, "id": "c0ffee", "image": "i", "fingerprint": "f", "current": "root",
+            "class": "stateless", "order": 1, "group": [],
+            "action": {
+                "kind": "migrate",
+                "target": {"placement": "in-place", "user": {"kind": "explicit", "ids": {"uid": 1000, "gid": 1000}}},
+                "from_ids": [0], "mounts": mounts, "backup_bytes": backup_bytes, "hooks": [], "probe": null,
+                "min_healthy_secs": 0, "deadline_secs": 0, "retention_days": 0, "expected_downtime_ms": 0
+            }
+        });
+        let plan = serde_json::from_value(plan).unwrap();
+        ContainerRun::new(
+            format!("{host}/{name}"),
+            host.into(),
+            plan,
+            fleet_core::run::ContainerState::Pending,
+        )
     }
 
     fn screen(p: &Progress<Vec<u8>>) -> String {
@@ -370,25 +408,32 @@ mod tests {
 
     #[test]
     fn one_bar_per_host_redrawn_in_place_under_the_event_lines() {
-        let view = json!({"containers": [
-            {"host": "h1", "plan": {"name": "db", "action": {"backup_bytes": 4000, "mounts": [{"entries": 10, "changing": 8}]}}},
-            {"host": "h2", "plan": {"name": "web", "action": {"backup_bytes": 0, "mounts": []}}},
-        ]});
+        let mount = json!([{"source": "/s", "destination": "/d", "entries": 10, "changing": 8,
+                            "bytes": 0, "partial": false, "left_alone": [], "left_alone_count": 0}]);
+        let containers = vec![
+            container("h1", "db", 4000, mount),
+            container("h2", "web", 0, json!([])),
+        ];
         let mut p = Progress::new(Style::Bars { width: 60 }, Vec::new());
-        p.plan(&view);
+        p.plan(&containers);
         let t0 = Instant::now();
-        p.event(&json!({"what": "step-started", "host": "h2", "container": "web", "step": "stop"}));
-        p.progress(&progress("h1", "db", "backup", [5, 0, 2000]), t0);
+        p.event(&event(
+            EventKind::StepStarted,
+            "h2",
+            "web",
+            Some(StepKind::Stop),
+        ));
+        p.progress(&progress("h1", "db", StepKind::Backup, [5, 0, 2000]), t0);
         let first = screen(&p);
         assert_eq!(p.drawn, 2, "{first}");
         assert!(first.contains("[h1] db backup ▕██████████░"), "{first}");
         assert!(first.contains("[h2] web stop\n"), "{first}");
         // Too soon after the last draw: counted, not drawn.
-        p.progress(&progress("h1", "db", "backup", [6, 0, 3000]), t0);
+        p.progress(&progress("h1", "db", StepKind::Backup, [6, 0, 3000]), t0);
         assert_eq!(screen(&p), first);
         // Later: the two bars are erased and drawn again, each within the width.
         p.progress(
-            &progress("h1", "db", "backup", [10, 0, 4000]),
+            &progress("h1", "db", StepKind::Backup, [10, 0, 4000]),
             t0 + REDRAW_EVERY,
         );
         let redrawn = &screen(&p)[first.len()..];
@@ -396,7 +441,7 @@ mod tests {
         assert!(bars.contains("100%"), "{bars}");
         assert!(bars.lines().all(|l| l.chars().count() < 60), "{bars}");
         // An event line goes above the bars; a host that is done loses its bar.
-        p.event(&json!({"what": "host-done", "host": "h2"}));
+        p.event(&event(EventKind::HostDone, "h2", "", None));
         let before = screen(&p).len();
         p.above(|| {});
         let after = &screen(&p)[before..];
@@ -411,11 +456,11 @@ mod tests {
     fn without_a_terminal_each_host_gets_a_plain_line_every_few_seconds() {
         let mut p = Progress::new(Style::Lines, Vec::new());
         let t0 = Instant::now();
-        p.progress(&progress("h1", "db", "stop", [0, 0, 0]), t0);
+        p.progress(&progress("h1", "db", StepKind::Stop, [0, 0, 0]), t0);
         for ms in [1, 100, 2000, LINE_EVERY.as_millis() as u64 + 1] {
             let at = t0 + Duration::from_millis(ms);
-            p.progress(&progress("h1", "db", "ownership", [ms, ms, 0]), at);
-            p.progress(&progress("h2", "web", "backup", [ms, 0, ms]), at);
+            p.progress(&progress("h1", "db", StepKind::Ownership, [ms, ms, 0]), at);
+            p.progress(&progress("h2", "web", StepKind::Backup, [ms, 0, ms]), at);
         }
         let out = screen(&p);
         assert!(!out.contains('\x1b'), "no escapes in a log: {out:?}");

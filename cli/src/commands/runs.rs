@@ -3,36 +3,16 @@
 
 use std::io::{IsTerminal, Write};
 
-use fleet_core::migration::{LeftAlone, downtime_text};
+use fleet_core::run::{RunKind, RunSummary, RunView};
 use fleet_proto::controller::v1 as pb;
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::args::{ListFormat, MigrateArgs, RollbackArgs, RunsCommand};
 use crate::client::Controller;
 use crate::commands::follow::follow;
-use crate::commands::plan::{describe_action, selection, text};
+use crate::commands::plan::selection;
+use crate::commands::run_render::{parse, print_json, render_summary, render_waves};
 use crate::exit::{self, CliError};
 use crate::render::Table;
-
-pub(crate) fn parse(json: &str) -> Result<Value, CliError> {
-    serde_json::from_str(json).map_err(|e| {
-        CliError::error(format!(
-            "the controller sent a document fleetctl cannot read: {e}"
-        ))
-    })
-}
-
-/// The exit code a run's phase deserves.
-pub fn phase_code(phase: &str) -> u8 {
-    match phase {
-        "succeeded" => exit::OK,
-        "completed-with-failures" | "rolled-back" => exit::ROLLED_BACK,
-        "halted" | "aborted" => exit::HALTED,
-        "paused" => exit::PAUSED,
-        _ => exit::ERROR,
-    }
-}
 
 fn confirm(question: &str, yes: bool) -> Result<(), CliError> {
     if yes {
@@ -80,9 +60,7 @@ pub async fn migrate(
     if args.dry_run {
         let view = start(controller, request).await?;
         match args.output {
-            ListFormat::Json => {
-                let _ = writeln!(out, "{view}");
-            }
+            ListFormat::Json => print_json(&view, out),
             ListFormat::Table => {
                 render_waves(&view, out);
                 let _ = writeln!(out, "dry run: nothing was changed");
@@ -92,12 +70,10 @@ pub async fn migrate(
     }
     confirm("start this migration run", args.yes)?;
     let view = start(controller, request).await?;
-    let id = text(&view["run"], "id");
+    let id = view.run.id.clone();
     if args.detach {
         match args.output {
-            ListFormat::Json => {
-                let _ = writeln!(out, "{view}");
-            }
+            ListFormat::Json => print_json(&view, out),
             ListFormat::Table => {
                 let _ = writeln!(
                     out,
@@ -116,180 +92,24 @@ pub async fn migrate(
 async fn start(
     controller: &mut Controller,
     request: pb::StartRunRequest,
-) -> Result<Value, CliError> {
+) -> Result<RunView, CliError> {
     let info = controller
         .client
         .start_run(request)
         .await
         .map_err(|s| controller.explain(s))?
         .into_inner();
-    parse(&info.run_json)
+    parse("run", &info.run_json)
 }
 
-fn render_waves(view: &Value, out: &mut dyn Write) {
-    let run = &view["run"];
-    let id = text(run, "id");
-    let _ = writeln!(out, "run {id}");
-    for (i, wave) in run["waves"].as_array().into_iter().flatten().enumerate() {
-        let hosts: Vec<&str> = wave
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let canary = if i == 0 && run["options"]["canary"].as_u64().unwrap_or(0) > 0 {
-            " (canary)"
-        } else {
-            ""
-        };
-        let _ = writeln!(out, "  wave {}{canary}: {}", i + 1, hosts.join(", "));
-    }
-    let mut table = Table::new(&["HOST", "#", "CONTAINER", "ACTION", "TARGET", "DETAIL"]);
-    for c in view["containers"].as_array().into_iter().flatten() {
-        let (kind, target, detail) = describe_action(&c["plan"]["action"]);
-        table.row(vec![
-            text(c, "host"),
-            c["plan"]["order"].as_u64().unwrap_or(0).to_string(),
-            text(&c["plan"], "name"),
-            kind,
-            target,
-            detail,
-        ]);
-    }
-    if !table.is_empty() {
-        let _ = table.write_text(out);
-    }
-}
-
-/// One line for an event, as `watch` prints it.
-pub(crate) fn event_line(event: &Value) -> String {
-    let secs = event["unix_ms"].as_u64().unwrap_or(0) / 1000;
-    let clock = format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    );
-    let mut place = String::new();
-    if let Some(host) = event["host"].as_str() {
-        place.push_str(&format!("[{host}] "));
-    }
-    if let Some(container) = event["container"].as_str() {
-        place.push_str(container);
-        place.push(' ');
-    }
-    if let Some(step) = event["step"].as_str() {
-        place.push_str(&format!("{step}: "));
-    }
-    format!(
-        "{clock} {place}{} {}",
-        text(event, "what"),
-        text(event, "message")
-    )
-}
-
-async fn get(controller: &mut Controller, id: &str) -> Result<Value, CliError> {
+async fn get(controller: &mut Controller, id: &str) -> Result<RunView, CliError> {
     let info = controller
         .client
         .get_run(pb::RunRef { run_id: id.into() })
         .await
         .map_err(|s| controller.explain(s))?
         .into_inner();
-    parse(&info.run_json)
-}
-
-pub(crate) fn render_summary(view: &Value, out: &mut dyn Write) {
-    let run = &view["run"];
-    let mut table = Table::new(&["HOST", "CONTAINER", "STATE", "RUNS AS", "DOWNTIME", "NOTE"]);
-    for c in view["containers"].as_array().into_iter().flatten() {
-        let target = c["target"]
-            .as_array()
-            .filter(|_| c["state"] == "migrated")
-            .map(|t| format!("{}:{}", t[0], t[1]))
-            .unwrap_or_else(|| "-".into());
-        let notes: ContainerNotes = serde_json::from_value(c.clone()).unwrap_or_default();
-        let downtime = downtime_text(notes.downtime_ms, notes.downtime_from_stop_ms)
-            .unwrap_or_else(|| "-".into());
-        let state = text(c, "state");
-        let mut note = if state == "not-migrated" {
-            describe_action(&c["plan"]["action"]).2
-        } else {
-            c["error"].as_str().unwrap_or("").to_string()
-        };
-        if !notes.left_alone.is_empty() {
-            let left = format!("left alone: {}", notes.left_alone.summary());
-            note = if note.is_empty() {
-                left
-            } else {
-                format!("{note}; {left}")
-            };
-        }
-        table.row(vec![
-            text(c, "host"),
-            text(&c["plan"], "name"),
-            state,
-            target,
-            downtime,
-            note,
-        ]);
-    }
-    let _ = writeln!(out);
-    if !table.is_empty() {
-        let _ = table.write_text(out);
-    }
-    let elapsed = match (
-        run["created_unix_ms"].as_u64(),
-        run["finished_unix_ms"].as_u64(),
-    ) {
-        (Some(a), Some(b)) => format!(" in {:.1} s", b.saturating_sub(a) as f64 / 1000.0),
-        _ => String::new(),
-    };
-    let stuck: Vec<String> = view["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["state"] == "needs-reconcile")
-        .map(|c| format!("{} on {}", text(&c["plan"], "name"), text(c, "host")))
-        .collect();
-    let _ = writeln!(
-        out,
-        "\nrun {} {}{elapsed}: {} of {} host(s) failed, failure budget {}{}",
-        text(run, "id"),
-        text(run, "phase"),
-        run["failed_hosts"].as_u64().unwrap_or(0),
-        run["hosts"].as_array().map_or(0, Vec::len),
-        run["budget"].as_u64().unwrap_or(0),
-        run["note"]
-            .as_str()
-            .map_or(String::new(), |n| format!("\n{n}")),
-    );
-    let terminal = !matches!(text(run, "phase").as_str(), "running" | "paused");
-    if terminal && !stuck.is_empty() {
-        // The run has ended; putting these back has not: say how to see it.
-        let id = text(run, "id");
-        let how = match run["finished_seq"].as_u64() {
-            Some(seq) => format!("follow it with `fleetctl runs watch {id} --after {seq}`"),
-            None => format!("`fleetctl runs show {id}` says when they are"),
-        };
-        let _ = writeln!(
-            out,
-            "{} container(s) still to be put back ({}): the controller keeps trying; {how}",
-            stuck.len(),
-            stuck.join(", ")
-        );
-    }
-}
-
-/// What the run records about a container beyond its state, read with
-/// the controller's own types.
-#[derive(Debug, Default, Deserialize)]
-struct ContainerNotes {
-    #[serde(default)]
-    downtime_ms: Option<u64>,
-    #[serde(default)]
-    downtime_from_stop_ms: Option<u64>,
-    #[serde(default)]
-    left_alone: LeftAlone,
+    parse("run", &info.run_json)
 }
 
 pub async fn runs(
@@ -306,31 +126,28 @@ pub async fn runs(
                 .map_err(|s| controller.explain(s))?
                 .into_inner()
                 .runs_json;
-            let runs: Vec<Value> = runs.iter().map(|r| parse(r)).collect::<Result<_, _>>()?;
+            let runs: Vec<RunSummary> = runs
+                .iter()
+                .map(|r| parse("run summary", r))
+                .collect::<Result<_, _>>()?;
             match output {
-                ListFormat::Json => {
-                    let _ = writeln!(out, "{}", Value::Array(runs));
-                }
+                ListFormat::Json => print_json(&runs, out),
                 ListFormat::Table => {
                     let mut table =
                         Table::new(&["RUN", "KIND", "PHASE", "BY", "HOSTS", "FAILED", "PRUNED"]);
                     for r in &runs {
-                        let kind = match r["kind"]["kind"].as_str() {
-                            Some("rollback") => format!("rollback of {}", text(&r["kind"], "of")),
-                            other => other.unwrap_or("").to_string(),
+                        let kind = match &r.kind {
+                            RunKind::Rollback { of } => format!("rollback of {of}"),
+                            RunKind::Migrate => "migrate".to_string(),
                         };
                         table.row(vec![
-                            text(r, "id"),
+                            r.id.clone(),
                             kind,
-                            text(r, "phase"),
-                            text(r, "created_by"),
-                            r["hosts"].to_string(),
-                            r["failed_hosts"].to_string(),
-                            if r["pruned"].as_bool() == Some(true) {
-                                "yes".into()
-                            } else {
-                                "no".into()
-                            },
+                            r.phase.name(),
+                            r.created_by.clone(),
+                            r.hosts.to_string(),
+                            r.failed_hosts.to_string(),
+                            if r.pruned { "yes".into() } else { "no".into() },
                         ]);
                     }
                     if table.is_empty() {
@@ -345,9 +162,7 @@ pub async fn runs(
         RunsCommand::Show { run, output } => {
             let view = get(controller, &run).await?;
             match output {
-                ListFormat::Json => {
-                    let _ = writeln!(out, "{view}");
-                }
+                ListFormat::Json => print_json(&view, out),
                 ListFormat::Table => {
                     render_waves(&view, out);
                     render_summary(&view, out);
@@ -408,8 +223,8 @@ pub async fn rollback(
         .await
         .map_err(|s| controller.explain(s))?
         .into_inner();
-    let view = parse(&info.run_json)?;
-    let id = text(&view["run"], "id");
+    let view: RunView = parse("run", &info.run_json)?;
+    let id = view.run.id;
     if args.detach {
         let _ = writeln!(
             out,
@@ -459,16 +274,18 @@ pub async fn log(
         .entries;
     match output {
         ListFormat::Json => {
-            let entries: Vec<Value> = entries
+            let entries: Vec<LogEntry<'_>> = entries
                 .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "unix_ms": e.unix_ms, "who": e.who, "role": e.role,
-                        "action": e.action, "target": e.target, "result": e.result,
-                    })
+                .map(|e| LogEntry {
+                    unix_ms: e.unix_ms,
+                    who: &e.who,
+                    role: &e.role,
+                    action: &e.action,
+                    target: &e.target,
+                    result: &e.result,
                 })
                 .collect();
-            let _ = writeln!(out, "{}", Value::Array(entries));
+            print_json(&entries, out);
         }
         ListFormat::Table => {
             let mut table =
@@ -497,45 +314,13 @@ pub async fn log(
     Ok(exit::OK)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_summary_shows_both_downtimes_what_was_left_alone_and_how_to_follow_what_is_stuck() {
-        let view = serde_json::json!({
-            "run": {"id": "r1", "phase": "halted", "created_unix_ms": 1000, "finished_unix_ms": 3000,
-                    "failed_hosts": 1, "hosts": [{}, {}], "budget": 0, "finished_seq": 42,
-                    "note": "1 container(s) could not be put back yet (db on h2): the controller keeps trying"},
-            "containers": [
-                {"host": "h1", "state": "migrated", "target": [999, 999], "error": null,
-                 "downtime_ms": 5300, "downtime_from_stop_ms": 14800,
-                 "left_alone": {"hard_links": ["/srv/a/x (not all of its names are in the tree)"]},
-                 "plan": {"name": "web", "action": {"kind": "migrate"}}},
-                {"host": "h2", "state": "needs-reconcile", "target": null, "error": "undo of the stop step failed",
-                 "plan": {"name": "db", "action": {"kind": "migrate"}}}
-            ]
-        });
-        let mut out = Vec::new();
-        render_summary(&view, &mut out);
-        let out = String::from_utf8(out).unwrap();
-        let web = out.lines().find(|l| l.starts_with("h1")).unwrap();
-        assert!(
-            web.contains("5.3 s (14.8 s from the stop request)")
-                && web.contains("left alone: 1 hard link(s) with names outside the tree (/srv/a/x"),
-            "{out}"
-        );
-        assert_eq!(
-            out.lines().last().unwrap(),
-            "1 container(s) still to be put back (db on h2): the controller keeps trying; follow it with `fleetctl runs watch r1 --after 42`"
-        );
-    }
-
-    #[test]
-    fn each_phase_has_its_exit_code() {
-        assert_eq!(phase_code("succeeded"), exit::OK);
-        assert_eq!(phase_code("halted"), exit::HALTED);
-        assert_eq!(phase_code("completed-with-failures"), exit::ROLLED_BACK);
-        assert_eq!(phase_code("paused"), exit::PAUSED);
-    }
+/// One audit-log entry as `fleetctl log -o json` prints it.
+#[derive(serde::Serialize)]
+struct LogEntry<'a> {
+    unix_ms: u64,
+    who: &'a str,
+    role: &'a str,
+    action: &'a str,
+    target: &'a str,
+    result: &'a str,
 }

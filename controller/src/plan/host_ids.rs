@@ -151,7 +151,10 @@ mod plan_tests {
         let Action::Migrate(m) = plan("") else {
             panic!("warn still migrates")
         };
-        assert_eq!((m.uid, m.gid), (Some(999), Some(999)));
+        assert_eq!(
+            m.target.user().known_ids(),
+            Some(fleet_core::target::Ids::new(999, 999).unwrap())
+        );
         assert_eq!(
             m.host_id_collisions
                 .iter()
@@ -176,10 +179,10 @@ mod plan_tests {
         ) else {
             panic!("dedicated migrates")
         };
-        assert_eq!(m.strategy, "dedicated user svc-cache");
+        assert_eq!(m.target.to_string(), "dedicated user svc-cache");
         assert_eq!(
-            (m.uid, m.gid, m.user_to_create.as_deref()),
-            (None, None, Some("svc-cache"))
+            (m.target.user().known_ids(), m.target.user().to_create()),
+            (None, Some("svc-cache"))
         );
         assert!(m.host_id_collisions.is_empty());
         assert_eq!(

@@ -7,20 +7,21 @@
 
 use fleet_core::audit::{ContainerReport, FileOwner};
 use fleet_core::migration::RuntimeDirPlan;
+use fleet_core::target::Ids;
 
 /// The container's runtime directories, each with what the recreate gives
 /// it: the target ids (None while they are a new user's, unknown until
 /// made), its mode as it is now.
-pub fn planned(c: &ContainerReport, target: Option<(u32, u32)>) -> Vec<RuntimeDirPlan> {
+pub fn planned(c: &ContainerReport, target: Option<Ids>) -> Vec<RuntimeDirPlan> {
     c.runtime_dirs
         .iter()
         .map(|dir| RuntimeDirPlan {
             path: dir.path.clone(),
             now: dir.now,
             image: dir.image,
-            target: target.map(|(uid, gid)| FileOwner {
-                uid,
-                gid,
+            target: target.map(|ids| FileOwner {
+                uid: ids.uid(),
+                gid: ids.gid(),
                 mode: dir.now.mode,
             }),
             why: dir.why.clone(),

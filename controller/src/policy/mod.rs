@@ -36,13 +36,7 @@ pub enum Strategy {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Probe {
-    Tcp { address: String },
-    Http { url: String },
-    Exec { argv: Vec<String> },
-}
+pub use fleet_core::step::Probe;
 
 /// What a plan does when a target uid or gid already belongs to an account
 /// or group of the host (without a user namespace, the same id is the same
@@ -98,15 +92,7 @@ pub struct Decision {
     pub allow_layer_loss: bool,
 }
 
-/// The text a policy was read from. A saved plan carries it, so applying
-/// the plan can make it again from the very same rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicySource {
-    /// The operator's file, for error messages only.
-    pub path: String,
-    /// Empty: the default policy.
-    pub text: String,
-}
+pub use fleet_core::plan::PolicySource;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {

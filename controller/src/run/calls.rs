@@ -14,8 +14,8 @@ use tonic::Streaming;
 use crate::agents::AgentPool;
 use crate::inventory::Host;
 use crate::plan::Migration;
-use crate::policy::Probe;
-use crate::run::model::StepKind;
+use fleet_core::step::{Probe, Progress, StepKind};
+use fleet_core::target::{Ids, TargetUser};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
@@ -43,14 +43,15 @@ impl std::fmt::Display for CallError {
 pub struct StepReply {
     pub outcome: Value,
     pub replayed: bool,
+    /// The ids the user step gave the account it made (or found).
+    pub made: Option<Ids>,
 }
 
-/// Progress counters from a long step.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Progress {
-    pub entries: u64,
-    pub changed: u64,
-    pub bytes: u64,
+/// The part of the user step's outcome the run decides from.
+#[derive(serde::Deserialize)]
+struct UserMade {
+    uid: u32,
+    gid: u32,
 }
 
 /// The request for one migration step; `target` is the container's new
@@ -63,7 +64,7 @@ pub struct StepCall<'a> {
     pub container_id: &'a str,
     pub container_name: &'a str,
     pub migration: &'a Migration,
-    pub target: Option<(u32, u32)>,
+    pub target: Option<Ids>,
     /// The members of the container's unit, by name (itself included).
     pub together: &'a [String],
 }
@@ -97,9 +98,14 @@ fn probe_pb(probe: &Probe) -> pb::Probe {
     }
 }
 
-/// Reads a step's stream to its one result.
+/// Reads a step's stream to its one result. An outcome that does not read
+/// is lost, as an unreachable agent's would be: the run retries (the step
+/// key makes the replay safe) and then waits, rather than deciding from a
+/// default.
 async fn drain(
     host: &Host,
+    run: &str,
+    step: &str,
     stream: Result<tonic::Response<Streaming<pb::StepEvent>>, tonic::Status>,
     on_progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<StepReply, CallError> {
@@ -116,10 +122,11 @@ async fn drain(
             Ok(Some(pb::StepEvent {
                 event: Some(pb::step_event::Event::Result(r)),
             })) => {
-                let outcome = serde_json::from_str(&r.outcome_json).unwrap_or(Value::Null);
+                let outcome = read_outcome(host, run, step, &r.outcome_json)?;
                 return Ok(StepReply {
                     outcome,
                     replayed: r.replayed,
+                    made: None,
                 });
             }
             Ok(Some(_)) => {}
@@ -150,17 +157,14 @@ pub async fn step(
         .client(host)
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
     let m = call.migration;
-    let (uid, gid) = call.target.unwrap_or((0, 0));
     let need_target = || {
-        if call.target.is_none() {
-            Err(CallError::Failed(format!(
+        call.target.ok_or_else(|| {
+            CallError::Failed(format!(
                 "no target identity for {} before its {} step",
                 call.container_name,
                 call.kind.as_str()
-            )))
-        } else {
-            Ok(())
-        }
+            ))
+        })
     };
     let stream = match call.kind {
         StepKind::Backup => {
@@ -181,12 +185,18 @@ pub async fn step(
                 .await
         }
         StepKind::User => {
+            let TargetUser::Dedicated { name, uid, gid } = m.target.user() else {
+                return Err(CallError::Failed(format!(
+                    "{} has no account to make: its target is {}",
+                    call.container_name, m.target
+                )));
+            };
             client
                 .ensure_user(pb::EnsureUserRequest {
                     key: key(call.run, call.step),
-                    name: m.user_to_create.clone().unwrap_or_default(),
-                    uid: m.uid,
-                    gid: m.gid,
+                    name: name.clone(),
+                    uid: uid.map(|id| id.get()),
+                    gid: gid.map(|id| id.get()),
                     rootless: false,
                 })
                 .await
@@ -200,9 +210,9 @@ pub async fn step(
                 .await
         }
         StepKind::Ownership => {
-            need_target()?;
-            let uids = m.from_ids.iter().map(|&from| (from, uid)).collect();
-            let gids = m.from_ids.iter().map(|&from| (from, gid)).collect();
+            let ids = need_target()?;
+            let uids = m.from_ids.iter().map(|&from| (from, ids.uid())).collect();
+            let gids = m.from_ids.iter().map(|&from| (from, ids.gid())).collect();
             client
                 .change_ownership(pb::ChangeOwnershipRequest {
                     key: key(call.run, call.step),
@@ -215,13 +225,13 @@ pub async fn step(
                 .await
         }
         StepKind::Recreate => {
-            need_target()?;
+            let ids = need_target()?;
             client
                 .recreate(pb::RecreateRequest {
                     key: key(call.run, call.step),
                     container: call.container_id.into(),
-                    uid,
-                    gid,
+                    uid: ids.uid(),
+                    gid: ids.gid(),
                     allow_layer_loss: !m.layer_loss_allowed.is_empty(),
                     together: call.together.to_vec(),
                 })
@@ -239,8 +249,46 @@ pub async fn step(
                 })
                 .await
         }
+        StepKind::Restore => {
+            return Err(CallError::Failed(format!(
+                "a restore is not a step of {}'s migration",
+                call.container_name
+            )));
+        }
     };
-    drain(host, stream, on_progress).await
+    let mut reply = drain(host, call.run, call.step, stream, on_progress).await?;
+    if call.kind == StepKind::User {
+        reply.made = Some(made_ids(host, call, &reply.outcome)?);
+    }
+    Ok(reply)
+}
+
+/// The account's ids from the user step's outcome: without them the
+/// ownership and recreate steps have no target, so an outcome that lacks
+/// them is lost (retried, then waited on), never read as "no ids".
+fn made_ids(host: &Host, call: &StepCall<'_>, outcome: &Value) -> Result<Ids, CallError> {
+    let unreadable = |why: String| {
+        CallError::Lost(format!(
+            "agent {} answered step {} of run {} ({} of {}) with an outcome that does not give the account's ids: {why}",
+            host.name,
+            call.step,
+            call.run,
+            call.kind.as_str(),
+            call.container_name
+        ))
+    };
+    let made: UserMade =
+        serde_json::from_value(outcome.clone()).map_err(|e| unreadable(e.to_string()))?;
+    Ids::new(made.uid, made.gid).map_err(|e| unreadable(e.to_string()))
+}
+
+fn read_outcome(host: &Host, run: &str, step: &str, json: &str) -> Result<Value, CallError> {
+    serde_json::from_str(json).map_err(|e| {
+        CallError::Lost(format!(
+            "agent {} answered step {step} of run {run} with an outcome that does not read: {e}",
+            host.name
+        ))
+    })
 }
 
 /// Undoes one step on the agent.
@@ -258,7 +306,7 @@ pub async fn undo(
             key: key(run, step),
         })
         .await;
-    drain(host, stream, &|_| {}).await
+    drain(host, run, step, stream, &|_| {}).await
 }
 
 /// The step ids the agent's journal holds for `run` (empty if it has none):
@@ -310,7 +358,7 @@ pub async fn prune(pool: &AgentPool, host: &Host, run: &str) -> Result<Value, Ca
         .client(host)
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
     match client.prune(pb::PruneRequest { run_id: run.into() }).await {
-        Ok(r) => Ok(serde_json::from_str(&r.into_inner().outcome_json).unwrap_or(Value::Null)),
+        Ok(r) => read_outcome(host, run, "prune", &r.into_inner().outcome_json),
         Err(status) => Err(classify(host, &status)),
     }
 }

@@ -226,7 +226,7 @@ fn check_groups(saved: &HostPlan, now: &HostPlan) -> Result<(), ControllerError>
 
 fn verdict(action: &Action) -> String {
     match action {
-        Action::Migrate(m) => format!("migrate ({})", m.strategy),
+        Action::Migrate(m) => format!("migrate ({})", m.target),
         Action::Exempt { reason } => format!("exempt ({reason})"),
         Action::Refused { reasons } => format!("refused ({})", reasons.join("; ")),
         Action::Skip { reason } => format!("skip ({reason})"),
@@ -347,13 +347,18 @@ fn edited(what: String) -> ControllerError {
 mod tests {
     use super::*;
     use crate::plan::{Migration, MountPlan};
+    use fleet_core::target::{Target, TargetUser};
+    use std::num::NonZeroU32;
 
     fn migration(uid: u32) -> Action {
         Action::Migrate(Migration {
-            strategy: "dedicated user svc-web".into(),
-            uid: Some(uid),
-            gid: Some(uid),
-            user_to_create: Some("svc-web".into()),
+            target: Target::InPlace {
+                user: TargetUser::Dedicated {
+                    name: "svc-web".into(),
+                    uid: NonZeroU32::new(uid),
+                    gid: NonZeroU32::new(uid),
+                },
+            },
             from_ids: vec![0],
             mounts: vec![MountPlan {
                 destination: "/data".into(),
@@ -454,17 +459,22 @@ mod tests {
         for (field, value, needle) in [
             (
                 "uid",
-                0,
-                "action.uid is 0 in the file, but its policy gives 61000 now",
+                1,
+                "action.target.user.uid is 1 in the file, but its policy gives 61000 now",
             ),
             (
                 "gid",
-                0,
-                "action.gid is 0 in the file, but its policy gives 61000 now",
+                1,
+                "action.target.user.gid is 1 in the file, but its policy gives 61000 now",
             ),
         ] {
             let mut saved = serde_json::to_value(plan(now.clone())).unwrap();
-            saved["hosts"][0]["containers"][0]["action"][field] = value.into();
+            let user = &mut saved["hosts"][0]["containers"][0]["action"]["target"]["user"];
+            // An edit to root does not even read: the target's type has no
+            // root in it.
+            user[field] = 0.into();
+            assert!(serde_json::from_value::<Plan>(saved.clone()).is_err());
+            saved["hosts"][0]["containers"][0]["action"]["target"]["user"][field] = value.into();
             let saved: Plan = serde_json::from_value(saved).unwrap();
             let e = refusal(&saved, &now);
             assert!(

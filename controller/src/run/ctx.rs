@@ -14,7 +14,7 @@ pub use fleet_core::now_ms;
 use crate::agents::AgentPool;
 use crate::error::ControllerError;
 use crate::inventory::{Host, HostSource};
-use crate::run::model::{ContainerRun, EventKind, Run, RunEvent, StepKind};
+use crate::run::model::{ContainerRun, EventKind, Overhead, Run, RunEvent, StepKind};
 use crate::store::Store;
 
 /// An event before it gets its sequence number.
@@ -59,15 +59,6 @@ impl Draft {
             message: message.into(),
         }
     }
-}
-
-/// Controller-side cost of the run's steps (journal writes and
-/// bookkeeping, not the agent's work): what the overhead benchmark reads.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Overhead {
-    pub steps: u64,
-    pub total_us: u64,
-    pub max_us: u64,
 }
 
 pub struct RunCtx {
@@ -255,7 +246,7 @@ impl RunCtx {
             r.hosts
                 .iter()
                 .find(|h| h.name == name)
-                .map(|h| h.host())
+                .map(crate::run::model::host_of)
                 .unwrap_or_else(|| Host {
                     name: name.to_string(),
                     address: String::new(),

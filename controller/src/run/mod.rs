@@ -655,7 +655,7 @@ impl Runs {
                 .any(|c| c.host == h.name && !c.steps.is_empty())
         });
         for host_run in touched {
-            let (name, host) = (&host_run.name, host_run.host());
+            let (name, host) = (&host_run.name, crate::run::model::host_of(host_run));
             calls::prune(&self.pool, &host, id).await.map_err(|e| {
                 ControllerError::FailedPrecondition(format!(
                     "prune stopped at host {name}: {e}; nothing is marked pruned, run it again when the agent answers"

@@ -111,8 +111,10 @@ pub fn left_alone_line(left: &LeftAlone) -> Option<String> {
 /// What a migrated container's event and audit-log line say: who it runs
 /// as, its downtime by both definitions, what was left alone.
 pub fn migrated_line(c: &ContainerRun) -> String {
-    let (uid, gid) = c.target.unwrap_or_default();
-    let mut line = format!("runs as {uid}:{gid}");
+    let mut line = match c.target {
+        Some(ids) => format!("runs as {ids}"),
+        None => "migrated (its target ids were not recorded)".to_string(),
+    };
     if let Some(downtime) = downtime_text(c.downtime_ms, c.downtime_from_stop_ms) {
         line.push_str(&format!(", downtime {downtime}"));
     }

@@ -4,12 +4,11 @@
 //! makes the plan again from that and today's audit; the run is built from
 //! the plan made again, and only if it says what the file says.
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::error::ControllerError;
 use crate::plan::{Plan, Selection};
-use crate::policy::{Policy, PolicySource};
+use crate::policy::Policy;
 use crate::run::Runs;
 use crate::run::compare::compare;
 use crate::run::start::{PlanScope, plan_hosts};
@@ -17,42 +16,20 @@ use crate::run::start::{PlanScope, plan_hosts};
 /// Plans made before the controller recorded their basis say 1.
 pub const VERSION: u32 = 2;
 
-/// A plan as `fleetctl plan` shows and saves it: the plan, and what it was
-/// made from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanDocument {
-    #[serde(flatten)]
-    pub plan: Plan,
-    /// Absent from plans an older controller made.
-    #[serde(default)]
-    pub basis: Option<PlanBasis>,
-}
-
-/// Everything besides the audit that the plan was made from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanBasis {
-    pub policy: PolicySource,
-    /// Of the policy's text: to compare with the operator's file
-    /// (`sha256sum policy.toml`), and to catch an edited copy in the plan.
-    pub policy_sha256: String,
-    /// `--container` globs; every container if empty.
-    pub containers: Vec<String>,
-    pub include_pods: bool,
-}
+pub use fleet_core::plan::{PlanBasis, PlanDocument};
 
 pub fn sha256(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
-impl PlanBasis {
-    pub fn of(scope: &PlanScope) -> Self {
-        let policy = scope.policy.source().clone();
-        PlanBasis {
-            policy_sha256: sha256(&policy.text),
-            policy,
-            containers: scope.selection.containers.clone(),
-            include_pods: scope.selection.include_pods,
-        }
+/// What a plan made for `scope` was made from.
+pub fn basis_of(scope: &PlanScope) -> PlanBasis {
+    let policy = scope.policy.source().clone();
+    PlanBasis {
+        policy_sha256: sha256(&policy.text),
+        policy,
+        containers: scope.selection.containers.clone(),
+        include_pods: scope.selection.include_pods,
     }
 }
 
@@ -139,7 +116,7 @@ mod tests {
     #[test]
     fn with_a_plan_only_its_own_policy_may_be_named() {
         let text = "[[rule]]\nname = \"x\"\nexempt = \"why\"\n";
-        let basis = PlanBasis::of(&scope(text));
+        let basis = basis_of(&scope(text));
         assert_eq!(basis.policy_sha256, sha256(text));
         check_scope(&PlanScope::default(), &basis).unwrap();
         check_scope(&scope(text), &basis).unwrap();
@@ -154,7 +131,7 @@ mod tests {
 
     #[test]
     fn narrowing_a_saved_plan_is_a_usage_error() {
-        let basis = PlanBasis::of(&PlanScope::default());
+        let basis = basis_of(&PlanScope::default());
         let mut s = PlanScope::default();
         s.selection.containers = vec!["web*".into()];
         s.hosts = vec!["h1".into()];
@@ -176,7 +153,7 @@ mod tests {
                 created_unix_ms: 1,
                 hosts: Vec::new(),
             },
-            basis: Some(PlanBasis::of(&scope("[defaults]\n"))),
+            basis: Some(basis_of(&scope("[defaults]\n"))),
         };
         let json = serde_json::to_string(&doc).unwrap();
         assert_eq!(serde_json::from_str::<PlanDocument>(&json).unwrap(), doc);

@@ -18,7 +18,7 @@ use crate::run::model::{
     ContainerRun, ContainerState, HostRun, HostState, OnFailure, Run, RunKind, RunOptions,
     RunPhase, RunView,
 };
-use crate::run::saved::{self, PlanBasis, PlanDocument};
+use crate::run::saved::{self, PlanDocument};
 use crate::run::waves;
 
 /// What a plan is made for.
@@ -85,7 +85,7 @@ pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<PlanDocument, C
             created_unix_ms: now_ms(),
             hosts: plans,
         },
-        basis: Some(PlanBasis::of(scope)),
+        basis: Some(saved::basis_of(scope)),
     })
 }
 

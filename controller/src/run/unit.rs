@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fleet_core::fault;
+use fleet_core::step::Progress;
 
 use crate::error::ControllerError;
 use crate::plan::{Action, Migration};
@@ -80,7 +81,7 @@ fn step_id(container_id: &str, kind: StepKind) -> String {
 
 fn kinds(migration: &Migration) -> Vec<StepKind> {
     let mut steps = vec![StepKind::Backup];
-    if migration.user_to_create.is_some() {
+    if migration.target.user().to_create().is_some() {
         steps.push(StepKind::User);
     }
     steps.push(StepKind::Stop);
@@ -260,11 +261,11 @@ async fn run_step(
         container_id: &c.plan.id,
         container_name: &c.plan.name,
         migration: step.migration,
-        target: c.target.or(step.migration.uid.zip(step.migration.gid)),
+        target: c.target.or(step.migration.target.user().known_ids()),
         together: step.together,
     };
     let progress_draft = Draft::container(&c, Some(kind), EventKind::StepProgress, "");
-    let on_progress = |p: calls::Progress| {
+    let on_progress = |p: Progress| {
         if kind == StepKind::Ownership {
             fault::count("controller:ownership-entries", p.entries);
         }
@@ -281,12 +282,7 @@ async fn run_step(
     let after_call = Instant::now();
     match result {
         Ok(reply) => {
-            let made = (kind == StepKind::User)
-                .then(|| {
-                    let id = |field: &str| reply.outcome.get(field).and_then(|v| v.as_u64());
-                    Some((id("uid")? as u32, id("gid")? as u32))
-                })
-                .flatten();
+            let made = reply.made;
             let downtime = (kind == StepKind::Verify).then(|| outcomes::downtime(&reply.outcome));
             let left_alone =
                 (kind == StepKind::Ownership).then(|| outcomes::left_alone(&reply.outcome));
@@ -530,13 +526,21 @@ fn mark_undone(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_core::target::{Target, TargetUser};
 
     fn migration(user: bool, mounts: bool) -> Migration {
+        let ids = fleet_core::target::Ids::new(1000, 1000).unwrap();
+        let user = if user {
+            TargetUser::Dedicated {
+                name: "svc".into(),
+                uid: None,
+                gid: None,
+            }
+        } else {
+            TargetUser::Explicit { ids }
+        };
         Migration {
-            strategy: String::new(),
-            uid: None,
-            gid: None,
-            user_to_create: user.then(|| "svc".into()),
+            target: Target::InPlace { user },
             from_ids: vec![0],
             mounts: if mounts {
                 vec![crate::plan::MountPlan {
