@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleet_core::run::OnFailure;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -246,24 +247,16 @@ pub struct PlanArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OnFailureArg {
-    /// Roll back the failed host's migrated containers and go on.
-    RollbackHost,
-    /// Start no new work; what is migrated stays migrated.
-    Halt,
-    /// Roll back everything the run did.
-    RollbackRun,
-}
-
-impl OnFailureArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnFailureArg::RollbackHost => "rollback-host",
-            OnFailureArg::Halt => "halt",
-            OnFailureArg::RollbackRun => "rollback-run",
-        }
-    }
+/// `--on-failure`: the run model's own choices, with their help.
+fn on_failure_parser() -> impl clap::builder::TypedValueParser<Value = OnFailure> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        OnFailure::ALL.map(|(_, name, help)| PossibleValue::new(name).help(help)),
+    )
+    .try_map(|text| {
+        OnFailure::parse(&text)
+            .ok_or_else(|| std::io::Error::other(format!("'{text}' is not a choice")))
+    })
 }
 
 #[derive(Debug, Args)]
@@ -288,8 +281,8 @@ pub struct MigrateArgs {
     /// Failed hosts allowed (N or P%); one more halts the run.
     #[arg(long, default_value = "0")]
     pub max_failures: String,
-    #[arg(long, value_enum, default_value_t = OnFailureArg::RollbackHost)]
-    pub on_failure: OnFailureArg,
+    #[arg(long, value_parser = on_failure_parser(), default_value = "rollback-host")]
+    pub on_failure: OnFailure,
     /// Pause after the canary wave until `fleetctl runs resume RUN`.
     #[arg(long)]
     pub pause_after_canary: bool,

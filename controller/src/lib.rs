@@ -14,6 +14,7 @@ pub mod policy;
 pub mod run;
 pub mod service;
 pub mod store;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
-//! The gRPC edge of the controller: authorization policy, wire ⇄ domain,
-//! and the audit log of every change.
+//! The gRPC service of the controller: its authorization policy, each RPC
+//! handed to the domain (the conversions are `wire`'s), and the audit log
+//! of every change.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,26 +13,15 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::agents::AgentPool;
+use crate::agents::inspect::InspectAsk;
 use crate::audit::audit_hosts;
 use crate::error::ControllerError;
-use crate::inventory::{self, Host, HostSource};
+use crate::inventory::{self, HostSource};
 use crate::run::Runs;
-use crate::run::model::{Control, Run, RunView};
+use crate::run::model::Control;
 use crate::run::start::{self, StartRequest};
 use crate::store::Store;
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
-    serde_json::to_string(value).map_err(|e| Status::internal(format!("cannot encode: {e}")))
-}
-
-fn run_info(run: &Run) -> Result<Response<pb::RunInfo>, Status> {
-    Ok(Response::new(pb::RunInfo {
-        run_json: to_json(&RunView {
-            run: run.clone(),
-            containers: Vec::new(),
-        })?,
-    }))
-}
+use crate::wire::{self, to_json};
 
 /// RPCs that only read.
 const READ_METHODS: &[&str] = &[
@@ -110,25 +99,7 @@ impl ControllerService {
             .state
             .runs
             .control(&caller, &request.into_inner().run_id, control)?;
-        run_info(&run)
-    }
-}
-
-pub fn host_to_pb(host: &Host) -> pb::Host {
-    pb::Host {
-        name: host.name.clone(),
-        address: host.address.clone(),
-        labels: host.labels.clone().into_iter().collect(),
-        source: host.source.as_str().to_string(),
-    }
-}
-
-fn host_from_pb(host: pb::Host) -> Host {
-    Host {
-        name: host.name,
-        address: host.address,
-        labels: host.labels.into_iter().collect::<BTreeMap<_, _>>(),
-        source: HostSource::Store,
+        Ok(Response::new(wire::run_info(&run)?))
     }
 }
 
@@ -144,7 +115,7 @@ impl pb::controller_server::Controller for ControllerService {
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
         let caller = caller(&request)?;
-        let scope = start::scope_from_pb(request.into_inner().selection)?;
+        let scope = wire::scope(request.into_inner().selection)?;
         let span = tracing::info_span!("plan", caller = %caller.name);
         let plan = start::make_plan(&self.state.runs, &scope)
             .instrument(span)
@@ -170,9 +141,9 @@ impl pb::controller_server::Controller for ControllerService {
             })?)
         };
         let start = StartRequest {
-            scope: start::scope_from_pb(request.selection)?,
+            scope: wire::scope(request.selection)?,
             saved_plan,
-            options: start::options_from_pb(request.options)?,
+            options: wire::options(request.options)?,
             dry_run: request.dry_run,
         };
         let span = tracing::info_span!("start_run", caller = %caller.name);
@@ -272,7 +243,7 @@ impl pb::controller_server::Controller for ControllerService {
             .runs
             .prune(&caller, &request.into_inner().run_id)
             .await?;
-        run_info(&run)
+        Ok(Response::new(wire::run_info(&run)?))
     }
 
     async fn audit_log(
@@ -327,7 +298,7 @@ impl pb::controller_server::Controller for ControllerService {
             .hosts()?
             .iter()
             .filter(|h| selectors.iter().all(|s| s.matches(h)))
-            .map(host_to_pb)
+            .map(wire::host)
             .collect();
         Ok(Response::new(pb::ListHostsResponse { hosts }))
     }
@@ -338,7 +309,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::Host>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let host = host_from_pb(request.host.unwrap_or_default());
+        let host = wire::host_from(request.host.unwrap_or_default());
         let result = (|| {
             host.validate()?;
             if let Some(existing) = self.state.store.host(&host.name)? {
@@ -366,7 +337,7 @@ impl pb::controller_server::Controller for ControllerService {
             result,
         )?;
         tracing::info!(caller = %caller.name, host = %host.name, address = %host.address, "host added");
-        Ok(Response::new(host_to_pb(&host)))
+        Ok(Response::new(wire::host(&host)))
     }
 
     async fn remove_host(
@@ -416,14 +387,16 @@ impl pb::controller_server::Controller for ControllerService {
             self.state.audit_timeout
         };
         let span = tracing::info_span!("audit", caller = %caller.name, hosts = hosts.len());
-        let ask = fleet_proto::agent::v1::InspectRequest {
-            containers: Vec::new(),
+        let ask = InspectAsk {
             skip_ownership: request.skip_ownership,
             with_users: false,
         };
         let hosts = audit_hosts(&self.state.pool, hosts, timeout, ask)
             .instrument(span)
-            .await;
+            .await
+            .into_iter()
+            .map(wire::host_audit)
+            .collect();
         Ok(Response::new(pb::FleetAudit { hosts }))
     }
 }

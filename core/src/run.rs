@@ -43,13 +43,42 @@ pub enum OnFailure {
 }
 
 impl OnFailure {
+    /// Every choice with the words an operator types and what it does
+    /// (fleetctl's `--on-failure` help lists them).
+    pub const ALL: [(OnFailure, &'static str, &'static str); 3] = [
+        (
+            OnFailure::RollbackHost,
+            "rollback-host",
+            "Roll back the failed host's migrated containers and go on",
+        ),
+        (
+            OnFailure::Halt,
+            "halt",
+            "Start no new work; what is migrated stays migrated",
+        ),
+        (
+            OnFailure::RollbackRun,
+            "rollback-run",
+            "Roll back everything the run did",
+        ),
+    ];
+
+    /// `""` is the default, rollback-host.
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "" | "rollback-host" => Some(OnFailure::RollbackHost),
-            "halt" => Some(OnFailure::Halt),
-            "rollback-run" => Some(OnFailure::RollbackRun),
-            _ => None,
+        if text.is_empty() {
+            return Some(OnFailure::RollbackHost);
         }
+        Self::ALL
+            .iter()
+            .find(|(_, name, _)| *name == text)
+            .map(|(choice, _, _)| *choice)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(choice, _, _)| *choice == self)
+            .map_or("rollback-host", |(_, name, _)| name)
     }
 }
 

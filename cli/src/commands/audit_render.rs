@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use fleet_core::audit::{ContainerReport, MountReport, Severity};
 
 use crate::args::AuditFormat;
-use crate::commands::audit::{FleetAudit, HostAudit, plural};
+use crate::commands::audit_doc::{FleetAudit, HostAudit, plural};
 use crate::render::{Table, csv_line};
 
 pub fn render(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::Result<()> {

@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod audit_doc;
 pub mod audit_render;
 pub mod certs;
 pub mod docs;

@@ -281,15 +281,15 @@ impl RunCtx {
         host: &str,
         deadline: Duration,
         attempt: F,
-    ) -> Result<T, crate::run::calls::CallError>
+    ) -> Result<T, crate::agents::calls::CallError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::run::calls::CallError>>,
+        Fut: std::future::Future<Output = Result<T, crate::agents::calls::CallError>>,
     {
-        let result = crate::run::calls::with_deadline(deadline, attempt).await;
+        let result = crate::agents::calls::with_deadline(deadline, attempt).await;
         let mut away = lock(&self.away);
         match &result {
-            Err(crate::run::calls::CallError::Unreachable(_)) => {
+            Err(crate::agents::calls::CallError::Unreachable(_)) => {
                 away.entry(host.to_string()).or_insert_with(Instant::now);
             }
             _ => {

@@ -6,7 +6,6 @@
 //! runs, prunes their checkpoints, and on startup resumes every run a
 //! crash left unfinished.
 
-pub mod calls;
 mod compare;
 pub mod ctx;
 pub mod driver;
@@ -27,6 +26,7 @@ use fleet_core::auth::Caller;
 use tokio::sync::mpsc;
 
 use crate::agents::AgentPool;
+use crate::agents::calls;
 use crate::error::ControllerError;
 use crate::run::ctx::{Draft, RunCtx, lock, now_ms};
 use crate::run::model::{

@@ -2,21 +2,18 @@
 //! it says the same, `saved`), validate the options, lay out the waves and
 //! the container records.
 
-use fleet_core::audit::HostReport;
 use fleet_core::auth::Caller;
-use fleet_proto::agent::v1 as agent_pb;
-use fleet_proto::controller::v1 as pb;
 
+use crate::agents::inspect::InspectAsk;
 use crate::audit::audit_hosts;
 use crate::error::ControllerError;
 use crate::inventory::{self, Host};
 use crate::plan::{Action, HostPlan, Plan, Selection, plan_host};
-use crate::policy::{Policy, PolicySource, glob};
+use crate::policy::{Policy, glob};
 use crate::run::Runs;
 use crate::run::ctx::now_ms;
 use crate::run::model::{
-    ContainerRun, ContainerState, HostRun, HostState, OnFailure, Run, RunKind, RunOptions,
-    RunPhase, RunView,
+    ContainerRun, ContainerState, HostRun, HostState, Run, RunKind, RunOptions, RunPhase, RunView,
 };
 use crate::run::saved::{self, PlanDocument};
 use crate::run::waves;
@@ -102,8 +99,7 @@ pub async fn plan_hosts(
         runs.pool(),
         hosts.clone(),
         runs.audit_timeout,
-        agent_pb::InspectRequest {
-            containers: Vec::new(),
+        InspectAsk {
             skip_ownership: false,
             with_users: true,
         },
@@ -113,11 +109,8 @@ pub async fn plan_hosts(
         .iter()
         .zip(audits)
         .map(|(host, audit)| match audit.outcome {
-            Some(pb::host_audit::Outcome::Report(report)) => {
-                plan_host(host, &HostReport::from(report), policy, selection)
-            }
-            Some(pb::host_audit::Outcome::Error(e)) => unplanned(host, e.message),
-            None => unplanned(host, "no answer".into()),
+            Ok(report) => plan_host(host, &report, policy, selection),
+            Err(failure) => unplanned(host, failure.message),
         })
         .collect();
     Ok((hosts, plans))
@@ -217,52 +210,4 @@ pub async fn build(
         finished_seq: None,
     };
     Ok(RunView { run, containers })
-}
-
-/// The wire's options → validated domain options.
-pub fn options_from_pb(options: Option<pb::RunOptions>) -> Result<RunOptions, ControllerError> {
-    let o = options.unwrap_or_default();
-    let on_failure = OnFailure::parse(&o.on_failure).ok_or_else(|| {
-        ControllerError::InvalidArgument(format!(
-            "invalid --on-failure '{}': use rollback-host, halt or rollback-run",
-            o.on_failure
-        ))
-    })?;
-    for batch in &o.batches {
-        waves::BatchSize::parse(batch)?;
-    }
-    waves::budget(&o.max_failures, 1)?;
-    Ok(RunOptions {
-        canary: o.canary,
-        batches: o.batches,
-        max_parallel: if o.max_parallel == 0 {
-            4
-        } else {
-            o.max_parallel
-        },
-        max_failures: o.max_failures,
-        on_failure,
-        pause_after_canary: o.pause_after_canary,
-        agent_deadline_secs: o.agent_deadline_secs,
-    })
-}
-
-/// The wire's selection → the planner's scope (the policy parsed here, so
-/// its errors name the operator's file and line).
-pub fn scope_from_pb(selection: Option<pb::Selection>) -> Result<PlanScope, ControllerError> {
-    let s = selection.unwrap_or_default();
-    let policy = Policy::from_source(&PolicySource {
-        path: s.policy_path,
-        text: s.policy_toml,
-    })
-    .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-    Ok(PlanScope {
-        hosts: s.hosts,
-        selectors: s.selectors,
-        selection: Selection {
-            containers: s.containers,
-            include_pods: s.include_pods,
-        },
-        policy,
-    })
 }

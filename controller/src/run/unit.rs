@@ -17,9 +17,9 @@ use std::time::Instant;
 use fleet_core::fault;
 use fleet_core::step::Progress;
 
+use crate::agents::calls::{self, CallError, StepCall};
 use crate::error::ControllerError;
 use crate::plan::{Action, Migration};
-use crate::run::calls::{self, CallError, StepCall};
 use crate::run::ctx::{Draft, RunCtx, now_ms};
 use crate::run::model::{
     ContainerRun, ContainerState, EventKind, StepKind, StepRecord, StepStatus,

@@ -6,12 +6,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use fleet_core::tls::explain_connect_error;
 use fleet_proto::agent::v1 as pb;
 use serde_json::Value;
 use tonic::Streaming;
 
-use crate::agents::AgentPool;
+use crate::agents::{self, AgentPool};
 use crate::inventory::Host;
 use crate::plan::Migration;
 use fleet_core::step::{Probe, Progress, StepKind};
@@ -69,15 +68,15 @@ pub struct StepCall<'a> {
     pub together: &'a [String],
 }
 
+/// A failed call as the run sees it: unanswered (retry) or answered (the
+/// step failed).
 fn classify(host: &Host, status: &tonic::Status) -> CallError {
-    let peer = format!("agent {} at {}", host.name, host.address);
-    if let Some(source) = std::error::Error::source(status) {
-        return CallError::Unreachable(explain_connect_error(&peer, source));
+    let failure = agents::classify(host, status);
+    if failure.unanswered {
+        CallError::Unreachable(failure.message)
+    } else {
+        CallError::Failed(failure.message)
     }
-    if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
-        return CallError::Unreachable(format!("{peer}: {}", status.message()));
-    }
-    CallError::Failed(format!("{peer}: {}", status.message()))
 }
 
 fn key(run: &str, step: &str) -> Option<pb::StepKey> {
