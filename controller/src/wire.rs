@@ -16,7 +16,7 @@ use crate::error::ControllerError;
 use crate::inventory::{Host, HostSource};
 use crate::plan::Selection;
 use crate::policy::{Policy, PolicySource};
-use crate::run::start::PlanScope;
+use crate::run::planning::PlanScope;
 use crate::run::waves;
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {

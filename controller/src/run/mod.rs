@@ -12,6 +12,7 @@ pub mod driver;
 pub mod holds;
 pub mod model;
 pub mod outcomes;
+pub mod planning;
 pub mod saved;
 pub mod start;
 pub mod unit;

@@ -11,7 +11,7 @@ use crate::plan::{Plan, Selection};
 use crate::policy::Policy;
 use crate::run::Runs;
 use crate::run::compare::compare;
-use crate::run::start::{PlanScope, plan_hosts};
+use crate::run::planning::{PlanScope, plan_hosts};
 
 /// Plans made before the controller recorded their basis say 1.
 pub const VERSION: u32 = 2;

@@ -4,28 +4,17 @@
 
 use fleet_core::auth::Caller;
 
-use crate::agents::inspect::InspectAsk;
-use crate::audit::audit_hosts;
 use crate::error::ControllerError;
-use crate::inventory::{self, Host};
-use crate::plan::{Action, HostPlan, Plan, Selection, plan_host};
-use crate::policy::{Policy, glob};
+use crate::plan::{Action, Plan};
+use crate::policy::glob;
 use crate::run::Runs;
 use crate::run::ctx::now_ms;
 use crate::run::model::{
     ContainerRun, ContainerState, HostRun, HostState, Run, RunKind, RunOptions, RunPhase, RunView,
 };
+use crate::run::planning::{PlanScope, plan_hosts};
 use crate::run::saved::{self, PlanDocument};
 use crate::run::waves;
-
-/// What a plan is made for.
-#[derive(Debug, Clone, Default)]
-pub struct PlanScope {
-    pub hosts: Vec<String>,
-    pub selectors: Vec<String>,
-    pub selection: Selection,
-    pub policy: Policy,
-}
 
 #[derive(Debug, Clone)]
 pub struct StartRequest {
@@ -84,45 +73,6 @@ pub async fn make_plan(runs: &Runs, scope: &PlanScope) -> Result<PlanDocument, C
         },
         basis: Some(saved::basis_of(scope)),
     })
-}
-
-/// The selected hosts, and each one's plan (or why it has none).
-pub async fn plan_hosts(
-    runs: &Runs,
-    hosts: &[String],
-    selectors: &[String],
-    policy: &Policy,
-    selection: &Selection,
-) -> Result<(Vec<Host>, Vec<HostPlan>), ControllerError> {
-    let hosts = inventory::select(runs.store().hosts()?, hosts, selectors)?;
-    let audits = audit_hosts(
-        runs.pool(),
-        hosts.clone(),
-        runs.audit_timeout,
-        InspectAsk {
-            skip_ownership: false,
-            with_users: true,
-        },
-    )
-    .await;
-    let plans = hosts
-        .iter()
-        .zip(audits)
-        .map(|(host, audit)| match audit.outcome {
-            Ok(report) => plan_host(host, &report, policy, selection),
-            Err(failure) => unplanned(host, failure.message),
-        })
-        .collect();
-    Ok((hosts, plans))
-}
-
-fn unplanned(host: &Host, error: String) -> HostPlan {
-    HostPlan {
-        host: host.name.clone(),
-        address: host.address.clone(),
-        error: Some(error),
-        containers: Vec::new(),
-    }
 }
 
 /// Builds the run (not yet stored) from the request.
