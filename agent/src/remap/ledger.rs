@@ -13,10 +13,13 @@ use std::thread::JoinHandle;
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
+use super::error::RemapError;
 use super::index::{Index, Key, KeyHash, Rec};
 use super::manifest::{Change, Header, ManifestWriter};
-use super::walk::Entry;
-use super::{Birth, IdMapping, Progress, RemapError, meta, same_inode};
+use super::mapping::IdMapping;
+use super::meta;
+use super::report::Progress;
+use super::walk::{Birth, Entry, same_inode};
 
 /// A change planned for an entry, held with the entry's descriptor until
 /// its record is synced.
