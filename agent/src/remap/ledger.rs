@@ -13,13 +13,10 @@ use std::thread::JoinHandle;
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
-use super::error::RemapError;
 use super::index::{Index, Key, KeyHash, Rec};
 use super::manifest::{Change, Header, ManifestWriter};
-use super::mapping::IdMapping;
-use super::meta;
-use super::report::Progress;
 use super::walk::{Birth, Entry, same_inode};
+use super::{error::RemapError, mapping::IdMapping, meta, report::Progress};
 
 /// A change planned for an entry, held with the entry's descriptor until
 /// its record is synced.
