@@ -54,8 +54,27 @@ impl Allocated {
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> crate::users::UserError {
-    crate::users::UserError::Io {
+/// Why the record cannot be read or written; users turns it into its own
+/// error, so this module knows nothing of accounts.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: line {line} is damaged ({reason}): repair it by hand; fleet will not allocate ids while it cannot tell which were given"
+    )]
+    Damaged {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> RecordError {
+    RecordError::Io {
         path: path.display().to_string(),
         source,
     }
@@ -65,7 +84,7 @@ fn io(path: &Path, source: std::io::Error) -> crate::users::UserError {
 /// (a crash mid-append) is ignored: its account was never created, since
 /// the append is synced before. A damaged line elsewhere is refused: an
 /// unreadable entry would let its id be handed out again.
-pub fn read(path: &Path) -> Result<Allocated, crate::users::UserError> {
+pub fn read(path: &Path) -> Result<Allocated, RecordError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Allocated::default()),
@@ -77,14 +96,10 @@ pub fn read(path: &Path) -> Result<Allocated, crate::users::UserError> {
         if line.trim().is_empty() {
             continue;
         }
-        let entry: Allocation = serde_json::from_str(line).map_err(|e| {
-            io(
-                path,
-                std::io::Error::other(format!(
-                    "line {} is damaged ({e}): repair it by hand; fleet will not allocate ids while it cannot tell which were given",
-                    n + 1
-                )),
-            )
+        let entry: Allocation = serde_json::from_str(line).map_err(|e| RecordError::Damaged {
+            path: path.display().to_string(),
+            line: n + 1,
+            reason: e.to_string(),
         })?;
         match entry {
             Allocation::Ids { uid, gid, .. } => {
@@ -99,7 +114,7 @@ pub fn read(path: &Path) -> Result<Allocated, crate::users::UserError> {
 
 /// Appends `entry` and syncs it before returning; only then may the
 /// account be created.
-pub fn append(path: &Path, entry: &Allocation) -> Result<(), crate::users::UserError> {
+pub fn append(path: &Path, entry: &Allocation) -> Result<(), RecordError> {
     crate::journal::truncate_torn_tail(path).map_err(|e| io(path, e))?;
     let fresh = !path.exists();
     let mut line = serde_json::to_vec(entry).map_err(|e| io(path, std::io::Error::other(e)))?;

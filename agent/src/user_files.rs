@@ -24,8 +24,9 @@ use rustix::io::Errno;
 
 use crate::identity::UserDb;
 
-/// The same bound as the archive path (`inspect::MAX_USER_FILE`): a file
-/// above it is left to the archive path, which decides what happens to it.
+/// The same bound as the archive path (`inspect::archive::MAX_USER_FILE`):
+/// a file above it is left to the archive path, which decides what happens
+/// to it.
 pub const MAX_USER_FILE: usize = 1024 * 1024;
 
 /// One file as the archive path would report it, and whether it was reached
@@ -138,9 +139,9 @@ fn open_path(root: &OwnedFd, path: &str, extra: ResolveFlags) -> Result<OwnedFd,
     )
 }
 
-/// `path` inside `root`, the way `inspect::read_file` reads it through the
-/// archive API: the last component is not followed by the engine, the
-/// reader follows one symlink itself (an absolute target from the
+/// `path` inside `root`, the way `inspect::archive::read_file` reads it
+/// through the archive API: the last component is not followed by the
+/// engine, the reader follows one symlink itself (an absolute target from the
 /// container's root, a relative one from the link's directory), a second
 /// symlink or anything but a regular file is "no file". `None`: unsure
 /// (an error the archive path may report differently, a file above the

@@ -8,18 +8,38 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use fleet_core::migration::Listed;
 use rustix::fs::{FileType, Stat, fstat};
 use rustix::io::Errno;
 
+use super::error::RemapError;
 use super::index::Index;
 use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, kept_record, plan, resume};
 use super::links::{HardLinks, all_names_inside, open_first, protected_hardlinks};
 use super::manifest::{self, End, Header};
-use super::walk::{self, Entry, Skipped};
-use super::{
-    Birth, IdMapping, Listed, Progress, RemapError, RemapOptions, RemapReport, Targets, display,
-    open_root, preflight,
-};
+use super::mapping::{IdMapping, Targets};
+use super::report::{Progress, RemapReport};
+use super::root::{display, open_root, preflight};
+use super::walk::{self, Birth, Entry, Skipped};
+
+/// How a remap walks.
+#[derive(Debug, Clone)]
+pub struct RemapOptions {
+    pub mapping: IdMapping,
+    /// Allow a hard-linked file whose other names are outside the tree,
+    /// when the kernel has `fs.protected_hardlinks = 1`.
+    pub allow_protected_hardlinks: bool,
+    /// Skip the whole tree when its root already has this owner (like
+    /// Kubernetes' `fsGroupChangePolicy: OnRootMismatch`).
+    pub skip_if_root_owned_by: Option<(u32, u32)>,
+    /// Changes recorded and synced per commit.
+    pub batch: usize,
+    /// Walk threads; 0 means one per core.
+    pub threads: usize,
+    /// The (device, inode) the root had when the step was decided: a root
+    /// that is now another directory is refused.
+    pub expect_root: Option<(u64, u64)>,
+}
 
 /// What the passes of one remap share besides the ledger.
 struct Context<'a> {

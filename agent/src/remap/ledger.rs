@@ -15,8 +15,8 @@ use rustix::io::Errno;
 
 use super::index::{Index, Key, KeyHash, Rec};
 use super::manifest::{Change, Header, ManifestWriter};
-use super::walk::Entry;
-use super::{Birth, IdMapping, Progress, RemapError, meta, same_inode};
+use super::walk::{Birth, Entry, same_inode};
+use super::{error::RemapError, mapping::IdMapping, meta, report::Progress};
 
 /// A change planned for an entry, held with the entry's descriptor until
 /// its record is synced.

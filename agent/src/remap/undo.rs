@@ -13,17 +13,20 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use fleet_core::migration::Listed;
 use rustix::fs::{FileType, fstat};
 use rustix::io::Errno;
 
+use super::error::RemapError;
 use super::index::{Index, Rec};
 use super::ledger::{Batch, Faults, Ledger, Plan, Resumed, plan, resume};
 use super::links::{HardLinks, all_names_inside};
 use super::manifest::{self, Header};
-use super::walk::{self, Entry, Skipped};
-use super::{
-    Birth, IdMapping, Listed, RemapError, UndoReport, display, meta, open_root, same_inode,
-};
+use super::mapping::IdMapping;
+use super::meta;
+use super::report::UndoReport;
+use super::root::{display, open_root};
+use super::walk::{self, Birth, Entry, Skipped, same_inode};
 
 /// Restores one recorded entry: owner, then the mode bits chown cleared,
 /// then the capability and ACLs (from the full record, when it has any).

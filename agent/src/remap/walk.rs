@@ -486,6 +486,36 @@ pub fn threads() -> usize {
         .clamp(1, 4)
 }
 
+/// An entry's birth time: read with its status by the walk, or not yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Birth {
+    Known(Option<i128>),
+    Unknown,
+}
+
+impl Birth {
+    pub(crate) fn of(self, fd: &OwnedFd) -> Option<i128> {
+        match self {
+            Birth::Known(btime) => btime,
+            Birth::Unknown => birth(fd),
+        }
+    }
+}
+
+/// Whether `entry` is the inode a record (`mode`, `btime`) describes, not
+/// another that reused its number since: same type, same birth time where
+/// known.
+pub(crate) fn same_inode(entry: &Entry, birth: Birth, mode: u32, btime: Option<i128>) -> bool {
+    const TYPE_MASK: u32 = 0o170000;
+    if entry.stat.st_mode & TYPE_MASK != mode & TYPE_MASK {
+        return false;
+    }
+    match btime {
+        Some(recorded) => birth.of(&entry.fd) == Some(recorded),
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
