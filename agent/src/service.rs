@@ -15,7 +15,10 @@ use tracing::Instrument;
 
 use crate::inspect::{InspectOptions, Inspector};
 use crate::remap::IdMapping;
-use crate::steps::{StepProgress, StepResult, StepRunner, StepSpec};
+use crate::steps::{
+    BackupSpec, OwnershipSpec, RestoreSpec, StepProgress, StepResult, StepRunner, StepSpec,
+    StopSpec, VerifySpec,
+};
 use crate::users::UserRequest;
 use crate::verify::Probe;
 
@@ -180,7 +183,7 @@ impl pb::agent_server::Agent for AgentService {
         let who = caller(&request)?.name;
         let r = request.into_inner();
         let (run, step) = key(r.key)?;
-        let spec = StepSpec::Backup {
+        let spec = StepSpec::Backup(BackupSpec {
             container: r.container,
             hooks: r
                 .hooks
@@ -192,7 +195,7 @@ impl pb::agent_server::Agent for AgentService {
             } else {
                 r.retention_days
             }),
-        };
+        });
         Ok(Response::new(stream_step(
             self.steps.clone(),
             run,
@@ -237,9 +240,9 @@ impl pb::agent_server::Agent for AgentService {
             self.steps.clone(),
             run,
             step,
-            StepSpec::Stop {
+            StepSpec::Stop(StopSpec {
                 container: r.container,
-            },
+            }),
             who,
         )))
     }
@@ -252,13 +255,13 @@ impl pb::agent_server::Agent for AgentService {
         let who = caller(&request)?.name;
         let r = request.into_inner();
         let (run, step) = key(r.key)?;
-        let spec = StepSpec::Ownership {
+        let spec = StepSpec::Ownership(OwnershipSpec {
             container: r.container,
             mapping: mapping(r.uids, r.gids, (r.everything_uid, r.everything_gid)),
             skip_if_root_matches: r.skip_if_root_matches,
             allow_protected_hardlinks: r.allow_protected_hardlinks,
             mounts: r.mounts,
-        };
+        });
         Ok(Response::new(stream_step(
             self.steps.clone(),
             run,
@@ -310,7 +313,7 @@ impl pb::agent_server::Agent for AgentService {
         let who = caller(&request)?.name;
         let r = request.into_inner();
         let (run, step) = key(r.key)?;
-        let spec = StepSpec::Verify {
+        let spec = StepSpec::Verify(VerifySpec {
             container: r.container,
             deadline_secs: u64::from(if r.deadline_secs == 0 {
                 60
@@ -323,7 +326,7 @@ impl pb::agent_server::Agent for AgentService {
                 r.min_running_secs
             }),
             probe: probe(r.probe),
-        };
+        });
         Ok(Response::new(stream_step(
             self.steps.clone(),
             run,
@@ -341,10 +344,10 @@ impl pb::agent_server::Agent for AgentService {
         let who = caller(&request)?.name;
         let r = request.into_inner();
         let (run, step) = key(r.key)?;
-        let spec = StepSpec::Restore {
+        let spec = StepSpec::Restore(RestoreSpec {
             backup_id: r.backup_id,
             mounts: r.mounts,
-        };
+        });
         Ok(Response::new(stream_step(
             self.steps.clone(),
             run,
