@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fleet_core::auth::caller;
 use fleet_core::role::Role;
+use fleet_core::step::Probe;
 use fleet_proto::agent::v1 as pb;
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -20,7 +21,6 @@ use crate::steps::{
     StopSpec, VerifySpec,
 };
 use crate::users::UserRequest;
-use crate::verify::Probe;
 
 /// Every RPC of the agent; a method absent from this list is refused to
 /// everyone (authorization fails closed).
@@ -71,9 +71,9 @@ fn progress_event(p: StepProgress) -> pb::StepEvent {
         event: Some(pb::step_event::Event::Progress(pb::StepProgress {
             step_id: p.step,
             phase: p.phase,
-            entries: p.entries,
-            changed: p.changed,
-            bytes: p.bytes,
+            entries: p.progress.entries,
+            changed: p.progress.changed,
+            bytes: p.progress.bytes,
         })),
     }
 }

@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleet_core::step::Progress;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::mounts::mounts_of;
 use super::spec::BackupSpec;
-use super::step::{Step, StepContext, StepError};
+use super::step::{Step, StepContext, StepError, StepProgress};
 use crate::backup::{Archived, BackupMeta, MountSpec, NewBackup};
 
 /// What the backup decided: its id, the container, the mounts as (root,
@@ -85,12 +86,10 @@ impl Step for BackupStep {
             // never the backup.
             let report = |destination: &str, so_far: Archived| {
                 if let Some(tx) = &tx {
-                    let _ = tx.try_send(super::step::StepProgress {
+                    let _ = tx.try_send(StepProgress {
                         step: step.clone(),
                         phase: format!("backup {destination}"),
-                        entries: so_far.entries,
-                        changed: 0,
-                        bytes: so_far.bytes,
+                        progress: counted(so_far.entries, so_far.bytes),
                     });
                 }
             };
@@ -124,7 +123,7 @@ impl Step for BackupStep {
                 (e + m.outcome.entries, b + m.outcome.bytes)
             });
             let _ = tx
-                .send(cx.progress_of("backup done", entries, 0, bytes))
+                .send(cx.progress_of("backup done", counted(entries, bytes)))
                 .await;
         }
         Ok(meta)
@@ -137,6 +136,15 @@ impl Step for BackupStep {
         _outcome: Option<&Value>,
     ) -> Result<Value, StepError> {
         Ok(kept_until_pruned())
+    }
+}
+
+/// A backup's counts as progress: it changes nothing.
+fn counted(entries: u64, bytes: u64) -> Progress {
+    Progress {
+        entries,
+        changed: 0,
+        bytes,
     }
 }
 

@@ -128,9 +128,7 @@ async fn remap_mount(
                 let _ = tx.try_send(StepProgress {
                     step: step.clone(),
                     phase: format!("ownership {}", mount.destination),
-                    entries: p.entries,
-                    changed: p.changed,
-                    bytes: p.bytes,
+                    progress: *p,
                 });
             }
         };

@@ -3,6 +3,7 @@
 //! run takes no new step and is never rolled back.
 
 use fleet_core::now_ms;
+use fleet_core::step::StepKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -12,7 +13,7 @@ use super::step::{StepError, from_value, to_value};
 use crate::backup::{BackupError, BackupStore};
 use crate::container::{Api, ContainerError};
 use crate::engine::Engine;
-use crate::journal::{Event, PRUNE_STEP, RunJournal, StepKind, StepState};
+use crate::journal::{Event, PRUNE_STEP, RunJournal, StepState};
 use crate::recreate::RecreatePlan;
 
 /// A checkpoint container a prune removed.

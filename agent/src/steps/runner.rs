@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use fleet_core::step::{Progress, StepKind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -29,7 +30,7 @@ use super::verify::VerifyStep;
 use crate::backup::BackupStore;
 use crate::engine::Engine;
 use crate::inspect::Inspector;
-use crate::journal::{Event, Record, RunJournal, StepKind, StepState, validate_id};
+use crate::journal::{Event, Record, RunJournal, StepState, validate_id};
 use crate::users::UserSettings;
 
 /// The one table from kind to step.
@@ -262,7 +263,7 @@ impl StepRunner {
         progress: Option<ProgressTx>,
     ) -> Result<Value, StepError> {
         let cx = self.context(journal, step, progress).await?;
-        cx.report("started", 0, 0, 0);
+        cx.report("started", Progress::default());
         step_of(kind).act_json(&cx, intent).await
     }
 

@@ -1,13 +1,12 @@
 //! What a caller asks of the step runner: one spec type per kind of step,
 //! and `StepSpec`, which is one of them.
 
+use fleet_core::step::{Probe, StepKind};
 use serde::{Deserialize, Serialize};
 
-use crate::journal::StepKind;
 use crate::recreate::RecreateRequest;
 use crate::remap::IdMapping;
 use crate::users::UserRequest;
-use crate::verify::Probe;
 
 /// A backup of the container's mounts, after its hooks ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 
+use fleet_core::step::{Progress, StepKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -15,7 +16,7 @@ use crate::container::{Api, ContainerError};
 use crate::engine::Connected;
 use crate::error::EngineError;
 use crate::inspect::Inspector;
-use crate::journal::{JournalError, RunJournal, StepKind};
+use crate::journal::{JournalError, RunJournal};
 use crate::remap::RemapError;
 use crate::users::{UserError, UserSettings};
 
@@ -74,9 +75,7 @@ impl StepError {
 pub struct StepProgress {
     pub step: String,
     pub phase: String,
-    pub entries: u64,
-    pub changed: u64,
-    pub bytes: u64,
+    pub progress: Progress,
 }
 
 /// Where a running step sends its progress, if anyone listens.
@@ -151,19 +150,17 @@ impl<'a> StepContext<'a> {
 
     /// Sends a progress report if there is room; a full stream drops the
     /// report, never the step.
-    pub fn report(&self, phase: &str, entries: u64, changed: u64, bytes: u64) {
+    pub fn report(&self, phase: &str, progress: Progress) {
         if let Some(tx) = &self.progress {
-            let _ = tx.try_send(self.progress_of(phase, entries, changed, bytes));
+            let _ = tx.try_send(self.progress_of(phase, progress));
         }
     }
 
-    pub fn progress_of(&self, phase: &str, entries: u64, changed: u64, bytes: u64) -> StepProgress {
+    pub fn progress_of(&self, phase: &str, progress: Progress) -> StepProgress {
         StepProgress {
             step: self.step.to_string(),
             phase: phase.to_string(),
-            entries,
-            changed,
-            bytes,
+            progress,
         }
     }
 

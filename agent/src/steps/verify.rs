@@ -2,13 +2,14 @@
 //! container, with the service's downtime measured from the stop that
 //! really took it down. Nothing to undo.
 
+use fleet_core::step::StepKind;
 use serde_json::Value;
 
 use super::backup::kept_until_pruned;
 use super::spec::VerifySpec;
 use super::step::{Step, StepContext, StepError};
 use super::stop::StopOutcome;
-use crate::journal::{StepKind, StepState};
+use crate::journal::StepState;
 use crate::recreate::RecreateOutcome;
 use crate::verify::{self, VerifyOutcome, VerifyRequest};
 
