@@ -54,8 +54,16 @@ impl Allocated {
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> crate::users::UserError {
-    crate::users::UserError::Io {
+/// The record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct IdRecordError {
+    path: String,
+    source: std::io::Error,
+}
+
+fn io(path: &Path, source: std::io::Error) -> IdRecordError {
+    IdRecordError {
         path: path.display().to_string(),
         source,
     }
@@ -65,7 +73,7 @@ fn io(path: &Path, source: std::io::Error) -> crate::users::UserError {
 /// (a crash mid-append) is ignored: its account was never created, since
 /// the append is synced before. A damaged line elsewhere is refused: an
 /// unreadable entry would let its id be handed out again.
-pub fn read(path: &Path) -> Result<Allocated, crate::users::UserError> {
+pub fn read(path: &Path) -> Result<Allocated, IdRecordError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Allocated::default()),
@@ -99,7 +107,7 @@ pub fn read(path: &Path) -> Result<Allocated, crate::users::UserError> {
 
 /// Appends `entry` and syncs it before returning; only then may the
 /// account be created.
-pub fn append(path: &Path, entry: &Allocation) -> Result<(), crate::users::UserError> {
+pub fn append(path: &Path, entry: &Allocation) -> Result<(), IdRecordError> {
     crate::journal::truncate_torn_tail(path).map_err(|e| io(path, e))?;
     let fresh = !path.exists();
     let mut line = serde_json::to_vec(entry).map_err(|e| io(path, std::io::Error::other(e)))?;

@@ -16,8 +16,8 @@ use fleet_core::audit::{
 use futures::{StreamExt, TryStreamExt};
 
 use crate::cache::Cache;
+use crate::engine::EngineError;
 use crate::engine::{Connected, Engine};
-use crate::error::EngineError;
 use crate::findings::{FindingInput, findings};
 use crate::identity::{self, Resolved, RootMapping, UserDb};
 use crate::ownership::{WalkBounds, summarize};

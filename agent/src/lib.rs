@@ -28,6 +28,7 @@ pub mod steps;
 pub mod user_files;
 pub mod users;
 pub mod verify;
+pub mod wire;
 
 use std::sync::Arc;
 

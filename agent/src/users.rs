@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id_record::{self, Allocated, Allocation};
+use crate::id_record::{self, Allocated, Allocation, IdRecordError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -31,6 +31,8 @@ pub enum UserError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    IdRecord(#[from] IdRecordError),
 }
 
 /// Where ids and homes come from (agent configuration).
@@ -472,7 +474,8 @@ fn record_ids(record: &Path, name: &str, uid: u32, gid: u32) -> Result<(), UserE
             gid,
             unix_ms: fleet_core::now_ms(),
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// Removes exactly what `outcome` says was created.

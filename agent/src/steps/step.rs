@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::backup::{BackupError, BackupStore};
 use crate::container::{Api, ContainerError};
 use crate::engine::Connected;
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use crate::inspect::Inspector;
 use crate::journal::{JournalError, RunJournal};
 use crate::remap::RemapError;
