@@ -27,7 +27,7 @@ use super::step::{ProgressTx, Step, StepContext, StepError, StepResult, from_val
 use super::stop::StopStep;
 use super::user::UserStep;
 use super::verify::VerifyStep;
-use crate::backup::BackupStore;
+use crate::backup::{BackupStore, MountBackup, VerifyOutcome};
 use crate::engine::Engine;
 use crate::inspect::Inspector;
 use crate::journal::{Event, Record, RunJournal, StepState, validate_id};
@@ -436,6 +436,18 @@ impl StepRunner {
     /// Every step of every run on this host, by run, and which runs were pruned.
     pub fn runs(&self) -> BTreeMap<String, RunSummary> {
         runs::list(&self.runs_dir)
+    }
+
+    /// Checks a backup's archives against their manifests.
+    pub async fn verify_backup(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(MountBackup, VerifyOutcome)>, StepError> {
+        let backups = self.backups.clone();
+        let id = id.to_string();
+        Ok(tokio::task::spawn_blocking(move || backups.verify(&id))
+            .await
+            .map_err(StepError::task)??)
     }
 
     /// Releases a settled run's checkpoints on this host (`prune::prune`).
