@@ -16,6 +16,7 @@ use crate::container::ContainerError;
 use crate::engine::EngineError;
 use crate::inspect::InspectOptions;
 use crate::journal::{JournalError, Record};
+use crate::recreate::RecreateError;
 use crate::remap::{IdMapping, RemapError};
 use crate::steps::{
     BackupSpec, OwnershipSpec, RecreateSpec, RestoreSpec, StepError, StepProgress, StepResult,
@@ -256,11 +257,13 @@ impl From<StepError> for Status {
         let message = error.to_string();
         match error {
             E::Engine(e) => e.into(),
+            E::Recreate(RecreateError::Container(e)) => E::Container(e).into(),
             E::Invalid(_)
             | E::KindMismatch { .. }
             | E::Journal(JournalError::InvalidId { .. })
             | E::Remap(RemapError::InvalidMapping(_))
-            | E::User(UserError::InvalidName { .. }) => Status::invalid_argument(message),
+            | E::User(UserError::InvalidName { .. })
+            | E::Recreate(RecreateError::InvalidRequest(_)) => Status::invalid_argument(message),
             E::NoSuchStep { .. }
             | E::Journal(JournalError::NoSuchRun(_))
             | E::Container(ContainerError::NotFound(_))

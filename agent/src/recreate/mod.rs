@@ -87,11 +87,33 @@ pub struct RecreateOutcome {
     pub mount_roots_reowned: Vec<MountRootReset>,
 }
 
+/// Why a recreate cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum RecreateError {
+    /// The request itself is refused, whatever the container (a root
+    /// target): the caller's to fix.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+/// A recreate never sets uid 0 or gid 0, whoever asks (the controller
+/// checks this too): gid 0 alone hands the container root's group, its
+/// files, devices and sockets.
+pub fn refuse_root_target(request: &RecreateRequest) -> Result<(), RecreateError> {
+    if request.uid == 0 || request.gid == 0 {
+        return Err(RecreateError::InvalidRequest(format!(
+            "a recreate never sets uid 0 or gid 0 (asked for {}:{}): the point is to leave root; give the container a non-root uid and gid",
+            request.uid, request.gid
+        )));
+    }
+    Ok(())
+}
+
 /// Decides the recreate, refusing what cannot be done faithfully.
-pub async fn plan(
-    api: &Api<'_>,
-    request: &RecreateRequest,
-) -> Result<RecreatePlan, ContainerError> {
+pub async fn plan(api: &Api<'_>, request: &RecreateRequest) -> Result<RecreatePlan, RecreateError> {
+    refuse_root_target(request)?;
     let mut old = api.inspect(&request.container).await?;
     repoint_to_successors(api, &mut old, &request.run).await?;
     if api.connected().facts.kind == fleet_core::audit::EngineKind::Podman {
@@ -163,7 +185,7 @@ pub async fn plan(
         .cloned()
         .unwrap_or(json!({"Name": "no"}));
     if !refusals.is_empty() {
-        return Err(ContainerError::Refused(refusals));
+        return Err(ContainerError::Refused(refusals).into());
     }
     let user = format!("{}:{}", request.uid, request.gid);
     // The image the old container ran, by ID; its tag only if the tag

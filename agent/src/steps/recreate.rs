@@ -20,6 +20,10 @@ impl Step for RecreateStep {
         cx: &StepContext<'_>,
         spec: &RecreateSpec,
     ) -> Result<RecreatePlan, StepError> {
+        // The plan refuses a root target first; here before the scope
+        // check as well, so such a request is refused as such whatever
+        // container it names.
+        recreate::refuse_root_target(spec)?;
         cx.scoped(&spec.container).await?;
         let mut request = spec.clone();
         // The checkpoint's name carries the run: the journal's, whatever

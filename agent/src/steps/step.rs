@@ -17,6 +17,7 @@ use crate::engine::Connected;
 use crate::engine::EngineError;
 use crate::inspect::Inspector;
 use crate::journal::{JournalError, RunJournal};
+use crate::recreate::RecreateError;
 use crate::remap::RemapError;
 use crate::users::{UserError, UserSettings};
 
@@ -34,6 +35,8 @@ pub enum StepError {
     Backup(#[from] BackupError),
     #[error(transparent)]
     User(#[from] UserError),
+    #[error(transparent)]
+    Recreate(#[from] RecreateError),
     #[error("step '{step}' of run '{run}' was a {recorded} step, not a {asked} step")]
     KindMismatch {
         run: String,
