@@ -131,44 +131,7 @@ pub async fn plan(api: &Api<'_>, request: &RecreateRequest) -> Result<RecreatePl
             "{name} has AutoRemove: it vanishes when stopped, and with it the only way back"
         ));
     }
-    // Containers that share this one's namespaces or volumes break if it is recreated.
-    for other in api.list().await? {
-        let other_id = str_at(&other, "/Id");
-        if other_id == old_id {
-            continue;
-        }
-        let Ok(doc) = api.inspect(other_id).await else {
-            continue;
-        };
-        let other_name = str_at(&doc, "/Name").trim_start_matches('/');
-        if request.together.iter().any(|t| t == other_name) {
-            continue;
-        }
-        let points_here = |mode: &str| {
-            mode.strip_prefix("container:")
-                .is_some_and(|target| target == name || old_id.starts_with(target))
-        };
-        for field in ["NetworkMode", "IpcMode", "PidMode"] {
-            if points_here(str_at(&doc, &format!("/HostConfig/{field}"))) {
-                refusals.push(format!(
-                    "{other_name} uses {name} through {field}=container:; migrate them together"
-                ));
-            }
-        }
-        let volumes_from = doc
-            .pointer("/HostConfig/VolumesFrom")
-            .and_then(|v| v.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for source in volumes_from.iter().filter_map(|v| v.as_str()) {
-            let source = source.split(':').next().unwrap_or_default();
-            if source == name || (!source.is_empty() && old_id.starts_with(source)) {
-                refusals.push(format!(
-                    "{other_name} mounts the volumes of {name} (VolumesFrom); migrate them together"
-                ));
-            }
-        }
-    }
+    refusals.extend(sharers(api, &old_id, &name, &request.together).await?);
     let mounts = layer::mount_destinations(&old);
     let flavour = api.connected().flavour;
     if !request.allow_layer_loss {
@@ -224,6 +187,55 @@ pub async fn plan(api: &Api<'_>, request: &RecreateRequest) -> Result<RecreatePl
         old_id,
         name,
     })
+}
+
+/// Containers that share this one's namespaces or volumes break if it is
+/// recreated: a refusal for each, unless the run moves it `together`.
+async fn sharers(
+    api: &Api<'_>,
+    old_id: &str,
+    name: &str,
+    together: &[String],
+) -> Result<Vec<String>, ContainerError> {
+    let mut refusals = Vec::new();
+    for other in api.list().await? {
+        let other_id = str_at(&other, "/Id");
+        if other_id == old_id {
+            continue;
+        }
+        let Ok(doc) = api.inspect(other_id).await else {
+            continue;
+        };
+        let other_name = str_at(&doc, "/Name").trim_start_matches('/');
+        if together.iter().any(|t| t == other_name) {
+            continue;
+        }
+        let points_here = |mode: &str| {
+            mode.strip_prefix("container:")
+                .is_some_and(|target| target == name || old_id.starts_with(target))
+        };
+        for field in ["NetworkMode", "IpcMode", "PidMode"] {
+            if points_here(str_at(&doc, &format!("/HostConfig/{field}"))) {
+                refusals.push(format!(
+                    "{other_name} uses {name} through {field}=container:; migrate them together"
+                ));
+            }
+        }
+        let volumes_from = doc
+            .pointer("/HostConfig/VolumesFrom")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for source in volumes_from.iter().filter_map(|v| v.as_str()) {
+            let source = source.split(':').next().unwrap_or_default();
+            if source == name || (!source.is_empty() && old_id.starts_with(source)) {
+                refusals.push(format!(
+                    "{other_name} mounts the volumes of {name} (VolumesFrom); migrate them together"
+                ));
+            }
+        }
+    }
+    Ok(refusals)
 }
 
 /// A partner this run recreated already is now a checkpoint
