@@ -10,9 +10,38 @@ use bollard::Docker;
 use fleet_core::audit::{EngineFacts, EngineKind};
 use tokio::sync::OnceCell;
 
-use crate::error::EngineError;
 use crate::flavour::Flavour;
 use crate::rawhttp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "no container engine socket found (tried {tried}); start the engine or pass --engine-socket"
+    )]
+    NoSocket { tried: String },
+    #[error("cannot reach the container engine at {socket}: {message}")]
+    Unreachable { socket: String, message: String },
+    #[error("container {0} does not exist (it may have just been removed)")]
+    NoSuchContainer(String),
+    #[error("engine call {call} failed: {message}")]
+    Api { call: String, message: String },
+}
+
+impl EngineError {
+    /// Classifies a bollard error from a call about `container`.
+    pub fn from_bollard(call: &str, container: &str, error: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as B;
+        match error {
+            B::DockerResponseServerError {
+                status_code: 404, ..
+            } => EngineError::NoSuchContainer(container.to_string()),
+            other => EngineError::Api {
+                call: call.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
 
 /// Which engine to talk to, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

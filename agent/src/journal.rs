@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use fleet_core::step::StepKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,33 +25,6 @@ pub enum JournalError {
     InvalidId { what: &'static str, value: String },
     #[error("no journal for run '{0}' on this host")]
     NoSuchRun(String),
-}
-
-/// What kind of step a record is about; decides how it is undone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepKind {
-    Backup,
-    User,
-    Stop,
-    Ownership,
-    Recreate,
-    Verify,
-    Restore,
-}
-
-impl StepKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Backup => "backup",
-            StepKind::User => "user",
-            StepKind::Stop => "stop",
-            StepKind::Ownership => "ownership",
-            StepKind::Recreate => "recreate",
-            StepKind::Verify => "verify",
-            StepKind::Restore => "restore",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,6 +446,34 @@ mod tests {
             Err(JournalError::NoSuchRun(_))
         ));
         assert!(RunJournal::open(dir.path(), "../x", true).is_err());
+    }
+
+    #[test]
+    fn journals_written_before_the_kinds_were_core_s_still_read() {
+        // Each kind as the agent's own kind type wrote it, byte for byte.
+        for (text, kind) in [
+            ("backup", StepKind::Backup),
+            ("user", StepKind::User),
+            ("stop", StepKind::Stop),
+            ("ownership", StepKind::Ownership),
+            ("recreate", StepKind::Recreate),
+            ("verify", StepKind::Verify),
+            ("restore", StepKind::Restore),
+        ] {
+            let line = format!(
+                r#"{{"seq":1,"unix_ms":2,"step":"s","event":"intent","kind":"{text}","request":{{}}}}"#
+            );
+            let record: Record = serde_json::from_str(&line).unwrap();
+            assert_eq!(
+                record.event,
+                Event::Intent {
+                    kind,
+                    request: serde_json::json!({}),
+                }
+            );
+            assert_eq!(serde_json::to_string(&record).unwrap(), line);
+            assert_eq!(kind.as_str(), text);
+        }
     }
 
     #[test]

@@ -28,14 +28,13 @@ pub mod steps;
 pub mod user_files;
 pub mod users;
 pub mod verify;
+pub mod wire;
 
 use std::sync::Arc;
 
 use fleet_core::CancellationToken;
-use fleet_core::auth::AuthLayer;
 use fleet_core::role::Role;
 use fleet_core::tls::{self, TlsMaterial};
-use fleet_proto::agent::v1::agent_server::AgentServer;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
@@ -118,14 +117,5 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "agent listening (mTLS)");
     }
-    let incoming = tls::incoming(listener, tls, shutdown.clone());
-    tonic::transport::Server::builder()
-        .layer(AuthLayer::new(fleet_proto::AGENT_SERVICE, service::decide))
-        .add_service(
-            AgentServer::new(service::AgentService::new(inspector, steps))
-                .max_encoding_message_size(64 * 1024 * 1024),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    service::serve(inspector, steps, tls, listener, shutdown).await
 }

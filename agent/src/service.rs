@@ -1,23 +1,29 @@
-//! The gRPC edge of the agent: wire types in, domain calls, wire types out.
+//! The gRPC server of the agent: the server itself, its authorization rule,
+//! and each RPC handed to the domain (the inspector, the step runner);
+//! `wire.rs` converts what comes in and goes out. Each mutating RPC runs
+//! its step in a task of its own and streams progress.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use fleet_core::auth::caller;
+use fleet_core::CancellationToken;
+use fleet_core::auth::{AuthLayer, caller};
 use fleet_core::role::Role;
+use fleet_core::tls;
 use fleet_proto::agent::v1 as pb;
+use fleet_proto::agent::v1::agent_server::AgentServer;
 use futures::Stream;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::inspect::{InspectOptions, Inspector};
-use crate::remap::IdMapping;
-use crate::steps::{StepProgress, StepResult, StepRunner, StepSpec};
-use crate::users::UserRequest;
-use crate::verify::Probe;
+use crate::error::AgentError;
+use crate::inspect::Inspector;
+use crate::steps::{StepError, StepProgress, StepResult, StepRunner, StepSpec};
+use crate::wire::{self, Keyed, StepRequest};
 
 /// Every RPC of the agent; a method absent from this list is refused to
 /// everyone (authorization fails closed).
@@ -49,6 +55,27 @@ pub fn decide(method: &str, role: Role) -> Result<(), String> {
     }
 }
 
+/// Serves the agent's gRPC service on `listener` over mTLS, behind its
+/// authorization rule, until `shutdown` is cancelled.
+pub async fn serve(
+    inspector: Arc<Inspector>,
+    steps: Arc<StepRunner>,
+    tls: Arc<ServerConfig>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let incoming = tls::incoming(listener, tls, shutdown.clone());
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(fleet_proto::AGENT_SERVICE, decide))
+        .add_service(
+            AgentServer::new(AgentService::new(inspector, steps))
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentService {
     inspector: Arc<Inspector>,
@@ -59,39 +86,22 @@ impl AgentService {
     pub fn new(inspector: Arc<Inspector>, steps: Arc<StepRunner>) -> Self {
         AgentService { inspector, steps }
     }
+
+    /// Starts the step a step RPC asks for, streaming its events.
+    fn start<R: StepRequest>(&self, request: Request<R>) -> Result<Response<EventStream>, Status> {
+        let who = caller(&request)?.name;
+        let Keyed { run, step, spec } = request.into_inner().into_step()?;
+        Ok(Response::new(stream_step(
+            self.steps.clone(),
+            run,
+            step,
+            spec,
+            who,
+        )))
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StepEvent, Status>> + Send>>;
-
-fn progress_event(p: StepProgress) -> pb::StepEvent {
-    pb::StepEvent {
-        event: Some(pb::step_event::Event::Progress(pb::StepProgress {
-            step_id: p.step,
-            phase: p.phase,
-            entries: p.entries,
-            changed: p.changed,
-            bytes: p.bytes,
-        })),
-    }
-}
-
-fn result_event(r: StepResult) -> pb::StepEvent {
-    pb::StepEvent {
-        event: Some(pb::step_event::Event::Result(pb::StepResult {
-            step_id: r.step,
-            kind: r.kind.as_str().to_string(),
-            replayed: r.replayed,
-            outcome_json: r.outcome.to_string(),
-            undone: r.undone,
-        })),
-    }
-}
-
-fn key(key: Option<pb::StepKey>) -> Result<(String, String), Status> {
-    let key =
-        key.ok_or_else(|| Status::invalid_argument("the request names no run id and step id"))?;
-    Ok((key.run_id, key.step_id))
-}
 
 /// Runs a step in a task of its own (a client that goes away does not
 /// abandon it half done) and streams its progress, then its result.
@@ -111,7 +121,7 @@ fn stream_step(
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     while let Some(p) = progress_rx.recv().await {
-                        let _ = tx.send(Ok(progress_event(p))).await;
+                        let _ = tx.send(Ok(wire::progress_event(p))).await;
                     }
                 })
             };
@@ -122,36 +132,12 @@ fn stream_step(
                 Err(e) => tracing::warn!(error = %e, "step failed"),
             }
             let _ = tx
-                .send(result.map(result_event).map_err(Status::from))
+                .send(result.map(wire::result_event).map_err(Status::from))
                 .await;
         }
         .instrument(span),
     );
     Box::pin(ReceiverStream::new(rx))
-}
-
-fn mapping(
-    uids: std::collections::HashMap<u32, u32>,
-    gids: std::collections::HashMap<u32, u32>,
-    everything: (Option<u32>, Option<u32>),
-) -> IdMapping {
-    IdMapping {
-        uids: uids.into_iter().collect::<BTreeMap<_, _>>(),
-        gids: gids.into_iter().collect::<BTreeMap<_, _>>(),
-        everything: match everything {
-            (Some(u), Some(g)) => Some((u, g)),
-            (Some(u), None) => Some((u, u)),
-            _ => None,
-        },
-    }
-}
-
-fn probe(probe: Option<pb::Probe>) -> Option<Probe> {
-    match probe?.kind? {
-        pb::probe::Kind::TcpAddress(address) => Some(Probe::Tcp { address }),
-        pb::probe::Kind::HttpUrl(url) => Some(Probe::Http { url }),
-        pb::probe::Kind::Exec(exec) => Some(Probe::Exec { argv: exec.argv }),
-    }
 }
 
 #[tonic::async_trait]
@@ -161,15 +147,10 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::HostReport>, Status> {
         let caller = caller(&request)?;
-        let request = request.into_inner();
-        let span = tracing::info_span!("inspect", caller = %caller.name, containers = request.containers.len());
-        let options = InspectOptions {
-            containers: request.containers,
-            skip_ownership: request.skip_ownership,
-            with_users: request.with_users,
-        };
+        let options = wire::inspect_options(request.into_inner());
+        let span = tracing::info_span!("inspect", caller = %caller.name, containers = options.containers.len());
         let report = self.inspector.inspect(&options).instrument(span).await?;
-        Ok(Response::new(report.into()))
+        Ok(Response::new(wire::host_report(report)))
     }
 
     type BackupStream = EventStream;
@@ -177,29 +158,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        let spec = StepSpec::Backup {
-            container: r.container,
-            hooks: r
-                .hooks
-                .into_iter()
-                .map(|h| (h.argv, u64::from(h.timeout_secs.max(1))))
-                .collect(),
-            retention_days: u64::from(if r.retention_days == 0 {
-                14
-            } else {
-                r.retention_days
-            }),
-        };
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type EnsureUserStream = EventStream;
@@ -207,22 +166,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::EnsureUserRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        let spec = StepSpec::User(UserRequest {
-            name: r.name,
-            uid: r.uid,
-            gid: r.gid,
-            rootless: r.rootless,
-        });
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type StopStream = EventStream;
@@ -230,18 +174,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StopRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            StepSpec::Stop {
-                container: r.container,
-            },
-            who,
-        )))
+        self.start(request)
     }
 
     type ChangeOwnershipStream = EventStream;
@@ -249,23 +182,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::ChangeOwnershipRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        let spec = StepSpec::Ownership {
-            container: r.container,
-            mapping: mapping(r.uids, r.gids, (r.everything_uid, r.everything_gid)),
-            skip_if_root_matches: r.skip_if_root_matches,
-            allow_protected_hardlinks: r.allow_protected_hardlinks,
-            mounts: r.mounts,
-        };
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type RecreateStream = EventStream;
@@ -273,33 +190,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::RecreateRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        // The controller checks this too; the host is guarded here as well
-        // because gid 0 hands the container root's group (its files,
-        // devices and sockets), whoever asks.
-        if r.uid == 0 || r.gid == 0 {
-            return Err(Status::invalid_argument(format!(
-                "a recreate never sets uid 0 or gid 0 (asked for {}:{}): the point is to leave root; give the container a non-root uid and gid",
-                r.uid, r.gid
-            )));
-        }
-        let spec = StepSpec::Recreate(crate::recreate::RecreateRequest {
-            container: r.container,
-            uid: r.uid,
-            gid: r.gid,
-            run: run.clone(),
-            allow_layer_loss: r.allow_layer_loss,
-            together: r.together,
-        });
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type VerifyStream = EventStream;
@@ -307,30 +198,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        let spec = StepSpec::Verify {
-            container: r.container,
-            deadline_secs: u64::from(if r.deadline_secs == 0 {
-                60
-            } else {
-                r.deadline_secs
-            }),
-            min_running_secs: u64::from(if r.min_running_secs == 0 {
-                5
-            } else {
-                r.min_running_secs
-            }),
-            probe: probe(r.probe),
-        };
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type RestoreStream = EventStream;
@@ -338,20 +206,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::RestoreRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let who = caller(&request)?.name;
-        let r = request.into_inner();
-        let (run, step) = key(r.key)?;
-        let spec = StepSpec::Restore {
-            backup_id: r.backup_id,
-            mounts: r.mounts,
-        };
-        Ok(Response::new(stream_step(
-            self.steps.clone(),
-            run,
-            step,
-            spec,
-            who,
-        )))
+        self.start(request)
     }
 
     type UndoStream = EventStream;
@@ -360,9 +215,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::UndoRequest>,
     ) -> Result<Response<EventStream>, Status> {
         caller(&request)?;
-        let (run, step) = key(request.into_inner().key)?;
+        let (run, step) = wire::key(request.into_inner().key)?;
         let result = self.steps.undo(&run, &step).await?;
-        let stream = futures::stream::iter(vec![Ok(result_event(result))]);
+        let stream = futures::stream::iter(vec![Ok(wire::result_event(result))]);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -382,7 +237,7 @@ impl pb::agent_server::Agent for AgentService {
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         while let Some(r) = results_rx.recv().await {
-                            let _ = tx.send(Ok(result_event(r))).await;
+                            let _ = tx.send(Ok(wire::result_event(r))).await;
                         }
                     })
                 };
@@ -409,10 +264,8 @@ impl pb::agent_server::Agent for AgentService {
         // prune half done.
         let outcome = tokio::spawn(async move { steps.prune(&run).await }.instrument(span))
             .await
-            .map_err(|e| Status::internal(format!("the prune task failed: {e}")))??;
-        Ok(Response::new(pb::PruneResponse {
-            outcome_json: outcome.to_string(),
-        }))
+            .map_err(|e| StepError::Internal(format!("the prune task failed: {e}")))??;
+        Ok(Response::new(wire::prune_response(&outcome)))
     }
 
     async fn verify_backup(
@@ -421,16 +274,8 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::VerifyBackupResponse>, Status> {
         caller(&request)?;
         let id = request.into_inner().backup_id;
-        let backups = self.steps.backups().clone();
-        let outcome = tokio::task::spawn_blocking(move || backups.verify(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::from(crate::steps::StepError::from(e)))?;
-        let ok = outcome.iter().all(|(_, v)| v.problems.is_empty());
-        Ok(Response::new(pb::VerifyBackupResponse {
-            ok,
-            outcome_json: serde_json::to_string(&outcome).unwrap_or_default(),
-        }))
+        let outcome = self.steps.verify_backup(&id).await?;
+        Ok(Response::new(wire::verify_backup_response(&outcome)))
     }
 
     async fn list_backups(
@@ -438,9 +283,9 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         caller(&request)?;
-        Ok(Response::new(pb::ListBackupsResponse {
-            backups_json: serde_json::to_string(&self.steps.backups().list()).unwrap_or_default(),
-        }))
+        Ok(Response::new(wire::list_backups_response(
+            &self.steps.backups().list(),
+        )))
     }
 
     async fn journal(
@@ -449,9 +294,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::JournalResponse>, Status> {
         caller(&request)?;
         let records = self.steps.journal(&request.into_inner().run_id).await?;
-        Ok(Response::new(pb::JournalResponse {
-            records_json: serde_json::to_string(&records).unwrap_or_default(),
-        }))
+        Ok(Response::new(wire::journal_response(&records)))
     }
 }
 

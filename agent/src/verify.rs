@@ -7,19 +7,12 @@
 use fleet_core::now_ms;
 use std::time::{Duration, Instant};
 
+use fleet_core::step::Probe;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::container::{Api, ContainerError};
 use crate::inspect::{InspectOptions, Inspector};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Probe {
-    Tcp { address: String },
-    Http { url: String },
-    Exec { argv: Vec<String> },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyRequest {
@@ -292,4 +285,38 @@ async fn http_get_status(url: &str, timeout: Duration) -> Result<u16, String> {
     tokio::time::timeout(timeout, io)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_read_and_write_as_the_agent_journaled_them() {
+        // The agent's own probe type was `lowercase`, core's is
+        // `kebab-case`: the same for one-word kinds, so old intents read.
+        for (text, probe) in [
+            (
+                r#"{"kind":"tcp","address":"127.0.0.1:80"}"#,
+                Probe::Tcp {
+                    address: "127.0.0.1:80".into(),
+                },
+            ),
+            (
+                r#"{"kind":"http","url":"http://x/"}"#,
+                Probe::Http {
+                    url: "http://x/".into(),
+                },
+            ),
+            (
+                r#"{"kind":"exec","argv":["true"]}"#,
+                Probe::Exec {
+                    argv: vec!["true".into()],
+                },
+            ),
+        ] {
+            assert_eq!(serde_json::from_str::<Probe>(text).unwrap(), probe);
+            assert_eq!(serde_json::to_string(&probe).unwrap(), text);
+        }
+    }
 }

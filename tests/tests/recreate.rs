@@ -6,16 +6,24 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig,
     HostConfigLogConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
     ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
+use fleet_agent::cache::Cache;
 use fleet_agent::container::Api;
 use fleet_agent::engine::{Engine, EngineChoice};
-use fleet_agent::recreate::{self, RecreateRequest};
+use fleet_agent::inspect::Inspector;
+use fleet_agent::ownership::WalkBounds;
+use fleet_agent::recreate::{self, RecreateError, RecreateRequest};
+use fleet_agent::steps::{StepError, StepRunner, StepSpec};
+use fleet_agent::users::UserSettings;
 use fleet_tests::engine::{Scope, body, docker, engine_socket, test_image};
+use fleet_tests::fleet::seen;
 use fleet_tests::unique;
 use serde_json::Value;
 
@@ -452,5 +460,79 @@ async fn what_cannot_be_recreated_faithfully_is_refused_before_anything_changes(
     assert_eq!(
         api.inspect(&base_id).await.unwrap()["State"]["Running"],
         true
+    );
+}
+
+/// The refusal of a root target is the recreate's own planning, not the
+/// gRPC edge's: a caller of the step runner meets it too, before anything
+/// is journaled or touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_step_runner_itself_refuses_a_target_uid_or_gid_of_zero() {
+    let docker = docker().await;
+    let image = test_image(&docker).await;
+    let scope = Scope::new(&docker);
+    let name = unique("root-target");
+    scope.run(&name, body(&image, &["sleep", "3600"])).await;
+    let before = seen(&docker, &name).await;
+    let state = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::new(EngineChoice::Auto, Some(engine_socket())));
+    let inspector = Arc::new(Inspector::new(
+        engine.clone(),
+        Arc::new(Cache::new(false, Duration::from_secs(60))),
+        WalkBounds::default(),
+        "t".into(),
+        None,
+    ));
+    let steps = StepRunner::new(
+        state.path(),
+        engine.clone(),
+        inspector,
+        UserSettings::default(),
+    );
+    let run = "recreate-root-target";
+    for (step, uid, gid) in [("gid0", 61500, 0), ("uid0", 0, 61500), ("both", 0, 0)] {
+        let request = RecreateRequest {
+            container: name.clone(),
+            uid,
+            gid,
+            run: run.into(),
+            allow_layer_loss: false,
+            together: Vec::new(),
+        };
+        let refused = steps
+            .run(run, step, StepSpec::Recreate(request.clone()), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StepError::Recreate(RecreateError::InvalidRequest(_))
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains(&format!(
+                "never sets uid 0 or gid 0 (asked for {uid}:{gid})"
+            )),
+            "{refused}"
+        );
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::InvalidArgument
+        );
+        // The plan itself refuses first, for any caller of it.
+        let api = Api::new(engine.connected().await.unwrap());
+        assert!(matches!(
+            recreate::plan(&api, &request).await,
+            Err(RecreateError::InvalidRequest(_))
+        ));
+        assert_eq!(seen(&docker, &name).await, before, "{step}");
+    }
+    // Refused before its intent: nothing journaled, no checkpoint made.
+    assert_eq!(steps.journal(run).await.unwrap(), Vec::new());
+    let checkpoint = format!("{name}.fleet-pre-{run}");
+    assert!(
+        docker.inspect_container(&checkpoint, None).await.is_err(),
+        "no checkpoint {checkpoint}"
     );
 }

@@ -9,7 +9,7 @@ use bollard::query_parameters::{ContainerArchiveInfoOptions, DownloadFromContain
 use futures::TryStreamExt;
 
 use crate::engine::Connected;
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use crate::identity::UserDb;
 use crate::user_files;
 

@@ -27,7 +27,7 @@ use futures::StreamExt;
 
 use crate::cache::Cache;
 use crate::engine::{Connected, Engine};
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use crate::ownership::WalkBounds;
 use crate::procfs::ProcessTable;
 use partners::{links, pod_names};

@@ -87,11 +87,33 @@ pub struct RecreateOutcome {
     pub mount_roots_reowned: Vec<MountRootReset>,
 }
 
+/// Why a recreate cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum RecreateError {
+    /// The request itself is refused, whatever the container (a root
+    /// target): the caller's to fix.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+/// A recreate never sets uid 0 or gid 0, whoever asks (the controller
+/// checks this too): gid 0 alone hands the container root's group, its
+/// files, devices and sockets.
+pub fn refuse_root_target(request: &RecreateRequest) -> Result<(), RecreateError> {
+    if request.uid == 0 || request.gid == 0 {
+        return Err(RecreateError::InvalidRequest(format!(
+            "a recreate never sets uid 0 or gid 0 (asked for {}:{}): the point is to leave root; give the container a non-root uid and gid",
+            request.uid, request.gid
+        )));
+    }
+    Ok(())
+}
+
 /// Decides the recreate, refusing what cannot be done faithfully.
-pub async fn plan(
-    api: &Api<'_>,
-    request: &RecreateRequest,
-) -> Result<RecreatePlan, ContainerError> {
+pub async fn plan(api: &Api<'_>, request: &RecreateRequest) -> Result<RecreatePlan, RecreateError> {
+    refuse_root_target(request)?;
     let mut old = api.inspect(&request.container).await?;
     repoint_to_successors(api, &mut old, &request.run).await?;
     if api.connected().facts.kind == fleet_core::audit::EngineKind::Podman {
@@ -109,44 +131,7 @@ pub async fn plan(
             "{name} has AutoRemove: it vanishes when stopped, and with it the only way back"
         ));
     }
-    // Containers that share this one's namespaces or volumes break if it is recreated.
-    for other in api.list().await? {
-        let other_id = str_at(&other, "/Id");
-        if other_id == old_id {
-            continue;
-        }
-        let Ok(doc) = api.inspect(other_id).await else {
-            continue;
-        };
-        let other_name = str_at(&doc, "/Name").trim_start_matches('/');
-        if request.together.iter().any(|t| t == other_name) {
-            continue;
-        }
-        let points_here = |mode: &str| {
-            mode.strip_prefix("container:")
-                .is_some_and(|target| target == name || old_id.starts_with(target))
-        };
-        for field in ["NetworkMode", "IpcMode", "PidMode"] {
-            if points_here(str_at(&doc, &format!("/HostConfig/{field}"))) {
-                refusals.push(format!(
-                    "{other_name} uses {name} through {field}=container:; migrate them together"
-                ));
-            }
-        }
-        let volumes_from = doc
-            .pointer("/HostConfig/VolumesFrom")
-            .and_then(|v| v.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for source in volumes_from.iter().filter_map(|v| v.as_str()) {
-            let source = source.split(':').next().unwrap_or_default();
-            if source == name || (!source.is_empty() && old_id.starts_with(source)) {
-                refusals.push(format!(
-                    "{other_name} mounts the volumes of {name} (VolumesFrom); migrate them together"
-                ));
-            }
-        }
-    }
+    refusals.extend(sharers(api, &old_id, &name, &request.together).await?);
     let mounts = layer::mount_destinations(&old);
     let flavour = api.connected().flavour;
     if !request.allow_layer_loss {
@@ -163,7 +148,7 @@ pub async fn plan(
         .cloned()
         .unwrap_or(json!({"Name": "no"}));
     if !refusals.is_empty() {
-        return Err(ContainerError::Refused(refusals));
+        return Err(ContainerError::Refused(refusals).into());
     }
     let user = format!("{}:{}", request.uid, request.gid);
     // The image the old container ran, by ID; its tag only if the tag
@@ -202,6 +187,55 @@ pub async fn plan(
         old_id,
         name,
     })
+}
+
+/// Containers that share this one's namespaces or volumes break if it is
+/// recreated: a refusal for each, unless the run moves it `together`.
+async fn sharers(
+    api: &Api<'_>,
+    old_id: &str,
+    name: &str,
+    together: &[String],
+) -> Result<Vec<String>, ContainerError> {
+    let mut refusals = Vec::new();
+    for other in api.list().await? {
+        let other_id = str_at(&other, "/Id");
+        if other_id == old_id {
+            continue;
+        }
+        let Ok(doc) = api.inspect(other_id).await else {
+            continue;
+        };
+        let other_name = str_at(&doc, "/Name").trim_start_matches('/');
+        if together.iter().any(|t| t == other_name) {
+            continue;
+        }
+        let points_here = |mode: &str| {
+            mode.strip_prefix("container:")
+                .is_some_and(|target| target == name || old_id.starts_with(target))
+        };
+        for field in ["NetworkMode", "IpcMode", "PidMode"] {
+            if points_here(str_at(&doc, &format!("/HostConfig/{field}"))) {
+                refusals.push(format!(
+                    "{other_name} uses {name} through {field}=container:; migrate them together"
+                ));
+            }
+        }
+        let volumes_from = doc
+            .pointer("/HostConfig/VolumesFrom")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for source in volumes_from.iter().filter_map(|v| v.as_str()) {
+            let source = source.split(':').next().unwrap_or_default();
+            if source == name || (!source.is_empty() && old_id.starts_with(source)) {
+                refusals.push(format!(
+                    "{other_name} mounts the volumes of {name} (VolumesFrom); migrate them together"
+                ));
+            }
+        }
+    }
+    Ok(refusals)
 }
 
 /// A partner this run recreated already is now a checkpoint

@@ -5,12 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use fleet_core::migration::Listed;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub entries: u64,
-    pub changed: u64,
-    pub bytes: u64,
-}
+/// What a walk has seen, changed and read so far.
+pub use fleet_core::step::Progress;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemapReport {
