@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_core::run::{OnFailure, Run, RunOptions, RunView};
+use fleet_core::run::{BatchSize, FailureBudget, OnFailure, OptionError, Run, RunOptions, RunView};
 use fleet_proto::controller::v1 as pb;
 use pb::host_error::Kind;
 use tonic::Status;
@@ -17,7 +17,6 @@ use crate::inventory::{Host, HostSource};
 use crate::plan::Selection;
 use crate::policy::{Policy, PolicySource};
 use crate::run::planning::PlanScope;
-use crate::run::waves;
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
     serde_json::to_string(value).map_err(|e| Status::internal(format!("cannot encode: {e}")))
@@ -81,19 +80,23 @@ pub fn options(options: Option<pb::RunOptions>) -> Result<RunOptions, Controller
             o.on_failure
         ))
     })?;
-    for batch in &o.batches {
-        waves::BatchSize::parse(batch)?;
-    }
-    waves::budget(&o.max_failures, 1)?;
+    let invalid = |e: OptionError| ControllerError::InvalidArgument(e.to_string());
+    let batches = o
+        .batches
+        .iter()
+        .map(|b| BatchSize::parse(b))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let max_failures = FailureBudget::parse(&o.max_failures).map_err(invalid)?;
     Ok(RunOptions {
         canary: o.canary,
-        batches: o.batches,
+        batches,
         max_parallel: if o.max_parallel == 0 {
             4
         } else {
             o.max_parallel
         },
-        max_failures: o.max_failures,
+        max_failures,
         on_failure,
         pause_after_canary: o.pause_after_canary,
         agent_deadline_secs: o.agent_deadline_secs,

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod process;
 pub mod role;
 pub mod run;
+pub mod run_options;
 pub mod step;
 pub mod target;
 pub mod text;

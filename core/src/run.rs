@@ -31,67 +31,7 @@ pub enum RunKind {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFailure {
-    /// Roll back the failed host's migrated containers and go on.
-    RollbackHost,
-    /// Start no new work; what is migrated stays migrated.
-    Halt,
-    /// Roll back everything the run did, on every host.
-    RollbackRun,
-}
-
-impl OnFailure {
-    /// Every choice with the words an operator types and what it does
-    /// (fleetctl's `--on-failure` help lists them).
-    pub const ALL: [(OnFailure, &'static str, &'static str); 3] = [
-        (
-            OnFailure::RollbackHost,
-            "rollback-host",
-            "Roll back the failed host's migrated containers and go on",
-        ),
-        (
-            OnFailure::Halt,
-            "halt",
-            "Start no new work; what is migrated stays migrated",
-        ),
-        (
-            OnFailure::RollbackRun,
-            "rollback-run",
-            "Roll back everything the run did",
-        ),
-    ];
-
-    /// `""` is the default, rollback-host.
-    pub fn parse(text: &str) -> Option<Self> {
-        if text.is_empty() {
-            return Some(OnFailure::RollbackHost);
-        }
-        Self::ALL
-            .iter()
-            .find(|(_, name, _)| *name == text)
-            .map(|(choice, _, _)| *choice)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(choice, _, _)| *choice == self)
-            .map_or("rollback-host", |(_, name, _)| name)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunOptions {
-    pub canary: u32,
-    pub batches: Vec<String>,
-    pub max_parallel: u32,
-    pub max_failures: String,
-    pub on_failure: OnFailure,
-    pub pause_after_canary: bool,
-    pub agent_deadline_secs: u32,
-}
+pub use crate::run_options::{BatchSize, FailureBudget, OnFailure, OptionError, RunOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -92,13 +92,13 @@ pub async fn build(
             host.error.clone().unwrap_or_default()
         )));
     }
-    let budget = waves::budget(&request.options.max_failures, plan.hosts.len())?;
+    let budget = request.options.max_failures.allowed(plan.hosts.len());
     let host_names: Vec<String> = plan.hosts.iter().map(|h| h.host.clone()).collect();
     let wave_list = waves::waves(
         &host_names,
         request.options.canary,
         &request.options.batches,
-    )?;
+    );
     let mut containers = Vec::new();
     let mut hosts = Vec::new();
     for host in &plan.hosts {

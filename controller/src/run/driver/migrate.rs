@@ -235,13 +235,7 @@ async fn host_failed(ctx: &Arc<RunCtx>, host: &str, error: String) -> Result<(),
             r.stopping = Some(RunPhase::Halted);
             r.note = Some(format!(
                 "halted: {} failed host(s) exceed the failure budget of {} (--max-failures {})",
-                r.failed_hosts,
-                r.budget,
-                if r.options.max_failures.is_empty() {
-                    "0"
-                } else {
-                    &r.options.max_failures
-                }
+                r.failed_hosts, r.budget, r.options.max_failures
             ));
         }
     })?;
