@@ -20,30 +20,8 @@ pub enum ControllerError {
     Serve(#[from] tonic::transport::Error),
 }
 
-impl From<sled::Error> for ControllerError {
-    fn from(e: sled::Error) -> Self {
-        ControllerError::Store(e.to_string())
-    }
-}
-
 impl From<serde_json::Error> for ControllerError {
     fn from(e: serde_json::Error) -> Self {
         ControllerError::Store(format!("corrupt record: {e}"))
-    }
-}
-
-impl From<ControllerError> for tonic::Status {
-    fn from(error: ControllerError) -> Self {
-        let message = error.to_string();
-        match error {
-            ControllerError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            ControllerError::NotFound(_) => tonic::Status::not_found(message),
-            ControllerError::AlreadyExists(_) => tonic::Status::already_exists(message),
-            ControllerError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-            ControllerError::Store(_)
-            | ControllerError::Tls(_)
-            | ControllerError::WrongOwnRole(_)
-            | ControllerError::Serve(_) => tonic::Status::internal(message),
-        }
     }
 }

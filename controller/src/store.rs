@@ -10,6 +10,13 @@ use crate::error::ControllerError;
 use crate::inventory::{Host, HostSource};
 use crate::run::model::{ContainerRun, Run, RunEvent};
 
+/// The store's failures are the controller's; sled is named only here.
+impl From<sled::Error> for ControllerError {
+    fn from(e: sled::Error) -> Self {
+        ControllerError::Store(e.to_string())
+    }
+}
+
 /// `run \0 rest`: a run's records sort together and never mix with another
 /// run whose id shares a prefix.
 fn run_key(run: &str, rest: &[u8]) -> Vec<u8> {

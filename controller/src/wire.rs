@@ -122,3 +122,20 @@ pub fn scope(selection: Option<pb::Selection>) -> Result<PlanScope, ControllerEr
         policy,
     })
 }
+
+/// The one mapping of the controller's errors to a gRPC status.
+impl From<ControllerError> for tonic::Status {
+    fn from(error: ControllerError) -> Self {
+        let message = error.to_string();
+        match error {
+            ControllerError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            ControllerError::NotFound(_) => tonic::Status::not_found(message),
+            ControllerError::AlreadyExists(_) => tonic::Status::already_exists(message),
+            ControllerError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            ControllerError::Store(_)
+            | ControllerError::Tls(_)
+            | ControllerError::WrongOwnRole(_)
+            | ControllerError::Serve(_) => tonic::Status::internal(message),
+        }
+    }
+}

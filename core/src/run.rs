@@ -289,6 +289,39 @@ pub struct RunSummary {
 }
 
 impl Run {
+    /// A run as it starts, now: running, nothing done, no failure yet.
+    pub fn started(
+        id: String,
+        kind: RunKind,
+        created_by: String,
+        options: RunOptions,
+        hosts: Vec<HostRun>,
+        waves: Vec<Vec<String>>,
+        budget: u32,
+    ) -> Self {
+        Run {
+            id,
+            kind,
+            created_by,
+            created_unix_ms: crate::now_ms(),
+            finished_unix_ms: None,
+            options,
+            phase: RunPhase::Running,
+            control: None,
+            waves,
+            waves_done: 0,
+            hosts,
+            budget,
+            failed_hosts: 0,
+            note: None,
+            stopping: None,
+            overhead: Overhead::default(),
+            pruned: None,
+            rolled_back_by: Vec::new(),
+            finished_seq: None,
+        }
+    }
+
     pub fn summary(&self) -> RunSummary {
         RunSummary {
             id: self.id.clone(),

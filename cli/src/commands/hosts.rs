@@ -6,6 +6,7 @@ use fleet_proto::controller::v1 as pb;
 
 use crate::args::{HostsCommand, ListFormat};
 use crate::client::Controller;
+use crate::commands::run_render::print_json;
 use crate::exit::CliError;
 use crate::render::Table;
 
@@ -25,18 +26,20 @@ pub async fn run(
                 .hosts;
             match output {
                 ListFormat::Json => {
-                    let hosts: Vec<serde_json::Value> = hosts
+                    let hosts: Vec<HostEntry<'_>> = hosts
                         .iter()
-                        .map(|h| {
-                            serde_json::json!({
-                                "name": h.name,
-                                "address": h.address,
-                                "labels": h.labels,
-                                "source": h.source,
-                            })
+                        .map(|h| HostEntry {
+                            name: &h.name,
+                            address: &h.address,
+                            labels: h
+                                .labels
+                                .iter()
+                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .collect(),
+                            source: &h.source,
                         })
                         .collect();
-                    let _ = writeln!(out, "{}", serde_json::Value::Array(hosts));
+                    print_json(&hosts, out);
                 }
                 ListFormat::Table => {
                     let mut table = Table::new(&["NAME", "ADDRESS", "LABELS", "SOURCE"]);
@@ -109,4 +112,13 @@ pub async fn whoami(controller: &mut Controller, out: &mut dyn Write) -> Result<
         .into_inner();
     let _ = writeln!(out, "{} ({}) at {}", me.name, me.role, controller.address);
     Ok(())
+}
+
+/// One host as `fleetctl hosts list -o json` prints it.
+#[derive(serde::Serialize)]
+struct HostEntry<'a> {
+    name: &'a str,
+    address: &'a str,
+    labels: std::collections::BTreeMap<&'a str, &'a str>,
+    source: &'a str,
 }

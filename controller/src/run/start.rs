@@ -10,7 +10,7 @@ use crate::policy::glob;
 use crate::run::Runs;
 use crate::run::ctx::now_ms;
 use crate::run::model::{
-    ContainerRun, ContainerState, HostRun, HostState, Run, RunKind, RunOptions, RunPhase, RunView,
+    ContainerRun, ContainerState, HostRun, HostState, Run, RunKind, RunOptions, RunView,
 };
 use crate::run::planning::{PlanScope, plan_hosts};
 use crate::run::saved::{self, PlanDocument};
@@ -134,30 +134,19 @@ pub async fn build(
             "nothing to migrate: every selected container is exempt, refused or already non-root (see `fleetctl plan`)".into(),
         ));
     }
-    let run = Run {
-        id: if request.dry_run {
-            "dry-run".into()
-        } else {
-            new_run_id()
-        },
-        kind: RunKind::Migrate,
-        created_by: caller.name.clone(),
-        created_unix_ms: now_ms(),
-        finished_unix_ms: None,
-        options: request.options,
-        phase: RunPhase::Running,
-        control: None,
-        waves: wave_list,
-        waves_done: 0,
-        hosts,
-        budget,
-        failed_hosts: 0,
-        note: None,
-        stopping: None,
-        overhead: Default::default(),
-        pruned: None,
-        rolled_back_by: Vec::new(),
-        finished_seq: None,
+    let id = if request.dry_run {
+        "dry-run".into()
+    } else {
+        new_run_id()
     };
+    let run = Run::started(
+        id,
+        RunKind::Migrate,
+        caller.name.clone(),
+        request.options,
+        hosts,
+        wave_list,
+        budget,
+    );
     Ok(RunView { run, containers })
 }
