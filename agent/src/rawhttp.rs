@@ -1,5 +1,7 @@
-//! A minimal GET over the engine's unix socket, for the libpod endpoints
-//! bollard does not cover (pod membership, rootless mode).
+//! HTTP/1.1 over the engine's unix socket, with a bounded body: the
+//! transport of every container call `container.rs` makes on raw documents
+//! (create, stop, rename, update, network connect, exec, ...) and of the
+//! libpod endpoints bollard does not cover (pod membership, rootless mode).
 
 use std::path::Path;
 

@@ -332,7 +332,16 @@ impl Runs {
                     // A slow watcher missed live events: all but progress
                     // are in the store.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        store.events(&run.id, after).unwrap_or_default()
+                        match store.events(&run.id, after) {
+                            Ok(events) => events,
+                            // Not an empty list: the watcher would miss
+                            // what it lagged over. Ending the stream makes
+                            // it ask again from the last event it has.
+                            Err(e) => {
+                                tracing::warn!(run = %run.id, error = %e, "cannot replay events a lagging watcher missed; ending its stream");
+                                return;
+                            }
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };

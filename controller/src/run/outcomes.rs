@@ -16,12 +16,16 @@ struct VerifyOutcomeView {
     downtime_from_stop_ms: Option<u64>,
 }
 
-/// (old container exited → verified, stop requested → verified).
+/// (old container exited → verified, stop requested → verified). An
+/// outcome without them (an older agent's) has no downtime to report: the
+/// documented meaning of the default, which decides nothing.
 pub fn downtime(outcome: &Value) -> (Option<u64>, Option<u64>) {
     let view: VerifyOutcomeView = serde_json::from_value(outcome.clone()).unwrap_or_default();
     (view.downtime_ms, view.downtime_from_stop_ms)
 }
 
+/// What the ownership step left as it was; an outcome that does not say
+/// (an older agent's) left nothing to report.
 pub fn left_alone(outcome: &Value) -> LeftAlone {
     serde_json::from_value::<OwnershipOutcomeView>(outcome.clone())
         .map(LeftAlone::from)
