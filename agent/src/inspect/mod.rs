@@ -26,8 +26,8 @@ use fleet_core::audit::{ContainerReport, HostReport};
 use futures::StreamExt;
 
 use crate::cache::Cache;
-use crate::engine::{Connected, Engine};
 use crate::engine::EngineError;
+use crate::engine::{Connected, Engine};
 use crate::ownership::WalkBounds;
 use crate::procfs::ProcessTable;
 use partners::{links, pod_names};
