@@ -161,48 +161,14 @@ impl Engine {
             socket: socket_text.clone(),
             message: source.to_string(),
         };
-        let docker = Docker::connect_with_unix(
-            &socket_text,
-            ENGINE_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(unreachable)?;
-        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
-            .await
-            .map_err(|_| EngineError::Unreachable {
-                socket: socket_text.clone(),
-                message: "no answer within 10s".into(),
-            })?
-            .map_err(unreachable)?;
+        let docker = negotiate(&socket_text).await?;
         let negotiated = docker.client_version();
         let api_version = (
             negotiated.major_version as u32,
             negotiated.minor_version as u32,
         );
         let version = docker.version().await.map_err(unreachable)?;
-        // Podman names itself in the components; its own (libpod) API is
-        // versioned separately from the compat one.
-        let libpod_version = version
-            .components
-            .iter()
-            .flatten()
-            .find(|c| c.name.contains("Podman"))
-            .map(|c| {
-                c.details
-                    .as_ref()
-                    .and_then(|d| d.get("APIVersion").cloned())
-                    .unwrap_or_else(|| c.version.clone())
-            });
-        let is_podman = libpod_version.is_some()
-            || version
-                .platform
-                .as_ref()
-                .is_some_and(|p| p.name.contains("Podman"));
-        let kind = if is_podman {
-            EngineKind::Podman
-        } else {
-            EngineKind::Docker
-        };
+        let (kind, libpod_version) = identify(&version);
         let libpod_prefix = format!("/v{}/libpod", libpod_version.as_deref().unwrap_or("4.0.0"));
         let info = docker.info().await.map_err(unreachable)?;
         let data_root = info
@@ -211,21 +177,8 @@ impl Engine {
             .filter(|d| !d.is_empty())
             .map(|d| std::fs::canonicalize(&d).unwrap_or_else(|_| PathBuf::from(d)));
         let security = info.security_options.unwrap_or_default();
-        let mut rootless = security.iter().any(|o| o.contains("name=rootless"));
         let userns_remap = security.iter().any(|o| o.contains("name=userns"));
-        if kind == EngineKind::Podman {
-            // Podman's compat /info does not say; its own endpoint does.
-            let libpod = rawhttp::get_json(&socket, &format!("{libpod_prefix}/info")).await;
-            match libpod {
-                Ok(value) => {
-                    rootless = value
-                        .pointer("/host/security/rootless")
-                        .and_then(|v| v.as_bool())
-                        .unwrap_or(rootless);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read /libpod/info"),
-            }
-        }
+        let rootless = rootless(&security, kind, &socket, &libpod_prefix).await;
         let root_host_uid = if rootless {
             socket_owner(&socket)
         } else if userns_remap {
@@ -254,6 +207,80 @@ impl Engine {
             data_root,
             api_version,
         })
+    }
+}
+
+/// A client on the socket, with the API version the engine and bollard
+/// both speak (the engine has 10 seconds to answer).
+async fn negotiate(socket_text: &str) -> Result<Docker, EngineError> {
+    let unreachable = |source: bollard::errors::Error| EngineError::Unreachable {
+        socket: socket_text.to_string(),
+        message: source.to_string(),
+    };
+    let docker = Docker::connect_with_unix(
+        socket_text,
+        ENGINE_TIMEOUT_SECS,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(unreachable)?;
+    tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+        .await
+        .map_err(|_| EngineError::Unreachable {
+            socket: socket_text.to_string(),
+            message: "no answer within 10s".into(),
+        })?
+        .map_err(unreachable)
+}
+
+/// Docker or Podman, and Podman's own (libpod) API version: Podman names
+/// itself in the components, and versions its libpod API separately from
+/// the compat one.
+fn identify(version: &bollard::models::SystemVersion) -> (EngineKind, Option<String>) {
+    let libpod_version = version
+        .components
+        .iter()
+        .flatten()
+        .find(|c| c.name.contains("Podman"))
+        .map(|c| {
+            c.details
+                .as_ref()
+                .and_then(|d| d.get("APIVersion").cloned())
+                .unwrap_or_else(|| c.version.clone())
+        });
+    let is_podman = libpod_version.is_some()
+        || version
+            .platform
+            .as_ref()
+            .is_some_and(|p| p.name.contains("Podman"));
+    let kind = if is_podman {
+        EngineKind::Podman
+    } else {
+        EngineKind::Docker
+    };
+    (kind, libpod_version)
+}
+
+/// Whether the engine runs rootless: its security options say so for
+/// Docker; Podman's compat /info does not, its own endpoint does.
+async fn rootless(
+    security: &[String],
+    kind: EngineKind,
+    socket: &Path,
+    libpod_prefix: &str,
+) -> bool {
+    let rootless = security.iter().any(|o| o.contains("name=rootless"));
+    if kind != EngineKind::Podman {
+        return rootless;
+    }
+    match rawhttp::get_json(socket, &format!("{libpod_prefix}/info")).await {
+        Ok(value) => value
+            .pointer("/host/security/rootless")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(rootless),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read /libpod/info");
+            rootless
+        }
     }
 }
 

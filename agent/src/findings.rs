@@ -127,6 +127,8 @@ fn normalized_cap(cap: &str) -> String {
     upper.strip_prefix("CAP_").unwrap_or(&upper).to_string()
 }
 
+// Long on purpose: one flat list of independent docker-bench checks in
+// the benchmark's numbered order, which is the order of the findings.
 fn host_config_findings(doc: &ContainerInspectResponse, out: &mut Vec<Finding>) {
     let Some(hc) = doc.host_config.as_ref() else {
         return;

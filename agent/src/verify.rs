@@ -104,82 +104,137 @@ pub async fn verify(
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    let has_healthcheck = crate::recreate::has_healthcheck(&first);
-    let restarts_at_start = restart_count(&first);
-    let mut agent_health = (has_healthcheck && !api.connected().flavour.runs_healthchecks())
-        .then(|| HealthRunner::for_container(&first));
-    let min_running = Duration::from_secs(request.min_running_secs);
-    let running_since = Instant::now();
-    let gate = loop {
-        let doc = api.inspect(&id).await?;
-        let running = doc.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true);
-        if !running {
-            let code = doc
-                .pointer("/State/ExitCode")
-                .and_then(|v| v.as_i64())
-                .unwrap_or(-1);
-            let logs = api.logs_tail(&id, 10).await;
-            return Err(fail(format!(
-                "the new container exited (code {code}); last output: {logs}"
-            )));
-        }
-        if restart_count(&doc) > restarts_at_start {
-            return Err(fail(format!(
-                "the new container restarted {} times",
-                restart_count(&doc) - restarts_at_start
-            )));
-        }
-        if let Some(runner) = agent_health.as_mut() {
-            runner.run_if_due(api, &id).await?;
-        }
-        if has_healthcheck {
-            let doc = if agent_health.is_some() {
-                api.inspect(&id).await?
-            } else {
-                doc
-            };
-            match doc.pointer("/State/Health/Status").and_then(|s| s.as_str()) {
-                Some("healthy") => break "healthy",
-                Some("unhealthy") => {
-                    let log = doc
-                        .pointer("/State/Health/Log")
-                        .and_then(|l| l.as_array())
-                        .and_then(|l| l.last())
-                        .and_then(|l| l.get("Output"))
-                        .and_then(|o| o.as_str())
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
-                    return Err(fail(format!(
-                        "the new container's healthcheck reports unhealthy: {log}"
-                    )));
-                }
-                _ => {}
-            }
-        } else if running_since.elapsed() >= min_running {
-            break "running";
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(format!(
-                "the new container was not {} within {} s",
-                if has_healthcheck {
-                    "healthy"
-                } else {
-                    "steadily running"
-                },
-                request.deadline_secs
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut watch = Watch::new(api, &first, request, deadline);
+    let gate = watch.gate(api, &id).await?;
     let healthy_at_ms = now_ms();
     let probe = match &request.probe {
         None => None,
         Some(probe) => Some(run_probe(api, &id, probe).await?),
     };
+    let verdict = no_root_process(inspector, &id).await?;
+    Ok(VerifyOutcome {
+        container_id: id,
+        gate: gate.to_string(),
+        healthy_at_ms,
+        downtime_ms: request
+            .exited_at_ms
+            .or(request.stopped_at_ms)
+            .map(|s| healthy_at_ms.saturating_sub(s)),
+        downtime_from_stop_ms: request
+            .stopped_at_ms
+            .map(|s| healthy_at_ms.saturating_sub(s)),
+        verdict,
+        probe,
+        healthcheck_run_by_agent: watch.agent_health.is_some(),
+    })
+}
+
+/// The wait for the gate: what it watches for, from the first inspect.
+struct Watch {
+    deadline: Instant,
+    deadline_secs: u64,
+    has_healthcheck: bool,
+    restarts_at_start: i64,
+    /// The healthcheck the agent runs itself, when the engine does not.
+    agent_health: Option<HealthRunner>,
+    min_running: Duration,
+    running_since: Instant,
+}
+
+impl Watch {
+    fn new(api: &Api<'_>, first: &Value, request: &VerifyRequest, deadline: Instant) -> Self {
+        let has_healthcheck = crate::recreate::has_healthcheck(first);
+        Watch {
+            deadline,
+            deadline_secs: request.deadline_secs,
+            has_healthcheck,
+            restarts_at_start: restart_count(first),
+            agent_health: (has_healthcheck && !api.connected().flavour.runs_healthchecks())
+                .then(|| HealthRunner::for_container(first)),
+            min_running: Duration::from_secs(request.min_running_secs),
+            running_since: Instant::now(),
+        }
+    }
+
+    /// Polls until the container is healthy ("healthy"), or has run for
+    /// the minimum time without a healthcheck ("running"); fails when it
+    /// exits, restarts, is unhealthy, or the deadline passes.
+    async fn gate(&mut self, api: &Api<'_>, id: &str) -> Result<&'static str, ContainerError> {
+        loop {
+            let doc = api.inspect(id).await?;
+            let running = doc.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true);
+            if !running {
+                let code = doc
+                    .pointer("/State/ExitCode")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(-1);
+                let logs = api.logs_tail(id, 10).await;
+                return Err(fail(format!(
+                    "the new container exited (code {code}); last output: {logs}"
+                )));
+            }
+            if restart_count(&doc) > self.restarts_at_start {
+                return Err(fail(format!(
+                    "the new container restarted {} times",
+                    restart_count(&doc) - self.restarts_at_start
+                )));
+            }
+            if let Some(runner) = self.agent_health.as_mut() {
+                runner.run_if_due(api, id).await?;
+            }
+            if self.has_healthcheck {
+                let doc = if self.agent_health.is_some() {
+                    api.inspect(id).await?
+                } else {
+                    doc
+                };
+                match doc.pointer("/State/Health/Status").and_then(|s| s.as_str()) {
+                    Some("healthy") => return Ok("healthy"),
+                    Some("unhealthy") => {
+                        return Err(fail(format!(
+                            "the new container's healthcheck reports unhealthy: {}",
+                            last_health_output(&doc)
+                        )));
+                    }
+                    _ => {}
+                }
+            } else if self.running_since.elapsed() >= self.min_running {
+                return Ok("running");
+            }
+            if Instant::now() >= self.deadline {
+                return Err(fail(format!(
+                    "the new container was not {} within {} s",
+                    if self.has_healthcheck {
+                        "healthy"
+                    } else {
+                        "steadily running"
+                    },
+                    self.deadline_secs
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// What the last healthcheck printed.
+fn last_health_output(doc: &Value) -> String {
+    doc.pointer("/State/Health/Log")
+        .and_then(|l| l.as_array())
+        .and_then(|l| l.last())
+        .and_then(|l| l.get("Output"))
+        .and_then(|o| o.as_str())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The audit's identity check of the new container: no process of it
+/// holds uid 0. Its verdict.
+async fn no_root_process(inspector: &Inspector, id: &str) -> Result<String, ContainerError> {
     let report = inspector
         .inspect_ids(
-            vec![id.clone()],
+            vec![id.to_string()],
             &InspectOptions {
                 containers: Vec::new(),
                 skip_ownership: true,
@@ -198,21 +253,7 @@ pub async fn verify(
             root.pid, root.command, root.uids
         )));
     }
-    Ok(VerifyOutcome {
-        container_id: id,
-        gate: gate.to_string(),
-        healthy_at_ms,
-        downtime_ms: request
-            .exited_at_ms
-            .or(request.stopped_at_ms)
-            .map(|s| healthy_at_ms.saturating_sub(s)),
-        downtime_from_stop_ms: request
-            .stopped_at_ms
-            .map(|s| healthy_at_ms.saturating_sub(s)),
-        verdict: container.identity.verdict.to_string(),
-        probe,
-        healthcheck_run_by_agent: agent_health.is_some(),
-    })
+    Ok(container.identity.verdict.to_string())
 }
 
 fn restart_count(doc: &Value) -> i64 {

@@ -244,6 +244,10 @@ pub(super) fn batch_size(wanted: usize, threads: usize) -> usize {
 /// cleared by `guard`), recording every change in `manifest_path` first.
 /// Resumes an interrupted walk from its manifest; walks again (at most
 /// three passes) while a racing container keeps entries from being seen.
+///
+/// In order: the root opened and checked and the manifest read (nothing
+/// written yet), the manifest opened (its header synced), the passes, and
+/// only once nothing raced the end line.
 pub fn remap(
     root: &Path,
     manifest_path: &Path,
@@ -253,17 +257,7 @@ pub fn remap(
     let started = Instant::now();
     options.mapping.validate()?;
     let root_text = root.display().to_string();
-    let root_fd = open_root(root)?;
-    let root_stat = fstat(&root_fd).map_err(|errno| RemapError::Open {
-        root: root_text.clone(),
-        errno,
-    })?;
-    if let Some(expected) = options.expect_root
-        && expected != (root_stat.st_dev, root_stat.st_ino)
-    {
-        return Err(RemapError::RootReplaced { root: root_text });
-    }
-    preflight(&root_fd, root, &root_stat)?;
+    let (root_fd, root_stat) = open_expected_root(root, options)?;
     let header = Header {
         version: 1,
         root: root_text.clone(),
@@ -271,21 +265,7 @@ pub fn remap(
         ino: root_stat.st_ino,
         mapping: options.mapping.clone(),
     };
-    let manifest_err = |source| RemapError::Manifest {
-        path: manifest_path.display().to_string(),
-        source,
-    };
-    let mut recorded = Index::empty();
-    if manifest_path.exists() {
-        recorded = Index::read(manifest_path).map_err(manifest_err)?;
-        if let Some(h) = &recorded.header
-            && (h.root != header.root || h.mapping != header.mapping)
-        {
-            return Err(RemapError::ManifestMismatch {
-                path: manifest_path.display().to_string(),
-            });
-        }
-    }
+    let recorded = read_manifest(manifest_path, &header)?;
     let finished_before = recorded.end.is_some();
     if recorded.recs.is_empty()
         && !finished_before
@@ -321,37 +301,7 @@ pub fn remap(
         targets: Targets::of(&options.mapping),
         record_kept: !finished_before,
     };
-    let mut report = RemapReport {
-        root: root_text.clone(),
-        ..Default::default()
-    };
-    let mut root_fd = Some(root_fd);
-    let mut other_filesystems = Vec::new();
-    for pass in 0..3 {
-        let fd = match root_fd.take() {
-            Some(fd) => fd,
-            None => {
-                let fd = open_root(root)?;
-                let stat = fstat(&fd).map_err(|e| ledger.io("stat", e))?;
-                if (stat.st_dev, stat.st_ino) != (root_stat.st_dev, root_stat.st_ino) {
-                    return Err(RemapError::RootReplaced { root: root_text });
-                }
-                fd
-            }
-        };
-        let (once, mounts) = run_pass(&ledger, &cx, fd, root_stat, workers)?;
-        other_filesystems.extend(mounts);
-        report.resumed += once.resumed;
-        report.devices_left.extend(once.devices_left);
-        report.vanished.extend(once.vanished);
-        report.refused_hardlinks.extend(once.refused_hardlinks);
-        report.raced = once.raced;
-        if report.raced.is_empty() || pass == 2 {
-            break;
-        }
-    }
-    // Walked again, a tree shows its mount points again: each counts once.
-    report.other_filesystems = Listed::of(other_filesystems);
+    let mut report = walk_passes(root, &ledger, &cx, root_fd, root_stat, workers)?;
     report.entries = ledger.entries.load(Ordering::Relaxed);
     report.changed = ledger.changed.load(Ordering::Relaxed);
     report.kept = ledger.kept.load(Ordering::Relaxed);
@@ -372,6 +322,95 @@ pub fn remap(
     })?;
     (progress)(&ledger.snapshot());
     report.millis = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// The root, opened and cleared by `preflight`; refused when it is no
+/// longer the directory the step was decided for.
+fn open_expected_root(
+    root: &Path,
+    options: &RemapOptions,
+) -> Result<(rustix::fd::OwnedFd, Stat), RemapError> {
+    let root_text = root.display().to_string();
+    let root_fd = open_root(root)?;
+    let root_stat = fstat(&root_fd).map_err(|errno| RemapError::Open {
+        root: root_text.clone(),
+        errno,
+    })?;
+    if let Some(expected) = options.expect_root
+        && expected != (root_stat.st_dev, root_stat.st_ino)
+    {
+        return Err(RemapError::RootReplaced { root: root_text });
+    }
+    preflight(&root_fd, root, &root_stat)?;
+    Ok((root_fd, root_stat))
+}
+
+/// What an interrupted walk recorded (empty without a manifest); refused
+/// when the manifest is another root's or another mapping's.
+fn read_manifest(manifest_path: &Path, header: &Header) -> Result<Index, RemapError> {
+    if !manifest_path.exists() {
+        return Ok(Index::empty());
+    }
+    let recorded = Index::read(manifest_path).map_err(|source| RemapError::Manifest {
+        path: manifest_path.display().to_string(),
+        source,
+    })?;
+    if let Some(h) = &recorded.header
+        && (h.root != header.root || h.mapping != header.mapping)
+    {
+        return Err(RemapError::ManifestMismatch {
+            path: manifest_path.display().to_string(),
+        });
+    }
+    Ok(recorded)
+}
+
+/// At most three passes, again while a racing container keeps entries
+/// from being seen; each pass after the first opens the root again and
+/// refuses one that is now another directory. The report sums the passes
+/// (the entries raced: the last pass's).
+fn walk_passes(
+    root: &Path,
+    ledger: &Ledger<'_>,
+    cx: &Context<'_>,
+    root_fd: rustix::fd::OwnedFd,
+    root_stat: Stat,
+    workers: usize,
+) -> Result<RemapReport, RemapError> {
+    let mut report = RemapReport {
+        root: ledger.root.clone(),
+        ..Default::default()
+    };
+    let mut root_fd = Some(root_fd);
+    let mut other_filesystems = Vec::new();
+    for pass in 0..3 {
+        let fd = match root_fd.take() {
+            Some(fd) => fd,
+            None => {
+                let fd = open_root(root)?;
+                let stat = fstat(&fd).map_err(|e| ledger.io("stat", e))?;
+                if (stat.st_dev, stat.st_ino) != (root_stat.st_dev, root_stat.st_ino) {
+                    return Err(RemapError::RootReplaced {
+                        root: ledger.root.clone(),
+                    });
+                }
+                fd
+            }
+        };
+        let (once, mounts) = run_pass(ledger, cx, fd, root_stat, workers)?;
+        other_filesystems.extend(mounts);
+        report.resumed += once.resumed;
+        report.devices_left.extend(once.devices_left);
+        report.vanished.extend(once.vanished);
+        report.refused_hardlinks.extend(once.refused_hardlinks);
+        report.raced = once.raced;
+        if report.raced.is_empty() || pass == 2 {
+            break;
+        }
+    }
+    // Walked again, a tree shows its mount points again: each counts once.
+    report.other_filesystems = Listed::of(other_filesystems);
     Ok(report)
 }
 

@@ -267,6 +267,11 @@ impl Default for UndoOptions {
 }
 
 /// `undo`, with its batch and threads chosen.
+///
+/// In order: the forward manifest read and the mapping to reverse chosen,
+/// the reverse manifest of an interrupted undo read (nothing written yet),
+/// then up to three passes, each recording its reverse changes before it
+/// makes them.
 pub fn undo_with(
     root: &Path,
     manifest_path: &Path,
@@ -274,11 +279,7 @@ pub fn undo_with(
 ) -> Result<UndoReport, RemapError> {
     let started = Instant::now();
     let root_text = root.display().to_string();
-    let manifest_err = |path: &Path, source| RemapError::Manifest {
-        path: path.display().to_string(),
-        source,
-    };
-    let forward = Index::read(manifest_path).map_err(|e| manifest_err(manifest_path, e))?;
+    let forward = Index::read(manifest_path).map_err(|e| manifest_error(manifest_path, e))?;
     let mut report = UndoReport {
         root: root_text.clone(),
         reverse_skipped: reverse_skipped(&forward),
@@ -296,19 +297,8 @@ pub fn undo_with(
         return Ok(report);
     }
     let reverse_path = manifest::reverse_path(manifest_path);
-    let mut reverse_recorded = Index::empty();
-    if reverse_path.exists() {
-        reverse_recorded =
-            Index::read(&reverse_path).map_err(|e| manifest_err(&reverse_path, e))?;
-        if let (Some(h), Some(r)) = (&header, &reverse_recorded.header)
-            && (h.root != r.root || (h.device, h.ino) != (r.device, r.ino))
-        {
-            return Err(RemapError::ManifestMismatch {
-                path: reverse_path.display().to_string(),
-            });
-        }
-    }
-    let reverse_header = header.clone().unwrap_or(Header {
+    let reverse_recorded = read_reverse(&reverse_path, header.as_ref())?;
+    let reverse_header = header.unwrap_or(Header {
         version: 1,
         root: root_text.clone(),
         device: 0,
@@ -335,108 +325,9 @@ pub fn undo_with(
         wanted: &forward,
         inverse: inverse.as_ref(),
     };
-    let mut impostors = Listed::default();
-    let (mut devices, mut refused, mut vanished, mut raced_ever) = (
-        Listed::default(),
-        Listed::default(),
-        Listed::default(),
-        Listed::default(),
-    );
+    let mut seen = Seen::default();
     for attempt in 0..3 {
-        let root_fd = open_root(root)?;
-        let root_stat = fstat(&root_fd).map_err(|e| ledger.io("stat", e))?;
-        if let Some(h) = &header
-            && h.ino != 0
-            && (h.device, h.ino) != (root_stat.st_dev, root_stat.st_ino)
-        {
-            return Err(RemapError::RootReplaced { root: root_text });
-        }
-        let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
-        let count = if is_dir { threads } else { 1 };
-        let mut workers: Vec<UndoWorker<'_, '_>> = (0..count)
-            .map(|_| UndoWorker::new(&known, &ledger))
-            .collect();
-        if is_dir {
-            let result = walk::walk(root_fd, &mut workers);
-            if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
-                // What was recorded stays recorded: a second undo resumes.
-                for worker in &mut workers {
-                    worker.batch.commit(&ledger).ok();
-                }
-                return Err(e);
-            }
-            result.map_err(|e| ledger.io("walk", e))?;
-        } else if root_stat.st_nlink > 1
-            && !forward
-                .recs
-                .contains_key(&(root_stat.st_dev, root_stat.st_ino))
-        {
-            // A single file with other names it cannot look for.
-            if inverse
-                .as_ref()
-                .is_some_and(|i| i.target(root_stat.st_uid, root_stat.st_gid).is_some())
-            {
-                refused.push(format!(
-                    "{root_text} (a file with {} names; the others could be host files)",
-                    root_stat.st_nlink
-                ));
-            }
-        } else {
-            let entry = Entry {
-                fd: root_fd,
-                stat: root_stat,
-                path: Vec::new(),
-                parent: None,
-            };
-            match (forward.recs.get(&entry.key()), known.inverse) {
-                (Some(_), _) | (None, None) => workers[0].consider(entry, Birth::Unknown)?,
-                (None, Some(inverse)) => workers[0].reverse(entry, Birth::Unknown, inverse)?,
-            }
-        }
-        for worker in &mut workers {
-            worker.batch.commit(&ledger)?;
-        }
-        let mut hardlinks = HardLinks::default();
-        let mut raced = Listed::default();
-        for worker in workers {
-            impostors.extend(worker.impostors);
-            raced.extend(worker.raced);
-            vanished.extend(worker.vanished);
-            devices.extend(worker.devices);
-            refused.extend(worker.refused);
-            hardlinks.merge(worker.hardlinks);
-        }
-        if let Some(inverse) = &inverse {
-            let mut finisher = UndoWorker::new(&known, &ledger);
-            for (key, link) in hardlinks.links {
-                if ledger.handled(key) {
-                    continue;
-                }
-                match all_names_inside(&link, key).map_err(|e| ledger.io("verify hard link", e))? {
-                    Some((fd, stat)) => finisher.reverse(
-                        Entry {
-                            fd,
-                            stat,
-                            path: link.path,
-                            parent: None,
-                        },
-                        Birth::Unknown,
-                        inverse,
-                    )?,
-                    None => {
-                        if inverse.target(link.stat.st_uid, link.stat.st_gid).is_some()
-                            && ledger.first_time(key)
-                        {
-                            refused.push(format!(
-                                "{} (not all of its names are in the tree; the others could be host files)",
-                                display(&link.path)
-                            ));
-                        }
-                    }
-                }
-            }
-            finisher.batch.commit(&ledger)?;
-        }
+        let raced = undo_pass(root, &known, &ledger, threads, &mut seen)?;
         let Some(first) = raced.paths.first() else {
             break;
         };
@@ -447,26 +338,192 @@ pub fn undo_with(
                 first: first.clone(),
             });
         }
-        raced_ever.extend(raced);
+        seen.raced.extend(raced);
     }
-    let mut missing = Listed::default();
-    for rec in forward.recs.values().filter(|r| !r.kept) {
-        if rec.seen.load(Ordering::Relaxed) {
-            report.restored += 1;
-        } else if let Some(change) = forward.change(rec) {
-            missing.push(change.path_display());
-        }
-    }
+    let (restored, missing) = restored_and_missing(&forward);
+    report.restored = restored;
     report.missing = missing;
-    report.impostors = impostors;
+    report.impostors = seen.impostors;
     report.reverse_mapped = ledger.changed.load(Ordering::Relaxed);
-    report.refused_hardlinks = refused;
-    report.devices_left = devices;
-    report.vanished = vanished;
-    report.raced = raced_ever;
+    report.refused_hardlinks = seen.refused;
+    report.devices_left = seen.devices;
+    report.vanished = seen.vanished;
+    report.raced = seen.raced;
     if reverse_path.exists() {
         report.reverse_manifest = Some(reverse_path.display().to_string());
     }
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+fn manifest_error(path: &Path, source: std::io::Error) -> RemapError {
+    RemapError::Manifest {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What an interrupted undo recorded (empty without a reverse manifest);
+/// refused when it is another root's than the forward manifest's.
+fn read_reverse(reverse_path: &Path, header: Option<&Header>) -> Result<Index, RemapError> {
+    if !reverse_path.exists() {
+        return Ok(Index::empty());
+    }
+    let recorded = Index::read(reverse_path).map_err(|e| manifest_error(reverse_path, e))?;
+    if let (Some(h), Some(r)) = (header, &recorded.header)
+        && (h.root != r.root || (h.device, h.ino) != (r.device, r.ino))
+    {
+        return Err(RemapError::ManifestMismatch {
+            path: reverse_path.display().to_string(),
+        });
+    }
+    Ok(recorded)
+}
+
+/// What the passes of an undo saw and left, summed over the passes (raced:
+/// over the passes that were followed by another).
+#[derive(Default)]
+struct Seen {
+    impostors: Listed,
+    devices: Listed,
+    refused: Listed,
+    vanished: Listed,
+    raced: Listed,
+}
+
+/// One walk of the undo over the tree (the root opened again, and refused
+/// when it is no longer the recorded one): what it left is added to
+/// `seen`; what a racing container kept it from seeing is returned.
+fn undo_pass(
+    root: &Path,
+    known: &Known<'_>,
+    ledger: &Ledger<'_>,
+    threads: usize,
+    seen: &mut Seen,
+) -> Result<Listed, RemapError> {
+    let forward = known.wanted;
+    let root_fd = open_root(root)?;
+    let root_stat = fstat(&root_fd).map_err(|e| ledger.io("stat", e))?;
+    if let Some(h) = &forward.header
+        && h.ino != 0
+        && (h.device, h.ino) != (root_stat.st_dev, root_stat.st_ino)
+    {
+        return Err(RemapError::RootReplaced {
+            root: ledger.root.clone(),
+        });
+    }
+    let is_dir = FileType::from_raw_mode(root_stat.st_mode) == FileType::Directory;
+    let count = if is_dir { threads } else { 1 };
+    let mut workers: Vec<UndoWorker<'_, '_>> =
+        (0..count).map(|_| UndoWorker::new(known, ledger)).collect();
+    if is_dir {
+        let result = walk::walk(root_fd, &mut workers);
+        if let Some(e) = workers.iter_mut().find_map(|w| w.failure.take()) {
+            // What was recorded stays recorded: a second undo resumes.
+            for worker in &mut workers {
+                worker.batch.commit(ledger).ok();
+            }
+            return Err(e);
+        }
+        result.map_err(|e| ledger.io("walk", e))?;
+    } else if root_stat.st_nlink > 1
+        && !forward
+            .recs
+            .contains_key(&(root_stat.st_dev, root_stat.st_ino))
+    {
+        // A single file with other names it cannot look for.
+        if known
+            .inverse
+            .is_some_and(|i| i.target(root_stat.st_uid, root_stat.st_gid).is_some())
+        {
+            seen.refused.push(format!(
+                "{} (a file with {} names; the others could be host files)",
+                ledger.root, root_stat.st_nlink
+            ));
+        }
+    } else {
+        let entry = Entry {
+            fd: root_fd,
+            stat: root_stat,
+            path: Vec::new(),
+            parent: None,
+        };
+        match (forward.recs.get(&entry.key()), known.inverse) {
+            (Some(_), _) | (None, None) => workers[0].consider(entry, Birth::Unknown)?,
+            (None, Some(inverse)) => workers[0].reverse(entry, Birth::Unknown, inverse)?,
+        }
+    }
+    for worker in &mut workers {
+        worker.batch.commit(ledger)?;
+    }
+    let mut hardlinks = HardLinks::default();
+    let mut raced = Listed::default();
+    for worker in workers {
+        seen.impostors.extend(worker.impostors);
+        raced.extend(worker.raced);
+        seen.vanished.extend(worker.vanished);
+        seen.devices.extend(worker.devices);
+        seen.refused.extend(worker.refused);
+        hardlinks.merge(worker.hardlinks);
+    }
+    if let Some(inverse) = known.inverse {
+        reverse_hardlinks(known, ledger, inverse, hardlinks, &mut seen.refused)?;
+    }
+    Ok(raced)
+}
+
+/// Multiply-linked entries, judged once every name of theirs in the tree
+/// has been seen: reverse-mapped when all their names are inside, else
+/// left (and said, when a target id owns them).
+fn reverse_hardlinks(
+    known: &Known<'_>,
+    ledger: &Ledger<'_>,
+    inverse: &IdMapping,
+    hardlinks: HardLinks,
+    refused: &mut Listed,
+) -> Result<(), RemapError> {
+    let mut finisher = UndoWorker::new(known, ledger);
+    for (key, link) in hardlinks.links {
+        if ledger.handled(key) {
+            continue;
+        }
+        match all_names_inside(&link, key).map_err(|e| ledger.io("verify hard link", e))? {
+            Some((fd, stat)) => finisher.reverse(
+                Entry {
+                    fd,
+                    stat,
+                    path: link.path,
+                    parent: None,
+                },
+                Birth::Unknown,
+                inverse,
+            )?,
+            None => {
+                if inverse.target(link.stat.st_uid, link.stat.st_gid).is_some()
+                    && ledger.first_time(key)
+                {
+                    refused.push(format!(
+                        "{} (not all of its names are in the tree; the others could be host files)",
+                        display(&link.path)
+                    ));
+                }
+            }
+        }
+    }
+    finisher.batch.commit(ledger)
+}
+
+/// How many recorded changes were put back, and the recorded entries no
+/// longer in the tree.
+fn restored_and_missing(forward: &Index) -> (u64, Listed) {
+    let mut restored = 0;
+    let mut missing = Listed::default();
+    for rec in forward.recs.values().filter(|r| !r.kept) {
+        if rec.seen.load(Ordering::Relaxed) {
+            restored += 1;
+        } else if let Some(change) = forward.change(rec) {
+            missing.push(change.path_display());
+        }
+    }
+    (restored, missing)
 }
