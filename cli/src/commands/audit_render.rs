@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use fleet_core::audit::{ContainerReport, MountReport, Severity};
+use fleet_core::audit::{ContainerReport, HostReport, MountReport, Severity};
 
 use crate::args::AuditFormat;
 use crate::commands::audit_doc::{FleetAudit, HostAudit, plural};
@@ -136,75 +136,7 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
             writeln!(out)?;
             continue;
         };
-        let mut headers = vec![
-            "CONTAINER",
-            "IMAGE",
-            "USER",
-            "UID:GID",
-            "VERDICT",
-            "FINDINGS",
-        ];
-        if wide {
-            headers = vec![
-                "CONTAINER",
-                "STATE",
-                "IMAGE",
-                "USER",
-                "UID:GID",
-                "VERDICT",
-                "PROCESSES",
-                "COMPOSE",
-                "POD",
-                "MOUNTS",
-                "FINDINGS",
-            ];
-        }
-        let mut table = Table::new(&headers);
-        for c in &report.containers {
-            let row = if wide {
-                vec![
-                    c.name.clone(),
-                    c.state.clone(),
-                    c.image.clone(),
-                    user_shown(&c.identity.configured_user),
-                    ids(c),
-                    c.identity.verdict.to_string(),
-                    process_uids(c),
-                    match (&c.compose_project, &c.compose_service) {
-                        (Some(p), Some(s)) => format!("{p}/{s}"),
-                        _ => "-".into(),
-                    },
-                    c.pod.clone().unwrap_or_else(|| "-".into()),
-                    if c.mounts.is_empty() {
-                        "-".into()
-                    } else {
-                        c.mounts
-                            .iter()
-                            .map(mount_text)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    },
-                    findings_all(c),
-                ]
-            } else {
-                vec![
-                    c.name.clone(),
-                    c.image.clone(),
-                    user_shown(&c.identity.configured_user),
-                    ids(c),
-                    c.identity.verdict.to_string(),
-                    findings_short(c),
-                ]
-            };
-            table.row(row);
-        }
-        if table.is_empty() {
-            writeln!(out, "(no containers)")?;
-        } else if markdown {
-            table.write_markdown(out)?;
-        } else {
-            table.write_text(out)?;
-        }
+        host_table(report, wide, markdown, out)?;
         for warning in &report.warnings {
             writeln!(out, "  ! {warning}")?;
         }
@@ -215,6 +147,93 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
         }
         writeln!(out)?;
     }
+    summary(audit, markdown, out)
+}
+
+/// One host's containers, a row each.
+fn host_table(
+    report: &HostReport,
+    wide: bool,
+    markdown: bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let headers: &[&str] = if wide {
+        &[
+            "CONTAINER",
+            "STATE",
+            "IMAGE",
+            "USER",
+            "UID:GID",
+            "VERDICT",
+            "PROCESSES",
+            "COMPOSE",
+            "POD",
+            "MOUNTS",
+            "FINDINGS",
+        ]
+    } else {
+        &[
+            "CONTAINER",
+            "IMAGE",
+            "USER",
+            "UID:GID",
+            "VERDICT",
+            "FINDINGS",
+        ]
+    };
+    let mut table = Table::new(headers);
+    for c in &report.containers {
+        table.row(if wide { wide_row(c) } else { short_row(c) });
+    }
+    if table.is_empty() {
+        writeln!(out, "(no containers)")
+    } else if markdown {
+        table.write_markdown(out)
+    } else {
+        table.write_text(out)
+    }
+}
+
+fn short_row(c: &ContainerReport) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        c.image.clone(),
+        user_shown(&c.identity.configured_user),
+        ids(c),
+        c.identity.verdict.to_string(),
+        findings_short(c),
+    ]
+}
+
+fn wide_row(c: &ContainerReport) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        c.state.clone(),
+        c.image.clone(),
+        user_shown(&c.identity.configured_user),
+        ids(c),
+        c.identity.verdict.to_string(),
+        process_uids(c),
+        match (&c.compose_project, &c.compose_service) {
+            (Some(p), Some(s)) => format!("{p}/{s}"),
+            _ => "-".into(),
+        },
+        c.pod.clone().unwrap_or_else(|| "-".into()),
+        if c.mounts.is_empty() {
+            "-".into()
+        } else {
+            c.mounts
+                .iter()
+                .map(mount_text)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+        findings_all(c),
+    ]
+}
+
+/// The fleet's totals, and the hosts that could not be audited.
+fn summary(audit: &FleetAudit, markdown: bool, out: &mut dyn Write) -> io::Result<()> {
     let s = &audit.summary;
     let mut extra = vec![format!(
         "{} starts as root and drops, {} non-root, {} root only inside a user namespace",

@@ -155,99 +155,13 @@ pub async fn step(
     let mut client = pool
         .client(host)
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
-    let m = call.migration;
-    let need_target = || {
-        call.target.ok_or_else(|| {
-            CallError::Failed(format!(
-                "no target identity for {} before its {} step",
-                call.container_name,
-                call.kind.as_str()
-            ))
-        })
-    };
     let stream = match call.kind {
-        StepKind::Backup => {
-            client
-                .backup(pb::BackupRequest {
-                    key: key(call.run, call.step),
-                    container: call.container_id.into(),
-                    hooks: m
-                        .hooks
-                        .iter()
-                        .map(|argv| pb::Hook {
-                            argv: argv.clone(),
-                            timeout_secs: 300,
-                        })
-                        .collect(),
-                    retention_days: m.retention_days.min(u32::MAX as u64) as u32,
-                })
-                .await
-        }
-        StepKind::User => {
-            let TargetUser::Dedicated { name, uid, gid } = m.target.user() else {
-                return Err(CallError::Failed(format!(
-                    "{} has no account to make: its target is {}",
-                    call.container_name, m.target
-                )));
-            };
-            client
-                .ensure_user(pb::EnsureUserRequest {
-                    key: key(call.run, call.step),
-                    name: name.clone(),
-                    uid: uid.map(|id| id.get()),
-                    gid: gid.map(|id| id.get()),
-                    rootless: false,
-                })
-                .await
-        }
-        StepKind::Stop => {
-            client
-                .stop(pb::StopRequest {
-                    key: key(call.run, call.step),
-                    container: call.container_id.into(),
-                })
-                .await
-        }
-        StepKind::Ownership => {
-            let ids = need_target()?;
-            let uids = m.from_ids.iter().map(|&from| (from, ids.uid())).collect();
-            let gids = m.from_ids.iter().map(|&from| (from, ids.gid())).collect();
-            client
-                .change_ownership(pb::ChangeOwnershipRequest {
-                    key: key(call.run, call.step),
-                    container: call.container_id.into(),
-                    uids,
-                    gids,
-                    mounts: m.mounts.iter().map(|mp| mp.destination.clone()).collect(),
-                    ..Default::default()
-                })
-                .await
-        }
-        StepKind::Recreate => {
-            let ids = need_target()?;
-            client
-                .recreate(pb::RecreateRequest {
-                    key: key(call.run, call.step),
-                    container: call.container_id.into(),
-                    uid: ids.uid(),
-                    gid: ids.gid(),
-                    allow_layer_loss: !m.layer_loss_allowed.is_empty(),
-                    together: call.together.to_vec(),
-                })
-                .await
-        }
-        StepKind::Verify => {
-            client
-                .verify(pb::VerifyRequest {
-                    key: key(call.run, call.step),
-                    // The recreated container has a new id, the same name.
-                    container: call.container_name.into(),
-                    deadline_secs: m.deadline_secs.min(u32::MAX as u64) as u32,
-                    min_running_secs: m.min_healthy_secs.min(u32::MAX as u64) as u32,
-                    probe: m.probe.as_ref().map(probe_pb),
-                })
-                .await
-        }
+        StepKind::Backup => client.backup(backup_request(call)).await,
+        StepKind::User => client.ensure_user(user_request(call)?).await,
+        StepKind::Stop => client.stop(stop_request(call)).await,
+        StepKind::Ownership => client.change_ownership(ownership_request(call)?).await,
+        StepKind::Recreate => client.recreate(recreate_request(call)?).await,
+        StepKind::Verify => client.verify(verify_request(call)).await,
         StepKind::Restore => {
             return Err(CallError::Failed(format!(
                 "a restore is not a step of {}'s migration",
@@ -260,6 +174,98 @@ pub async fn step(
         reply.made = Some(made_ids(host, call, &reply.outcome)?);
     }
     Ok(reply)
+}
+
+/// The container's new uid:gid, which the ownership and recreate steps
+/// cannot go without.
+fn need_target(call: &StepCall<'_>) -> Result<Ids, CallError> {
+    call.target.ok_or_else(|| {
+        CallError::Failed(format!(
+            "no target identity for {} before its {} step",
+            call.container_name,
+            call.kind.as_str()
+        ))
+    })
+}
+
+fn backup_request(call: &StepCall<'_>) -> pb::BackupRequest {
+    let m = call.migration;
+    pb::BackupRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        hooks: m
+            .hooks
+            .iter()
+            .map(|argv| pb::Hook {
+                argv: argv.clone(),
+                timeout_secs: 300,
+            })
+            .collect(),
+        retention_days: m.retention_days.min(u32::MAX as u64) as u32,
+    }
+}
+
+fn user_request(call: &StepCall<'_>) -> Result<pb::EnsureUserRequest, CallError> {
+    let m = call.migration;
+    let TargetUser::Dedicated { name, uid, gid } = m.target.user() else {
+        return Err(CallError::Failed(format!(
+            "{} has no account to make: its target is {}",
+            call.container_name, m.target
+        )));
+    };
+    Ok(pb::EnsureUserRequest {
+        key: key(call.run, call.step),
+        name: name.clone(),
+        uid: uid.map(|id| id.get()),
+        gid: gid.map(|id| id.get()),
+        rootless: false,
+    })
+}
+
+fn stop_request(call: &StepCall<'_>) -> pb::StopRequest {
+    pb::StopRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+    }
+}
+
+fn ownership_request(call: &StepCall<'_>) -> Result<pb::ChangeOwnershipRequest, CallError> {
+    let m = call.migration;
+    let ids = need_target(call)?;
+    let uids = m.from_ids.iter().map(|&from| (from, ids.uid())).collect();
+    let gids = m.from_ids.iter().map(|&from| (from, ids.gid())).collect();
+    Ok(pb::ChangeOwnershipRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        uids,
+        gids,
+        mounts: m.mounts.iter().map(|mp| mp.destination.clone()).collect(),
+        ..Default::default()
+    })
+}
+
+fn recreate_request(call: &StepCall<'_>) -> Result<pb::RecreateRequest, CallError> {
+    let ids = need_target(call)?;
+    Ok(pb::RecreateRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        uid: ids.uid(),
+        gid: ids.gid(),
+        allow_layer_loss: !call.migration.layer_loss_allowed.is_empty(),
+        together: call.together.to_vec(),
+    })
+}
+
+fn verify_request(call: &StepCall<'_>) -> pb::VerifyRequest {
+    let m = call.migration;
+    pb::VerifyRequest {
+        key: key(call.run, call.step),
+        // The recreated container has a new id, the same name.
+        container: call.container_name.into(),
+        deadline_secs: m.deadline_secs.min(u32::MAX as u64) as u32,
+        min_running_secs: m.min_healthy_secs.min(u32::MAX as u64) as u32,
+        probe: m.probe.as_ref().map(probe_pb),
+    }
 }
 
 /// The account's ids from the user step's outcome: without them the
