@@ -423,6 +423,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_outcome_that_does_not_read_is_lost_naming_host_run_and_step() {
+        let host = Host {
+            name: "db1".into(),
+            address: "127.0.0.1:1".into(),
+            labels: Default::default(),
+            source: crate::inventory::HostSource::Config,
+        };
+        let lost = read_outcome(&host, "r1", "abc.backup", "{not json").unwrap_err();
+        assert!(
+            matches!(&lost, CallError::Lost(m) if m.contains("agent db1") && m.contains("step abc.backup of run r1")),
+            "{lost:?}"
+        );
+        assert_eq!(
+            read_outcome(&host, "r1", "s", r#"{"uid":1}"#).unwrap()["uid"],
+            1
+        );
+        // The user step's outcome is where the target ids come from.
+        let migration: Migration = serde_json::from_value(serde_json::json!({
+            "target": {"placement": "in-place", "user": {"kind": "dedicated", "name": "svc-web", "uid": null, "gid": null}},
+            "from_ids": [0], "mounts": [], "backup_bytes": 0, "hooks": [], "probe": null,
+            "min_healthy_secs": 0, "deadline_secs": 0, "retention_days": 0, "expected_downtime_ms": 0
+        }))
+        .unwrap();
+        let call = StepCall {
+            run: "r1",
+            step: "abc.user",
+            kind: StepKind::User,
+            container_id: "abc",
+            container_name: "web",
+            migration: &migration,
+            target: None,
+            together: &[],
+        };
+        for outcome in [
+            serde_json::json!({}),
+            serde_json::json!({"uid": 61000}),
+            serde_json::json!({"uid": 0, "gid": 0}),
+        ] {
+            let lost = made_ids(&host, &call, &outcome).unwrap_err();
+            assert!(
+                matches!(&lost, CallError::Lost(m) if m.contains("agent db1") && m.contains("step abc.user of run r1") && m.contains("account's ids")),
+                "{outcome}: {lost:?}"
+            );
+        }
+        let made = serde_json::json!({"uid": 61000, "gid": 61001, "created": true});
+        assert_eq!(
+            made_ids(&host, &call, &made).unwrap(),
+            Ids::new(61000, 61001).unwrap()
+        );
+    }
+
     #[tokio::test]
     async fn the_deadline_counts_only_the_time_out_of_reach() {
         // The first attempt streams for longer than the deadline, then the
