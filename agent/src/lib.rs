@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod capabilities;
 pub mod config;
 pub mod container;
 pub mod engine;

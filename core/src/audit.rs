@@ -21,6 +21,9 @@ pub struct HostReport {
     pub host_users: Vec<HostAccount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_groups: Vec<HostAccount>,
+    /// What the host offers a rootless target.
+    #[serde(default)]
+    pub capabilities: crate::capabilities::HostCapabilities,
 }
 
 /// An account or group of the host, by name and numeric id.

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod capabilities;
 pub mod config;
 pub mod fault;
 pub mod migration;

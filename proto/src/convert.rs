@@ -2,6 +2,7 @@
 //! where proto3 defaults stand for "absent" (empty strings become `None`).
 
 use fleet_core::audit as domain;
+use fleet_core::capabilities::HostCapabilities;
 
 use crate::agent::v1 as pb;
 
@@ -27,6 +28,7 @@ impl From<domain::HostReport> for pb::HostReport {
             hostname: r.hostname,
             host_users: r.host_users.into_iter().map(Into::into).collect(),
             host_groups: r.host_groups.into_iter().map(Into::into).collect(),
+            capabilities: Some(r.capabilities.into()),
         }
     }
 }
@@ -41,6 +43,39 @@ impl From<pb::HostReport> for domain::HostReport {
             inspected_at_unix_ms: r.inspected_at_unix_ms,
             host_users: r.host_users.into_iter().map(Into::into).collect(),
             host_groups: r.host_groups.into_iter().map(Into::into).collect(),
+            capabilities: r.capabilities.map(Into::into).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<HostCapabilities> for pb::HostCapabilities {
+    fn from(c: HostCapabilities) -> Self {
+        pb::HostCapabilities {
+            probed: c.probed,
+            podman_version: c.podman_version.unwrap_or_default(),
+            quadlet: c.quadlet,
+            systemd_running: c.systemd_running,
+            loginctl: c.loginctl,
+            cgroup_version: c.cgroup_version,
+            newuidmap: c.newuidmap,
+            newgidmap: c.newgidmap,
+            unprivileged_port_start: c.unprivileged_port_start,
+        }
+    }
+}
+
+impl From<pb::HostCapabilities> for HostCapabilities {
+    fn from(c: pb::HostCapabilities) -> Self {
+        HostCapabilities {
+            probed: c.probed,
+            podman_version: non_empty(c.podman_version),
+            quadlet: c.quadlet,
+            systemd_running: c.systemd_running,
+            loginctl: c.loginctl,
+            cgroup_version: c.cgroup_version,
+            newuidmap: c.newuidmap,
+            newgidmap: c.newgidmap,
+            unprivileged_port_start: c.unprivileged_port_start,
         }
     }
 }
@@ -531,6 +566,17 @@ mod tests {
                 name: "systemd-journal".into(),
                 id: 999,
             }],
+            capabilities: HostCapabilities {
+                probed: true,
+                podman_version: Some("podman version 4.3.1".into()),
+                quadlet: false,
+                systemd_running: true,
+                loginctl: true,
+                cgroup_version: 1,
+                newuidmap: true,
+                newgidmap: false,
+                unprivileged_port_start: Some(1024),
+            },
         };
         let wire: pb::HostReport = report.clone().into();
         let back: domain::HostReport = wire.into();

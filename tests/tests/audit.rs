@@ -914,3 +914,70 @@ async fn a_host_without_containers_is_an_audited_host_and_one_container_is_one()
     .json();
     assert_eq!(json["summary"]["hosts_audited"], 2, "{json}");
 }
+
+/// The host probe for a rootless target, through the controller and
+/// fleetctl, against what this machine is: each fact read here with other
+/// means (the podman binary run by the test, the kernel's files).
+#[tokio::test]
+async fn the_audit_says_what_a_rootless_target_would_meet_on_the_host() {
+    let f = fleet().await;
+    let json = f.audit_json().await;
+    let caps = &json["hosts"][0]["report"]["capabilities"];
+    assert_eq!(caps["probed"], true, "{caps}");
+    let podman = std::process::Command::new("podman")
+        .arg("--version")
+        .output();
+    let expected_podman = podman
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(
+        caps["podman_version"].as_str().map(str::to_string),
+        expected_podman
+    );
+    let cgroup = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        2
+    } else {
+        1
+    };
+    assert_eq!(caps["cgroup_version"], cgroup);
+    assert_eq!(
+        caps["systemd_running"],
+        std::path::Path::new("/run/systemd/system").is_dir()
+    );
+    assert_eq!(
+        caps["newuidmap"],
+        std::path::Path::new("/usr/bin/newuidmap").exists()
+    );
+    let port_start: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(caps["unprivileged_port_start"], port_start);
+
+    // The table says it in one line, and `-o wide` what would differ.
+    let table = f.audit(&[]).await;
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("rootless target:"))
+        .unwrap_or_else(|| panic!("no rootless line: {}", table.stdout));
+    match &expected_podman {
+        Some(version) if std::path::Path::new("/usr/bin/newuidmap").exists() => {
+            assert!(
+                line.contains("possible") && line.contains(version.as_str()),
+                "{line}"
+            )
+        }
+        _ => assert!(line.contains("blocked"), "{line}"),
+    }
+    let wide = f.audit(&["-o", "wide"]).await;
+    assert!(
+        wide.stdout.contains(&format!(
+            "ports below {port_start} cannot be published rootless"
+        )),
+        "{}",
+        wide.stdout
+    );
+}

@@ -258,6 +258,7 @@ impl Inspector {
             inspected_at_unix_ms: fleet_core::now_ms(),
             host_users: accounts.users,
             host_groups: accounts.groups,
+            capabilities: crate::capabilities::current().await,
         })
     }
 

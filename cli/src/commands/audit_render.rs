@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use fleet_core::audit::{ContainerReport, HostReport, MountReport, Severity};
+use fleet_core::capabilities::{HostCapabilities, UnitFlavour};
 
 use crate::args::AuditFormat;
 use crate::commands::audit_doc::{FleetAudit, HostAudit, plural};
@@ -140,6 +141,9 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
         for warning in &report.warnings {
             writeln!(out, "  ! {warning}")?;
         }
+        for line in rootless_lines(&report.capabilities, wide) {
+            writeln!(out, "  {line}")?;
+        }
         for c in &report.containers {
             for error in &c.errors {
                 writeln!(out, "  ! {}: {error}", c.name)?;
@@ -148,6 +152,35 @@ fn tables(audit: &FleetAudit, format: AuditFormat, out: &mut dyn Write) -> io::R
         writeln!(out)?;
     }
     summary(audit, markdown, out)
+}
+
+/// What a move under a rootless account would meet on the host: one line
+/// (ready with its unit back-end, or each blocker); `-o wide` adds what it
+/// would do differently.
+fn rootless_lines(caps: &HostCapabilities, wide: bool) -> Vec<String> {
+    if !caps.probed {
+        return Vec::new();
+    }
+    let needs = caps.rootless_needs();
+    let podman = caps.podman_version.as_deref().unwrap_or("no podman");
+    let mut lines = Vec::new();
+    if needs.blockers.is_empty() {
+        let unit = match needs.unit {
+            Some(UnitFlavour::Quadlet) => "Quadlet units",
+            _ => "systemd user .service units",
+        };
+        lines.push(format!(
+            "rootless target: possible ({podman}, cgroup v{}, {unit})",
+            caps.cgroup_version
+        ));
+    } else {
+        lines.push(format!("rootless target: blocked ({podman})"));
+        lines.extend(needs.blockers.iter().map(|b| format!("  ! {b}")));
+    }
+    if wide {
+        lines.extend(needs.notes.iter().map(|n| format!("  - {n}")));
+    }
+    lines
 }
 
 /// One host's containers, a row each.
