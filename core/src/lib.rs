@@ -19,6 +19,7 @@ pub mod step;
 pub mod target;
 pub mod text;
 pub mod tls;
+pub mod userns;
 
 pub use tokio_util::sync::CancellationToken;
 
