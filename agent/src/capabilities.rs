@@ -4,7 +4,7 @@
 //! change with a package install, not between two audits, and a fleet-wide
 //! audit must not start a podman process per host per call.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -58,8 +58,9 @@ pub async fn probe() -> HostCapabilities {
     }
 }
 
-/// Where a root agent's tools are; not the caller's `PATH`.
-fn on_path(tool: &str) -> bool {
+/// A tool in the system's own directories, by absolute path: a root agent
+/// runs what it found there, never what its `PATH` would pick.
+fn tool(name: &str) -> Option<PathBuf> {
     [
         "/usr/local/sbin",
         "/usr/local/bin",
@@ -69,14 +70,17 @@ fn on_path(tool: &str) -> bool {
         "/bin",
     ]
     .iter()
-    .any(|dir| Path::new(dir).join(tool).is_file())
+    .map(|dir| Path::new(dir).join(name))
+    .find(|path| path.is_file())
+}
+
+fn on_path(name: &str) -> bool {
+    tool(name).is_some()
 }
 
 async fn podman_version() -> Option<String> {
-    if !on_path("podman") {
-        return None;
-    }
-    let run = tokio::process::Command::new("podman")
+    let podman = tool("podman")?;
+    let run = tokio::process::Command::new(podman)
         .arg("--version")
         .kill_on_drop(true)
         .output();

@@ -33,6 +33,15 @@ pub enum RunKind {
 
 pub use crate::run_options::{BatchSize, FailureBudget, OnFailure, OptionError, RunOptions};
 
+/// The name a unit variant has in documents (`completed-with-failures`,
+/// `step-started`): its serde name, so the two cannot differ.
+pub fn document_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunPhase {
@@ -54,10 +63,7 @@ pub enum RunPhase {
 impl RunPhase {
     /// The name `-o json` and messages use (`completed-with-failures`).
     pub fn name(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+        document_name(&self)
     }
 
     pub fn is_terminal(self) -> bool {

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use fleet_core::migration::downtime_text;
-use fleet_core::run::{ContainerState, RunEvent, RunPhase, RunView};
+use fleet_core::run::{ContainerState, RunEvent, RunPhase, RunView, document_name};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -94,15 +94,11 @@ pub(crate) fn event_line(event: &RunEvent) -> String {
     if let Some(step) = event.step {
         place.push_str(&format!("{}: ", step.as_str()));
     }
-    format!("{clock} {place}{} {}", kebab(&event.what), event.message)
-}
-
-/// The kebab-case name a unit enum has in documents (`step-started`).
-fn kebab<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    format!(
+        "{clock} {place}{} {}",
+        document_name(&event.what),
+        event.message
+    )
 }
 
 pub(crate) fn render_summary(view: &RunView, out: &mut dyn Write) {
@@ -131,7 +127,7 @@ pub(crate) fn render_summary(view: &RunView, out: &mut dyn Write) {
         table.row(vec![
             c.host.clone(),
             c.plan.name.clone(),
-            kebab(&c.state),
+            document_name(&c.state),
             target,
             downtime,
             note,

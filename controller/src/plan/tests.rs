@@ -239,7 +239,7 @@ fn a_shared_volume_needs_one_owner_and_is_changed_once() {
         std::path::Path::new("p.toml"),
         "[[rule]]\nname = \"*\"\nstrategy = \"2001:2001\"\n",
     )
-    .unwrap();
+    .expect("the policy of this test parses");
     let report = HostReport {
         containers: vec![data, reader],
         ..Default::default()
@@ -276,7 +276,7 @@ fn the_image_user_by_default_else_a_dedicated_one() {
         pg.target.user(),
         &fleet_core::target::TargetUser::ImageUser {
             name: "postgres".into(),
-            ids: fleet_core::target::Ids::new(999, 999).unwrap(),
+            ids: fleet_core::target::Ids::new(999, 999).expect("999 is not root"),
         }
     );
 }
