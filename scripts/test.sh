@@ -12,8 +12,9 @@ need_apt=()
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 # The test images are FROM scratch with a static busybox inside.
 dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
-# Podman, rootful and rootless (newuidmap from uidmap), is tested too.
-for pkg in podman uidmap slirp4netns; do dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); done
+# Podman, rootful and rootless (newuidmap from uidmap, runc: crun fails here),
+# is tested too; a rootless move copies a volume across mounts with rsync.
+for pkg in podman uidmap slirp4netns runc rsync; do dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); done
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

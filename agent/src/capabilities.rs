@@ -60,7 +60,7 @@ pub async fn probe() -> HostCapabilities {
 
 /// A tool in the system's own directories, by absolute path: a root agent
 /// runs what it found there, never what its `PATH` would pick.
-fn tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str) -> Option<PathBuf> {
     [
         "/usr/local/sbin",
         "/usr/local/bin",

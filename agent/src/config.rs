@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// Only containers with this `key=value` label are this agent's (for
     /// several agents sharing one engine); all containers when unset.
     pub scope: Option<(String, String)>,
+    /// The OCI runtime rootless accounts' Podman runs with (`--runtime`);
+    /// Podman's own default when unset.
+    pub rootless_runtime: Option<String>,
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -56,6 +59,7 @@ pub struct AgentFile {
     pub user_home_root: Option<PathBuf>,
     pub user_id_record: Option<PathBuf>,
     pub scope_label: Option<String>,
+    pub rootless_runtime: Option<String>,
 }
 
 /// Settings from flags and environment (clap fills these).
@@ -91,6 +95,9 @@ pub struct AgentFlags {
     /// Disable the event-driven inspection cache.
     #[arg(long, env = "FLEET_AGENT_NO_INSPECT_CACHE")]
     pub no_inspect_cache: bool,
+    /// The OCI runtime for rootless accounts' Podman (e.g. runc).
+    #[arg(long, env = "FLEET_AGENT_ROOTLESS_RUNTIME")]
+    pub rootless_runtime: Option<String>,
 }
 
 impl AgentFlags {
@@ -149,6 +156,7 @@ impl AgentFlags {
                         })
                 })
                 .transpose()?,
+            rootless_runtime: self.rootless_runtime.clone().or(file.rootless_runtime),
             users: {
                 let defaults = crate::users::UserSettings::default();
                 crate::users::UserSettings {

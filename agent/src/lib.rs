@@ -23,6 +23,7 @@ pub mod procfs;
 pub mod rawhttp;
 pub mod recreate;
 pub mod remap;
+pub mod rootless;
 pub mod runtime_dirs;
 pub mod service;
 pub mod steps;
@@ -97,13 +98,25 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let tls = server_tls(&config.tls)?;
     let inspector = start_inspector(&config, &shutdown);
-    let steps = Arc::new(steps::StepRunner::new(
+    let steps = Arc::new(steps_for(&config, inspector.clone()));
+    serve(inspector, steps, tls, listener, shutdown).await
+}
+
+/// The step runner of `config`: its state, engine, users and the
+/// rootless accounts' engines.
+pub fn steps_for(config: &AgentConfig, inspector: Arc<Inspector>) -> steps::StepRunner {
+    let accounts = rootless::AccountEngines::new(
+        rootless::PodmanCommand::detect(config.rootless_runtime.clone()),
+        rootless::UserManager::detect(),
+        &config.state_dir,
+    );
+    steps::StepRunner::new(
         &config.state_dir,
         inspector.engine(),
-        inspector.clone(),
+        inspector,
         config.users.clone(),
-    ));
-    serve(inspector, steps, tls, listener, shutdown).await
+    )
+    .with_accounts(Arc::new(accounts))
 }
 
 /// Serves one inspector on one listener (several servers may share one

@@ -78,12 +78,7 @@ fn local_steps(
     let config = local_config(flags)?;
     let shutdown = CancellationToken::new();
     let inspector = fleet_agent::start_inspector(&config, &shutdown);
-    let steps = std::sync::Arc::new(fleet_agent::steps::StepRunner::new(
-        &config.state_dir,
-        inspector.engine(),
-        inspector,
-        config.users.clone(),
-    ));
+    let steps = std::sync::Arc::new(fleet_agent::steps_for(&config, inspector));
     Ok((steps, shutdown))
 }
 

@@ -36,6 +36,9 @@ pub const METHODS: &[&str] = &[
     "Recreate",
     "Verify",
     "Restore",
+    "LoadImage",
+    "MoveVolumes",
+    "Place",
     "Undo",
     "Rollback",
     "Prune",
@@ -205,6 +208,30 @@ impl pb::agent_server::Agent for AgentService {
     async fn restore(
         &self,
         request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.start(request)
+    }
+
+    type LoadImageStream = EventStream;
+    async fn load_image(
+        &self,
+        request: Request<pb::LoadImageRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.start(request)
+    }
+
+    type MoveVolumesStream = EventStream;
+    async fn move_volumes(
+        &self,
+        request: Request<pb::MoveVolumesRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.start(request)
+    }
+
+    type PlaceStream = EventStream;
+    async fn place(
+        &self,
+        request: Request<pb::PlaceRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.start(request)
     }

@@ -8,6 +8,7 @@ use fleet_core::now_ms;
 use std::time::{Duration, Instant};
 
 use fleet_core::step::Probe;
+use fleet_core::userns::AccountIds;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -25,6 +26,14 @@ pub struct VerifyRequest {
     /// When the old container had exited: the start of the downtime.
     #[serde(default)]
     pub exited_at_ms: Option<u64>,
+    /// The rootless account whose engine runs the container.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Under a rootless account: the host ids its namespace maps to. Every
+    /// process's host uids must be among them (so never 0, never the old
+    /// ids); root inside is then the account itself.
+    #[serde(default)]
+    pub host_ids: Option<AccountIds>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +120,7 @@ pub async fn verify(
         None => None,
         Some(probe) => Some(run_probe(api, &id, probe).await?),
     };
-    let verdict = no_root_process(inspector, &id).await?;
+    let verdict = no_root_process(inspector, &id, request.host_ids).await?;
     Ok(VerifyOutcome {
         container_id: id,
         gate: gate.to_string(),
@@ -231,7 +240,11 @@ fn last_health_output(doc: &Value) -> String {
 
 /// The audit's identity check of the new container: no process of it
 /// holds uid 0. Its verdict.
-async fn no_root_process(inspector: &Inspector, id: &str) -> Result<String, ContainerError> {
+async fn no_root_process(
+    inspector: &Inspector,
+    id: &str,
+    host_ids: Option<AccountIds>,
+) -> Result<String, ContainerError> {
     let report = inspector
         .inspect_ids(
             vec![id.to_string()],
@@ -247,6 +260,32 @@ async fn no_root_process(inspector: &Inspector, id: &str) -> Result<String, Cont
         .containers
         .first()
         .ok_or_else(|| fail("the new container vanished during verification".into()))?;
+    if let Some(account) = host_ids {
+        let mapped = |h: u32| {
+            h == account.uid
+                || (account.subuid_start..account.subuid_start.saturating_add(account.count))
+                    .contains(&h)
+        };
+        let processes = &container.identity.processes;
+        if processes.is_empty() {
+            return Err(fail("no process of the new container could be read".into()));
+        }
+        if let Some(stray) = processes
+            .iter()
+            .find(|p| !p.host_uids.iter().all(|h| mapped(*h)))
+        {
+            return Err(fail(format!(
+                "process {} ({}) of the new container holds host uids {:?}, outside the account's namespace (uid {}, {}..{})",
+                stray.pid,
+                stray.command,
+                stray.host_uids,
+                account.uid,
+                account.subuid_start,
+                account.subuid_start.saturating_add(account.count)
+            )));
+        }
+        return Ok(format!("rootless (root maps to host uid {})", account.uid));
+    }
     if let Some(root) = container.identity.processes.iter().find(|p| p.is_root()) {
         return Err(fail(format!(
             "process {} ({}) of the new container still holds uid 0 (uids {:?})",

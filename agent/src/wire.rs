@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fleet_core::audit::HostReport;
 use fleet_core::step::Probe;
+use fleet_core::userns::UsernsMode;
 use fleet_proto::agent::v1 as pb;
 use serde_json::Value;
 use tonic::Status;
@@ -18,9 +19,10 @@ use crate::inspect::InspectOptions;
 use crate::journal::{JournalError, Record};
 use crate::recreate::RecreateError;
 use crate::remap::{IdMapping, RemapError};
+use crate::rootless::RootlessError;
 use crate::steps::{
-    BackupSpec, OwnershipSpec, RecreateSpec, RestoreSpec, StepError, StepProgress, StepResult,
-    StepSpec, StopSpec, UserSpec, VerifySpec,
+    BackupSpec, Carry, ImageSpec, OwnershipSpec, PlaceSpec, RecreateSpec, RestoreSpec, StepError,
+    StepProgress, StepResult, StepSpec, StopSpec, UserSpec, VerifySpec, VolumesSpec,
 };
 use crate::users::UserError;
 
@@ -103,6 +105,11 @@ impl StepRequest for pb::ChangeOwnershipRequest {
             skip_if_root_matches: self.skip_if_root_matches,
             allow_protected_hardlinks: self.allow_protected_hardlinks,
             mounts: self.mounts,
+            carry: self.carry.map(|c| Carry {
+                account: c.account,
+                userns: userns(c.userns),
+                inside: c.uid.map(|uid| (uid, c.gid.unwrap_or(uid))),
+            }),
         };
         keyed(self.key, StepSpec::Ownership(spec))
     }
@@ -134,8 +141,61 @@ impl StepRequest for pb::VerifyRequest {
             deadline_secs: or_default(self.deadline_secs, 60),
             min_running_secs: or_default(self.min_running_secs, 5),
             probe: probe(self.probe),
+            account: Some(self.account).filter(|a| !a.is_empty()),
         };
         keyed(self.key, StepSpec::Verify(spec))
+    }
+}
+
+impl StepRequest for pb::LoadImageRequest {
+    fn into_step(self) -> Result<Keyed, Status> {
+        let spec = ImageSpec {
+            container: self.container,
+            account: self.account,
+        };
+        keyed(self.key, StepSpec::Image(spec))
+    }
+}
+
+impl StepRequest for pb::MoveVolumesRequest {
+    fn into_step(self) -> Result<Keyed, Status> {
+        let spec = VolumesSpec {
+            container: self.container,
+            account: self.account,
+        };
+        keyed(self.key, StepSpec::Volumes(spec))
+    }
+}
+
+impl StepRequest for pb::PlaceRequest {
+    fn into_step(self) -> Result<Keyed, Status> {
+        let user = match (self.uid, self.gid) {
+            (Some(uid), Some(gid)) => Some((uid, gid)),
+            (None, None) => None,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a place request gives both the uid and the gid inside the container, or neither",
+                ));
+            }
+        };
+        let spec = PlaceSpec {
+            container: self.container,
+            account: self.account,
+            userns: userns(self.userns),
+            user,
+        };
+        keyed(self.key, StepSpec::Place(spec))
+    }
+}
+
+/// No keep-id is the account's own namespace.
+fn userns(userns: Option<pb::Userns>) -> UsernsMode {
+    match userns.and_then(|u| u.keep_id) {
+        Some(keep) => UsernsMode::KeepId {
+            uid: keep.uid,
+            gid: keep.gid,
+        },
+        None => UsernsMode::Default,
     }
 }
 
@@ -256,8 +316,13 @@ impl From<StepError> for Status {
         use StepError as E;
         let message = error.to_string();
         match error {
-            E::Engine(e) => e.into(),
-            E::Recreate(RecreateError::Container(e)) => E::Container(e).into(),
+            E::Engine(e) | E::Rootless(RootlessError::Engine(e)) => e.into(),
+            E::Recreate(RecreateError::Container(e)) | E::Rootless(RootlessError::Container(e)) => {
+                E::Container(e).into()
+            }
+            E::Rootless(RootlessError::Account(e)) => E::User(e).into(),
+            E::Rootless(RootlessError::NoApi { .. }) => Status::unavailable(message),
+            E::Rootless(RootlessError::Refused(_)) => Status::failed_precondition(message),
             E::Invalid(_)
             | E::KindMismatch { .. }
             | E::Journal(JournalError::InvalidId { .. })

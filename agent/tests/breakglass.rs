@@ -37,6 +37,7 @@ async fn the_agent_binary_rolls_a_run_back_on_its_own() {
         ownership_cache_ttl: Default::default(),
         users: users.clone(),
         scope: None,
+        rootless_runtime: None,
     };
     let shutdown = fleet_core::CancellationToken::new();
     let inspector = fleet_agent::start_inspector(&config, &shutdown);

@@ -14,6 +14,13 @@ pub enum StepKind {
     Ownership,
     Recreate,
     Verify,
+    /// The exact image loaded into a rootless account's own storage.
+    Image,
+    /// Named volumes handed to a rootless account's engine.
+    Volumes,
+    /// The container created under a rootless account's engine, the
+    /// rootful one kept stopped as the checkpoint.
+    Place,
     /// A checkpoint's restore: an agent step of its own, not a step of a
     /// migration.
     Restore,
@@ -28,6 +35,9 @@ impl StepKind {
             StepKind::Ownership => "ownership",
             StepKind::Recreate => "recreate",
             StepKind::Verify => "verify",
+            StepKind::Image => "image",
+            StepKind::Volumes => "volumes",
+            StepKind::Place => "place",
             StepKind::Restore => "restore",
         }
     }

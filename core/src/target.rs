@@ -1,14 +1,16 @@
 //! Who a migrated container runs as, in types where root cannot be said:
 //! `Ids` holds a non-zero uid and gid, so a plan, a run record or a step
 //! request that would make root the target does not deserialize, and code
-//! cannot build one. `Target` says where the container goes; today's only
-//! placement is in place (the same engine, `User` set), and a rootless
-//! placement will be one more variant.
+//! cannot build one. `Target` says where the container goes: in place (the
+//! same engine, `User` set) or rootless (under its own account's rootless
+//! Podman).
 
 use std::fmt;
 use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
+
+use crate::userns::UsernsMode;
 
 /// A non-root uid and gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -123,12 +125,36 @@ impl fmt::Display for TargetUser {
 pub enum Target {
     /// The same engine, recreated with `User` set to the user's ids.
     InPlace { user: TargetUser },
+    /// Moved under `account`'s rootless Podman: the account is the host
+    /// identity (a dedicated account, made by the run unless it exists);
+    /// `inside` is the user in the container (the old one's when unset:
+    /// root inside is the account outside).
+    Rootless {
+        account: TargetUser,
+        userns: UsernsMode,
+        #[serde(default)]
+        inside: Option<(u32, u32)>,
+    },
 }
 
 impl Target {
+    /// The host identity the container ends up as: the user in place, the
+    /// account rootless.
     pub fn user(&self) -> &TargetUser {
         match self {
             Target::InPlace { user } => user,
+            Target::Rootless { account, .. } => account,
+        }
+    }
+
+    /// The rootless account's name, for a rootless target.
+    pub fn rootless_account(&self) -> Option<&str> {
+        match self {
+            Target::Rootless {
+                account: TargetUser::Dedicated { name, .. },
+                ..
+            } => Some(name),
+            _ => None,
         }
     }
 }
@@ -137,6 +163,22 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::InPlace { user } => write!(f, "{user}"),
+            Target::Rootless {
+                account, userns, ..
+            } => {
+                let name = match account {
+                    TargetUser::Dedicated { name, .. } | TargetUser::ImageUser { name, .. } => {
+                        name.clone()
+                    }
+                    TargetUser::Explicit { ids } => ids.to_string(),
+                };
+                match userns {
+                    UsernsMode::Default => write!(f, "rootless under {name}"),
+                    UsernsMode::KeepId { uid, gid } => {
+                        write!(f, "rootless under {name} (keep-id:uid={uid},gid={gid})")
+                    }
+                }
+            }
         }
     }
 }

@@ -122,6 +122,7 @@ pub fn verify(
         deadline_secs,
         min_running_secs,
         probe,
+        account: String::new(),
     }
 }
 

@@ -67,6 +67,8 @@ pub fn agent_config(tls: TlsFiles, options: &AgentOptions, state_dir: PathBuf) -
             ..Default::default()
         },
         scope: options.scope.clone(),
+        // crun fails a resource-limit call on these machines (ROOTLESS.md §7).
+        rootless_runtime: Some("runc".into()),
     }
 }
 

@@ -87,6 +87,18 @@ impl Inspector {
         }
     }
 
+    /// An inspector of another engine on this host (a rootless account's),
+    /// with the same bounds and host name and no cache of its own.
+    pub fn for_engine(&self, engine: Arc<Engine>) -> Inspector {
+        Inspector::new(
+            engine,
+            Arc::new(Cache::new(false, std::time::Duration::ZERO)),
+            self.bounds,
+            self.hostname.clone(),
+            None,
+        )
+    }
+
     /// The engine this agent inspects.
     pub fn engine(&self) -> Arc<Engine> {
         self.engine.clone()

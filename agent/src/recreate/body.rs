@@ -6,14 +6,14 @@ use serde_json::{Map, Value, json};
 use super::podman;
 use crate::container::{Api, str_at};
 
-pub(super) type Networks = Vec<(String, Value)>;
+pub type Networks = Vec<(String, Value)>;
 
 /// The create request: the old configuration, verbatim but for `User`,
 /// the image (its ID, not a tag that may have moved), the hostname rules,
 /// anonymous volumes by name, and each network endpoint's user settings.
 /// Also the networks connected after create (below API 1.44), and the
 /// networks with static addresses and their endpoint settings.
-pub(super) fn create_body(
+pub fn create_body(
     old: &Value,
     user: &str,
     image: &str,

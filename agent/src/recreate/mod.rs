@@ -13,6 +13,7 @@ mod body;
 mod layer;
 mod podman;
 
+pub use body::create_body;
 pub use layer::{Foreseen, foresee, has_healthcheck};
 
 use crate::container::{Api, ContainerError, str_at, strings_at};

@@ -208,6 +208,25 @@ pub fn remap_acl(
     changed.then_some(out)
 }
 
+/// The ids a POSIX ACL (xattr form) names: its named users, its named
+/// groups.
+pub fn acl_named_ids(value: &[u8]) -> (Vec<u32>, Vec<u32>) {
+    let mut users = Vec::new();
+    let mut groups = Vec::new();
+    if value.len() >= 4 && (value.len() - 4).is_multiple_of(8) {
+        for entry in value[4..].chunks_exact(8) {
+            let tag = u16::from_le_bytes([entry[0], entry[1]]);
+            let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+            match tag {
+                ACL_USER => users.push(id),
+                ACL_GROUP => groups.push(id),
+                _ => {}
+            }
+        }
+    }
+    (users, groups)
+}
+
 /// Whether a POSIX ACL (xattr form) has a named-user entry `user` accepts
 /// or a named-group entry `group` accepts.
 pub fn acl_names(value: &[u8], user: &dyn Fn(u32) -> bool, group: &dyn Fn(u32) -> bool) -> bool {

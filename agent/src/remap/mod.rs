@@ -32,10 +32,12 @@
 //! by the run: it has no manifest, and nothing to reverse.
 //!
 //! This file only names the parts: the `mapping` and its inverse, the
-//! `root` opened and refused before anything changes, the `report`s, the
+//! `root` opened and refused before anything changes, the `census` of ids
+//! a tree uses (what a rootless move maps through two namespaces), the `report`s, the
 //! `error`s; `forward` and `undo` walk with the `ledger` of synced records,
 //! over `walk`, `meta`, `links`, `manifest` and `index`.
 
+mod census;
 mod error;
 mod forward;
 pub mod guard;
@@ -51,6 +53,7 @@ mod sys;
 mod undo;
 pub mod walk;
 
+pub use census::{IdCensus, census};
 pub use error::RemapError;
 /// A count and the first names: how the reports list paths.
 pub use fleet_core::migration::Listed;

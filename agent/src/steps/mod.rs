@@ -5,8 +5,10 @@
 //! (`prune.rs`) and the run listing (`runs.rs`).
 
 mod backup;
+mod image;
 mod mounts;
 mod ownership;
+mod place;
 mod prune;
 mod recreate;
 mod restore;
@@ -17,6 +19,7 @@ mod step;
 mod stop;
 mod user;
 mod verify;
+mod volumes;
 
 pub use mounts::OwnedMount;
 pub use ownership::OwnershipOutcome;
@@ -24,6 +27,7 @@ pub use prune::{PruneOutcome, PrunedBackup, PrunedContainer};
 pub use runner::StepRunner;
 pub use runs::{RunSummary, rfc3339};
 pub use spec::{
-    BackupSpec, OwnershipSpec, RecreateSpec, RestoreSpec, StepSpec, StopSpec, UserSpec, VerifySpec,
+    BackupSpec, Carry, ImageSpec, OwnershipSpec, PlaceSpec, RecreateSpec, RestoreSpec, StepSpec,
+    StopSpec, UserSpec, VerifySpec, VolumesSpec,
 };
 pub use step::{ProgressTx, StepError, StepProgress, StepResult};

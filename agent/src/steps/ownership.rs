@@ -1,6 +1,8 @@
 //! The ownership step: every chosen mount of the container walked and its
 //! root ids remapped to the target's, each change recorded in the mount's
-//! manifest before it is made. A walk found in flight after a crash resumes
+//! manifest before it is made. For a rootless move the mapping is made
+//! here, from every id the mounts use, carried into the account's
+//! namespace. A walk found in flight after a crash resumes
 //! from its manifest; a failure puts back every mount touched.
 
 use std::path::{Path, PathBuf};
@@ -9,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::mounts::{OwnedMount, mounts_of};
-use super::spec::OwnershipSpec;
+use super::spec::{Carry, OwnershipSpec};
 use super::step::{Step, StepContext, StepError, StepProgress, to_value};
 use crate::remap::{self, IdMapping, RemapOptions, RemapReport};
+use crate::users;
+use fleet_core::userns::{self, IdKind, Mapping};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OwnershipIntent {
@@ -46,11 +50,18 @@ impl Step for OwnershipStep {
         cx: &StepContext<'_>,
         spec: &OwnershipSpec,
     ) -> Result<OwnershipIntent, StepError> {
-        let mapping = &spec.mapping;
-        mapping.validate()?;
         let doc = cx.scoped(&spec.container).await?;
         let (owned, refusals) =
             mounts_of(cx.conn, &doc, &spec.mounts, &cx.journal.dir().join(cx.step));
+        let carried;
+        let mapping = match &spec.carry {
+            None => &spec.mapping,
+            Some(carry) => {
+                carried = carried_mapping(cx, carry, &owned).await?;
+                &carried
+            }
+        };
+        mapping.validate()?;
         let target = mapping.everything.or_else(|| {
             let uid = mapping.uids.values().next().copied()?;
             let gid = mapping.gids.values().next().copied().unwrap_or(uid);
@@ -59,7 +70,7 @@ impl Step for OwnershipStep {
         Ok(OwnershipIntent {
             container: doc["Id"].as_str().unwrap_or_default().to_string(),
             mapping: mapping.clone(),
-            skip_if_root_matches: if spec.skip_if_root_matches {
+            skip_if_root_matches: if spec.skip_if_root_matches && spec.carry.is_none() {
                 target
             } else {
                 None
@@ -102,6 +113,74 @@ impl Step for OwnershipStep {
     ) -> Result<Value, StepError> {
         undo_mounts(&intent.mounts).await
     }
+}
+
+/// Every id the mounts use, carried from the rootful engine's identity
+/// mapping to the account's namespace; an id the account's range cannot
+/// hold refuses the step, naming a path that uses it.
+async fn carried_mapping(
+    cx: &StepContext<'_>,
+    carry: &Carry,
+    owned: &[OwnedMount],
+) -> Result<IdMapping, StepError> {
+    if cx.conn.root_host_uid.is_some() {
+        return Err(StepError::Invalid(
+            "the container's engine remaps user namespaces itself (rootless or userns-remap): a rootless move starts from a rootful engine".into(),
+        ));
+    }
+    let account = users::rootless_account(&carry.account, cx.users)?;
+    let roots: Vec<PathBuf> = owned.iter().map(|m| PathBuf::from(&m.root)).collect();
+    let census = tokio::task::spawn_blocking(move || {
+        let mut all = remap::IdCensus::default();
+        for root in roots {
+            all.merge(remap::census(&root)?);
+        }
+        Ok::<_, remap::RemapError>(all)
+    })
+    .await
+    .map_err(StepError::task)??;
+    let target = Mapping::Rootless {
+        account: account.ids,
+        userns: carry.userns,
+    };
+    let mut mapping = IdMapping::default();
+    let mut unmappable = Vec::new();
+    for (kind, ids, into, inside) in [
+        (
+            IdKind::Uid,
+            &census.uids,
+            &mut mapping.uids,
+            carry.inside.map(|i| i.0),
+        ),
+        (
+            IdKind::Gid,
+            &census.gids,
+            &mut mapping.gids,
+            carry.inside.map(|i| i.1),
+        ),
+    ] {
+        for (id, path) in ids {
+            // Root's data becomes the new user's, as in place; then carried.
+            let moved = match inside {
+                Some(user) if *id == 0 => user,
+                _ => *id,
+            };
+            match userns::carry(&Mapping::Identity, &target, kind, moved) {
+                Ok(new) => {
+                    into.insert(*id, new);
+                }
+                Err(why) => unmappable.push(format!("{path}: {why}")),
+            }
+        }
+    }
+    if !unmappable.is_empty() {
+        return Err(StepError::Invalid(format!(
+            "{} cannot hold every id of the data: {}",
+            carry.account,
+            unmappable.join("; ")
+        )));
+    }
+    Ok(mapping)
 }
 
 /// Walks one mount on a blocking thread, streaming its progress. The outer

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::backup::BackupStep;
+use super::image::ImageStep;
 use super::ownership::OwnershipStep;
+use super::place::PlaceStep;
 use super::prune::{self, pruned_error};
 use super::recreate::RecreateStep;
 use super::restore::RestoreStep;
@@ -27,10 +29,12 @@ use super::step::{ProgressTx, Step, StepContext, StepError, StepResult, from_val
 use super::stop::StopStep;
 use super::user::UserStep;
 use super::verify::VerifyStep;
+use super::volumes::VolumesStep;
 use crate::backup::{BackupStore, MountBackup, VerifyOutcome};
 use crate::engine::Engine;
 use crate::inspect::Inspector;
 use crate::journal::{Event, Record, RunJournal, StepState, validate_id};
+use crate::rootless::{AccountEngines, PodmanCommand, UserManager};
 use crate::users::UserSettings;
 
 /// The one table from kind to step.
@@ -42,6 +46,9 @@ fn step_of(kind: StepKind) -> &'static dyn AnyStep {
         StepKind::Ownership => &OwnershipStep,
         StepKind::Recreate => &RecreateStep,
         StepKind::Verify => &VerifyStep,
+        StepKind::Image => &ImageStep,
+        StepKind::Volumes => &VolumesStep,
+        StepKind::Place => &PlaceStep,
         StepKind::Restore => &RestoreStep,
     }
 }
@@ -106,6 +113,7 @@ pub struct StepRunner {
     inspector: Arc<Inspector>,
     backups: BackupStore,
     users: UserSettings,
+    accounts: Arc<AccountEngines>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -122,8 +130,24 @@ impl StepRunner {
             engine,
             inspector,
             users,
+            accounts: Arc::new(AccountEngines::new(
+                PodmanCommand::detect(None),
+                UserManager::detect(),
+                state_dir,
+            )),
             locks: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The rootless accounts' engines these steps reach (the agent's
+    /// configured podman runtime, its user manager).
+    pub fn with_accounts(mut self, accounts: Arc<AccountEngines>) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
+    pub fn accounts(&self) -> &Arc<AccountEngines> {
+        &self.accounts
     }
 
     pub fn runs_dir(&self) -> &Path {
@@ -156,6 +180,7 @@ impl StepRunner {
             inspector: &self.inspector,
             backups: &self.backups,
             users: &self.users,
+            accounts: &self.accounts,
             journal,
             step,
             progress,

@@ -2,6 +2,7 @@
 //! and `StepSpec`, which is one of them.
 
 use fleet_core::step::{Probe, StepKind};
+use fleet_core::userns::UsernsMode;
 use serde::{Deserialize, Serialize};
 
 use crate::recreate::RecreateRequest;
@@ -35,6 +36,23 @@ pub struct OwnershipSpec {
     pub allow_protected_hardlinks: bool,
     /// Destinations to change; all bind and volume mounts when empty.
     pub mounts: Vec<String>,
+    /// A rootless move: `mapping` is left empty and made from every id the
+    /// mounts use, carried from the rootful engine to the account's
+    /// namespace (`userns::carry`).
+    #[serde(default)]
+    pub carry: Option<Carry>,
+}
+
+/// Where a rootless move's data goes: the account, and how the container's
+/// ids sit on its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carry {
+    pub account: String,
+    pub userns: UsernsMode,
+    /// The container's user after the move when it is not root: what the
+    /// container's root owned becomes its (then carried), as in place.
+    #[serde(default)]
+    pub inside: Option<(u32, u32)>,
 }
 
 /// A faithful recreate under a new user.
@@ -47,6 +65,35 @@ pub struct VerifySpec {
     pub deadline_secs: u64,
     pub min_running_secs: u64,
     pub probe: Option<Probe>,
+    /// The container runs under this rootless account's engine.
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+/// The container's image loaded into its rootless account's storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    pub container: String,
+    pub account: String,
+}
+
+/// The stopped container's named volumes handed to its rootless account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumesSpec {
+    pub container: String,
+    pub account: String,
+}
+
+/// The container created under its rootless account's engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceSpec {
+    pub container: String,
+    pub account: String,
+    pub userns: UsernsMode,
+    /// The user inside the container; the old container's when unset (root
+    /// inside is the account's own uid outside).
+    #[serde(default)]
+    pub user: Option<(u32, u32)>,
 }
 
 /// A restore of a checkpoint backup (not a step of a migration).
@@ -67,6 +114,9 @@ pub enum StepSpec {
     Ownership(OwnershipSpec),
     Recreate(RecreateSpec),
     Verify(VerifySpec),
+    Image(ImageSpec),
+    Volumes(VolumesSpec),
+    Place(PlaceSpec),
     Restore(RestoreSpec),
 }
 
@@ -79,6 +129,9 @@ impl StepSpec {
             StepSpec::Ownership(_) => StepKind::Ownership,
             StepSpec::Recreate(_) => StepKind::Recreate,
             StepSpec::Verify(_) => StepKind::Verify,
+            StepSpec::Image(_) => StepKind::Image,
+            StepSpec::Volumes(_) => StepKind::Volumes,
+            StepSpec::Place(_) => StepKind::Place,
             StepSpec::Restore(_) => StepKind::Restore,
         }
     }
@@ -110,6 +163,9 @@ kind_spec!(
     Ownership(OwnershipSpec),
     Recreate(RecreateSpec),
     Verify(VerifySpec),
+    Image(ImageSpec),
+    Volumes(VolumesSpec),
+    Place(PlaceSpec),
     Restore(RestoreSpec),
 );
 

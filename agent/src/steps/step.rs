@@ -19,6 +19,7 @@ use crate::inspect::Inspector;
 use crate::journal::{JournalError, RunJournal};
 use crate::recreate::RecreateError;
 use crate::remap::RemapError;
+use crate::rootless::{AccountEngines, RootlessError};
 use crate::users::{UserError, UserSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum StepError {
     User(#[from] UserError),
     #[error(transparent)]
     Recreate(#[from] RecreateError),
+    #[error(transparent)]
+    Rootless(#[from] RootlessError),
     #[error("step '{step}' of run '{run}' was a {recorded} step, not a {asked} step")]
     KindMismatch {
         run: String,
@@ -141,6 +144,7 @@ pub struct StepContext<'a> {
     pub inspector: &'a Inspector,
     pub backups: &'a BackupStore,
     pub users: &'a UserSettings,
+    pub accounts: &'a AccountEngines,
     pub journal: &'a RunJournal,
     pub step: &'a str,
     pub progress: Option<ProgressTx>,

@@ -78,6 +78,14 @@ impl Step for UserStep {
             Some(outcome) => from_value(outcome)?,
             None => made_before_the_crash(cx, &intent),
         };
+        if made.created_user
+            && intent.request.rootless
+            && let Ok(account) = users::rootless_account(&made.name, cx.users)
+        {
+            // userdel refuses an account with processes: its Podman API
+            // service and pause process end first.
+            cx.accounts.stop(&account.name, account.ids.uid).await?;
+        }
         let settings = cx.users.clone();
         tokio::task::spawn_blocking(move || users::undo_user(&made, &settings))
             .await

@@ -1,6 +1,8 @@
 //! The verify step: the health gate (`crate::verify`) on the new
 //! container, with the service's downtime measured from the stop that
-//! really took it down. Nothing to undo.
+//! really took it down; under a rootless account, on the account's engine,
+//! with every process's host uid inside the account's namespace. Nothing
+//! to undo.
 
 use fleet_core::step::StepKind;
 use serde_json::Value;
@@ -9,8 +11,10 @@ use super::backup::kept_until_pruned;
 use super::spec::VerifySpec;
 use super::step::{Step, StepContext, StepError};
 use super::stop::StopOutcome;
+use crate::container::Api;
 use crate::journal::StepState;
 use crate::recreate::RecreateOutcome;
+use crate::users;
 use crate::verify::{self, VerifyOutcome, VerifyRequest};
 
 pub struct VerifyStep;
@@ -25,7 +29,13 @@ impl Step for VerifyStep {
         cx: &StepContext<'_>,
         spec: &VerifySpec,
     ) -> Result<VerifyRequest, StepError> {
-        cx.scoped(&spec.container).await?;
+        let host_ids = match &spec.account {
+            None => {
+                cx.scoped(&spec.container).await?;
+                None
+            }
+            Some(name) => Some(users::rootless_account(name, cx.users)?.ids),
+        };
         let went_down = went_down(cx);
         Ok(VerifyRequest {
             container: spec.container.clone(),
@@ -34,6 +44,8 @@ impl Step for VerifyStep {
             probe: spec.probe.clone(),
             stopped_at_ms: went_down.map(|(stopped, _)| stopped),
             exited_at_ms: went_down.and_then(|(_, exited)| exited),
+            account: spec.account.clone(),
+            host_ids,
         })
     }
 
@@ -42,7 +54,14 @@ impl Step for VerifyStep {
         cx: &StepContext<'_>,
         request: VerifyRequest,
     ) -> Result<VerifyOutcome, StepError> {
-        Ok(verify::verify(&cx.api(), cx.inspector, &request).await?)
+        let Some(name) = &request.account else {
+            return Ok(verify::verify(&cx.api(), cx.inspector, &request).await?);
+        };
+        let account = users::rootless_account(name, cx.users)?;
+        let reached = cx.accounts.reach(&account).await?;
+        let inspector = cx.inspector.for_engine(reached.engine.clone());
+        let api = Api::new(reached.engine.connected().await?);
+        Ok(verify::verify(&api, &inspector, &request).await?)
     }
 
     async fn undo(

@@ -10,9 +10,11 @@
 //! The parts: `request` (what is asked, the settings, what was made, the
 //! naming rule), `host_files` (passwd, group, subuid, subgid as read to
 //! decide, and the host-wide lock), `ids` (choosing and recording ids),
-//! `tools` (shadow-utils and loginctl), `create` (`ensure_user`), `remove`
+//! `tools` (shadow-utils and loginctl), `account` (a rootless account as
+//! the host's files say it is now), `create` (`ensure_user`), `remove`
 //! (`undo_user`), `error`.
 
+mod account;
 mod create;
 mod error;
 mod host_files;
@@ -21,6 +23,7 @@ mod remove;
 mod request;
 mod tools;
 
+pub use account::{RootlessAccount, rootless_account};
 pub use create::ensure_user;
 pub use error::UserError;
 pub use remove::undo_user;

@@ -14,7 +14,8 @@ use crate::agents::{self, AgentPool};
 use crate::inventory::Host;
 use crate::plan::Migration;
 use fleet_core::step::{Probe, Progress, StepKind};
-use fleet_core::target::{Ids, TargetUser};
+use fleet_core::target::{Ids, Target, TargetUser};
+use fleet_core::userns::UsernsMode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
@@ -162,6 +163,9 @@ pub async fn step(
         StepKind::Ownership => client.change_ownership(ownership_request(call)?).await,
         StepKind::Recreate => client.recreate(recreate_request(call)?).await,
         StepKind::Verify => client.verify(verify_request(call)).await,
+        StepKind::Image => client.load_image(image_request(call)?).await,
+        StepKind::Volumes => client.move_volumes(volumes_request(call)?).await,
+        StepKind::Place => client.place(place_request(call)?).await,
         StepKind::Restore => {
             return Err(CallError::Failed(format!(
                 "a restore is not a step of {}'s migration",
@@ -218,7 +222,63 @@ fn user_request(call: &StepCall<'_>) -> Result<pb::EnsureUserRequest, CallError>
         name: name.clone(),
         uid: uid.map(|id| id.get()),
         gid: gid.map(|id| id.get()),
-        rootless: false,
+        rootless: matches!(m.target, Target::Rootless { .. }),
+    })
+}
+
+/// The rootless account of a rootless step; a step of another target
+/// has none to name.
+fn need_account<'m>(call: &StepCall<'m>) -> Result<&'m str, CallError> {
+    call.migration.target.rootless_account().ok_or_else(|| {
+        CallError::Failed(format!(
+            "{}'s {} step moves it under a rootless account, but its target is {}",
+            call.container_name,
+            call.kind.as_str(),
+            call.migration.target
+        ))
+    })
+}
+
+fn userns_pb(userns: UsernsMode) -> pb::Userns {
+    pb::Userns {
+        keep_id: match userns {
+            UsernsMode::Default => None,
+            UsernsMode::KeepId { uid, gid } => Some(pb::KeepId { uid, gid }),
+        },
+    }
+}
+
+fn image_request(call: &StepCall<'_>) -> Result<pb::LoadImageRequest, CallError> {
+    Ok(pb::LoadImageRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        account: need_account(call)?.into(),
+    })
+}
+
+fn volumes_request(call: &StepCall<'_>) -> Result<pb::MoveVolumesRequest, CallError> {
+    Ok(pb::MoveVolumesRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        account: need_account(call)?.into(),
+    })
+}
+
+fn place_request(call: &StepCall<'_>) -> Result<pb::PlaceRequest, CallError> {
+    let account = need_account(call)?;
+    let Target::Rootless { userns, inside, .. } = &call.migration.target else {
+        return Err(CallError::Failed(format!(
+            "{} is not moved rootless",
+            call.container_name
+        )));
+    };
+    Ok(pb::PlaceRequest {
+        key: key(call.run, call.step),
+        container: call.container_id.into(),
+        account: account.into(),
+        userns: Some(userns_pb(*userns)),
+        uid: inside.map(|(uid, _)| uid),
+        gid: inside.map(|(_, gid)| gid),
     })
 }
 
@@ -231,6 +291,21 @@ fn stop_request(call: &StepCall<'_>) -> pb::StopRequest {
 
 fn ownership_request(call: &StepCall<'_>) -> Result<pb::ChangeOwnershipRequest, CallError> {
     let m = call.migration;
+    if let Target::Rootless { userns, inside, .. } = &m.target {
+        // The agent maps every id the data uses into the account's namespace.
+        return Ok(pb::ChangeOwnershipRequest {
+            key: key(call.run, call.step),
+            container: call.container_id.into(),
+            mounts: m.mounts.iter().map(|mp| mp.destination.clone()).collect(),
+            carry: Some(pb::Carry {
+                account: need_account(call)?.into(),
+                userns: Some(userns_pb(*userns)),
+                uid: inside.map(|(uid, _)| uid),
+                gid: inside.map(|(_, gid)| gid),
+            }),
+            ..Default::default()
+        });
+    }
     let ids = need_target(call)?;
     let uids = m.from_ids.iter().map(|&from| (from, ids.uid())).collect();
     let gids = m.from_ids.iter().map(|&from| (from, ids.gid())).collect();
@@ -265,6 +340,7 @@ fn verify_request(call: &StepCall<'_>) -> pb::VerifyRequest {
         deadline_secs: m.deadline_secs.min(u32::MAX as u64) as u32,
         min_running_secs: m.min_healthy_secs.min(u32::MAX as u64) as u32,
         probe: m.probe.as_ref().map(probe_pb),
+        account: m.target.rootless_account().unwrap_or_default().into(),
     }
 }
 

@@ -276,6 +276,34 @@ impl Agent for SimulatedAgent {
         result(r.key, "restore", json!({ "backup_id": r.backup_id }), false)
     }
 
+    // The benchmark plans in place only: the rootless steps are refused.
+    type LoadImageStream = Events;
+    async fn load_image(
+        &self,
+        _request: Request<pb::LoadImageRequest>,
+    ) -> Result<Response<Events>, Status> {
+        Err(Status::unimplemented(
+            "the simulated agent moves nothing rootless",
+        ))
+    }
+
+    type MoveVolumesStream = Events;
+    async fn move_volumes(
+        &self,
+        _request: Request<pb::MoveVolumesRequest>,
+    ) -> Result<Response<Events>, Status> {
+        Err(Status::unimplemented(
+            "the simulated agent moves nothing rootless",
+        ))
+    }
+
+    type PlaceStream = Events;
+    async fn place(&self, _request: Request<pb::PlaceRequest>) -> Result<Response<Events>, Status> {
+        Err(Status::unimplemented(
+            "the simulated agent moves nothing rootless",
+        ))
+    }
+
     type UndoStream = Events;
     async fn undo(&self, request: Request<pb::UndoRequest>) -> Result<Response<Events>, Status> {
         result(request.into_inner().key, "undo", json!("undone"), true)
