@@ -234,6 +234,17 @@ pub struct ScopeArgs {
     /// Plan pod members too (refused otherwise: pods move as a whole).
     #[arg(long)]
     pub include_pods: bool,
+    /// Where containers go when their policy rule names no `target`: in
+    /// place (`User` set on the same engine) or under their own account's
+    /// rootless Podman.
+    #[arg(long, value_enum, default_value_t = TargetArg::InPlace)]
+    pub target: TargetArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    InPlace,
+    Rootless,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod class;
 mod groups;
 pub mod host_ids;
 mod migration;
+mod rootless;
 mod runtime;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,8 @@ pub struct Selection {
     pub containers: Vec<String>,
     /// Plan pod members too (they are refused otherwise).
     pub include_pods: bool,
+    /// `--target rootless`: the default placement, where no rule names one.
+    pub rootless: bool,
 }
 
 /// Plans one host: every selected container, ordered. Linked containers
@@ -49,7 +52,7 @@ pub fn plan_host(
     let reports: Vec<&ContainerReport> = report.containers.iter().filter(selected).collect();
     let mut containers: Vec<ContainerPlan> = reports
         .iter()
-        .map(|c| migration::plan_container(c, host, report, policy, selection.include_pods))
+        .map(|c| migration::plan_container(c, host, report, policy, selection))
         .collect();
     groups::refuse_left_out(report, &reports, &mut containers);
     let groups = groups::linked_groups(&reports);

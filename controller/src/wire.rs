@@ -118,6 +118,7 @@ pub fn scope(selection: Option<pb::Selection>) -> Result<PlanScope, ControllerEr
         selection: Selection {
             containers: s.containers,
             include_pods: s.include_pods,
+            rootless: s.rootless,
         },
         policy,
     })

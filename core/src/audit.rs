@@ -115,6 +115,13 @@ pub struct ContainerReport {
     /// What this engine makes a migration do differently (planning only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engine_notes: Vec<String>,
+    /// What a move under a rootless account cannot do for this container
+    /// (planning only): each a blocker of `--target rootless`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rootless_blockers: Vec<String>,
+    /// What such a move would do differently (planning only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rootless_changes: Vec<String>,
 }
 
 /// A directory the container's processes own or write outside its mounts.

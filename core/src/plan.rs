@@ -37,6 +37,9 @@ pub struct PlanBasis {
     /// `--container` globs; every container if empty.
     pub containers: Vec<String>,
     pub include_pods: bool,
+    /// `--target rootless` (absent from older plans: in place).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rootless: bool,
 }
 
 /// The text a policy was read from. A saved plan carries it, so applying

@@ -203,6 +203,8 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
             layer_loss: c.layer_loss,
             engine_notes: c.engine_notes,
+            rootless_blockers: c.rootless_blockers,
+            rootless_changes: c.rootless_changes,
         }
     }
 }
@@ -240,6 +242,8 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             runtime_dirs: c.runtime_dirs.into_iter().map(Into::into).collect(),
             layer_loss: c.layer_loss,
             engine_notes: c.engine_notes,
+            rootless_blockers: c.rootless_blockers,
+            rootless_changes: c.rootless_changes,
         }
     }
 }

@@ -316,6 +316,36 @@ pub fn root_only(image: &str) -> ContainerCreateBody {
     )
 }
 
+/// Removes a test account even when its engine still runs (userdel
+/// refuses an account with processes).
+pub struct AccountCleanup(pub String);
+
+impl Drop for AccountCleanup {
+    fn drop(&mut self) {
+        let uid = std::process::Command::new("id")
+            .args(["-u", &self.0])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            });
+        if let Some(uid) = uid {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-U", &uid.to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = std::fs::remove_dir_all(format!("/run/user/{uid}"));
+        }
+        let _ = std::process::Command::new("userdel")
+            .args(["-r", &self.0])
+            .output();
+        let _ = std::process::Command::new("groupdel").arg(&self.0).output();
+    }
+}
+
 /// Removes the users a run created (by name), even when a test fails,
 /// under the agents' accounts lock (never in the middle of an agent's
 /// read → decide → create).

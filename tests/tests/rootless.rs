@@ -18,29 +18,10 @@ use fleet_core::userns::{self, AccountIds, IdKind, Mapping, UsernsMode};
 use fleet_proto::agent::v1 as pb;
 use fleet_tests::agent_client::{Client, Outcome, collect, key};
 use fleet_tests::engine::body;
+use fleet_tests::fleet::AccountCleanup;
 use fleet_tests::host::{host, inspect, roll_back, stop, verify};
 use fleet_tests::tree::{Snap, acl_for, snapshot};
 use fleet_tests::{TEST_LABEL, unique};
-
-/// Removes a test account even when its engine still runs (userdel
-/// refuses an account with processes).
-struct AccountCleanup(String);
-
-impl Drop for AccountCleanup {
-    fn drop(&mut self) {
-        if let Some(uid) = uid_of(&self.0) {
-            let _ = std::process::Command::new("pkill")
-                .args(["-KILL", "-U", &uid.to_string()])
-                .status();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let _ = std::fs::remove_dir_all(format!("/run/user/{uid}"));
-        }
-        let _ = std::process::Command::new("userdel")
-            .args(["-r", &self.0])
-            .output();
-        let _ = std::process::Command::new("groupdel").arg(&self.0).output();
-    }
-}
 
 fn uid_of(name: &str) -> Option<u32> {
     let out = std::process::Command::new("id")

@@ -112,6 +112,8 @@ pub(super) async fn report(
         runtime_dirs: planned.runtime_dirs,
         layer_loss: planned.foreseen.layer_loss,
         engine_notes: planned.foreseen.notes,
+        rootless_blockers: planned.rootless.blockers,
+        rootless_changes: planned.rootless.changes,
         id,
     }
 }
@@ -157,6 +159,7 @@ struct Planning {
     users: Vec<ImageUser>,
     runtime_dirs: Vec<RuntimeDir>,
     foreseen: crate::recreate::Foreseen,
+    rootless: crate::rootless::place::Differences,
 }
 
 async fn planning(
@@ -171,6 +174,7 @@ async fn planning(
             users: Vec::new(),
             runtime_dirs: Vec::new(),
             foreseen: Default::default(),
+            rootless: Default::default(),
         };
     }
     let users = users_of(conn, shared.cache, id, db).await;
@@ -182,10 +186,28 @@ async fn planning(
             notes: vec![format!("what a recreate would do cannot be read: {e}")],
             ..Default::default()
         });
+    // What a rootless move would meet, off the same document the place
+    // step creates from (and refuses on).
+    let caps = crate::capabilities::current().await;
+    let rootless = match serde_json::to_value(doc) {
+        Ok(value) => crate::rootless::place::differences(
+            &value,
+            caps.unprivileged_port_start
+                .map_or(1024, |p| p.min(u16::MAX as u32) as u16),
+            caps.cgroup_version < 2,
+        ),
+        Err(e) => crate::rootless::place::Differences {
+            blockers: vec![format!(
+                "its inspect document cannot be read for a rootless move: {e}"
+            )],
+            changes: Vec::new(),
+        },
+    };
     Planning {
         users,
         runtime_dirs,
         foreseen,
+        rootless,
     }
 }
 

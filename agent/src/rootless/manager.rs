@@ -220,9 +220,13 @@ fn supervise(
         // Its own process group: a signal to the agent's group spares it.
         command.process_group(0);
     }
-    let child = command
-        .spawn()
-        .map_err(|e| RootlessError::tool("runuser", std::slice::from_ref(&account.name), &e.to_string()))?;
+    let child = command.spawn().map_err(|e| {
+        RootlessError::tool(
+            "runuser",
+            std::slice::from_ref(&account.name),
+            &e.to_string(),
+        )
+    })?;
     Ok(Started::Supervised { pid: child.id() })
 }
 

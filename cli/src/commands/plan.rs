@@ -31,6 +31,7 @@ pub fn selection(scope: &ScopeArgs) -> Result<pb::Selection, CliError> {
         policy_toml,
         policy_path,
         include_pods: scope.include_pods,
+        rootless: scope.target == crate::args::TargetArg::Rootless,
     })
 }
 

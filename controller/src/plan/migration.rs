@@ -13,7 +13,8 @@ use fleet_core::target::{Ids, Target, TargetUser};
 use super::class::{class_of, image_base};
 use super::{host_ids, runtime};
 use crate::inventory::Host;
-use crate::policy::{Decision, OnHostIdCollision, Policy, Strategy, Subject};
+use crate::plan::Selection;
+use crate::policy::{Decision, OnHostIdCollision, Placement, Policy, Strategy, Subject};
 
 /// Reasons a container cannot be migrated safely, from the audit.
 fn refusals(c: &ContainerReport, include_pods: bool) -> Vec<String> {
@@ -217,14 +218,28 @@ fn migration(
     c: &ContainerReport,
     host: &HostReport,
     decision: &Decision,
+    placement: &Placement,
 ) -> Result<Migration, Vec<String>> {
     let service = c.compose_service.clone().unwrap_or_else(|| c.name.clone());
     let user = target_user(c, decision, &service)?;
-    let Settled {
-        user,
-        host_id_collisions,
-        instead_of,
-    } = settle_host_ids(host, decision, &service, user)?;
+    let (target, host_id_collisions, instead_of, mut engine_notes) = match placement {
+        Placement::InPlace => {
+            let settled = settle_host_ids(host, decision, &service, user)?;
+            (
+                Target::InPlace { user: settled.user },
+                settled.host_id_collisions,
+                settled.instead_of,
+                Vec::new(),
+            )
+        }
+        // The account's own ids are the agent's to allocate; the
+        // namespace keeps the container's ids off the host's.
+        Placement::Rootless { account, userns } => {
+            let r = super::rootless::target(c, host, account.as_deref(), *userns, user, &service)?;
+            (r.target, Vec::new(), None, r.notes)
+        }
+    };
+    engine_notes.extend(c.engine_notes.iter().cloned());
     let from_ids = vec![0];
     let mounts = mount_plans(c);
     let changing: u64 = mounts.iter().map(|m| m.changing).sum();
@@ -233,9 +248,13 @@ fn migration(
     // measured here), create and start, then the health gate.
     let expected_downtime_ms =
         1_000 + changing * 1_000 / 200_000 + decision.min_healthy_secs * 1_000;
-    let known = user.known_ids();
+    let known = target.user().known_ids();
+    let runtime_dirs = match &target {
+        Target::InPlace { .. } => runtime::planned(c, known),
+        Target::Rootless { .. } => Vec::new(),
+    };
     Ok(Migration {
-        target: Target::InPlace { user },
+        target,
         from_ids,
         mounts,
         backup_bytes,
@@ -247,9 +266,9 @@ fn migration(
         expected_downtime_ms,
         host_id_collisions,
         instead_of,
-        runtime_dirs: runtime::planned(c, known),
+        runtime_dirs,
         layer_loss_allowed: c.layer_loss.clone(),
-        engine_notes: c.engine_notes.clone(),
+        engine_notes,
     })
 }
 
@@ -261,7 +280,7 @@ pub(super) fn plan_container(
     host: &Host,
     report: &HostReport,
     policy: &Policy,
-    include_pods: bool,
+    selection: &Selection,
 ) -> ContainerPlan {
     let decision = policy.decide(&Subject {
         name: &c.name,
@@ -288,14 +307,19 @@ pub(super) fn plan_container(
                 reasons: vec![format!("its identity is unknown: {reason}")],
             },
             Verdict::Root | Verdict::StartsAsRootDropsTo { .. } => {
-                let mut reasons = refusals(c, include_pods);
+                let mut reasons = refusals(c, selection.include_pods);
                 if !c.layer_loss.is_empty() && !decision.allow_layer_loss {
                     reasons.push(fleet_core::migration::layer_loss_refusal(&c.layer_loss));
                 }
                 if !reasons.is_empty() {
                     Action::Refused { reasons }
                 } else {
-                    match migration(c, report, &decision) {
+                    let placement = decision.placement.clone().unwrap_or(if selection.rootless {
+                        Placement::rootless()
+                    } else {
+                        Placement::InPlace
+                    });
+                    match migration(c, report, &decision, &placement) {
                         Ok(m) => Action::Migrate(m),
                         Err(reasons) => Action::Refused { reasons },
                     }

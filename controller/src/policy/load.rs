@@ -63,6 +63,11 @@ struct RuleFile {
     /// Recreate even though the writable layer holds content it loses.
     #[serde(default)]
     allow_layer_loss: bool,
+    /// "in-place" or "rootless", and the rootless target's keys.
+    target: Option<Spanned<String>>,
+    account: Option<Spanned<String>>,
+    userns: Option<Spanned<String>>,
+    publish_low_ports: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,7 +222,15 @@ fn check_rule(source: &Source<'_>, n: usize, rule: RuleFile) -> Result<Rule, Pol
             Some(on_collision(spanned.get_ref()).map_err(|m| source.error(spanned.span(), n, m))?)
         }
     };
+    let placement = super::placement::placement(&super::placement::PlacementKeys {
+        target: rule.target.as_ref(),
+        account: rule.account.as_ref(),
+        userns: rule.userns.as_ref(),
+        publish_low_ports: rule.publish_low_ports.as_ref(),
+    })
+    .map_err(|(span, m)| source.error(span, n, m))?;
     Ok(Rule {
+        placement,
         name: rule.name,
         image: rule.image,
         compose_project: rule.compose_project,

@@ -5,9 +5,11 @@
 //! dedicated user. `load` reads and checks the file.
 
 mod load;
+mod placement;
 mod plain;
 
 pub use load::PolicyError;
+pub use placement::{Placement, UsernsChoice};
 
 use std::collections::BTreeMap;
 
@@ -90,6 +92,8 @@ pub struct Decision {
     pub on_host_id_collision: OnHostIdCollision,
     /// The rule accepts that a recreate loses what the writable layer holds.
     pub allow_layer_loss: bool,
+    /// Where it goes; None: where the plan's `--target` says.
+    pub placement: Option<Placement>,
 }
 
 pub use fleet_core::plan::PolicySource;
@@ -126,6 +130,7 @@ struct Rule {
     order: Option<String>,
     on_host_id_collision: Option<OnHostIdCollision>,
     allow_layer_loss: bool,
+    placement: Option<Placement>,
 }
 
 /// What a rule is matched against.
@@ -172,6 +177,7 @@ impl Policy {
             rule: None,
             on_host_id_collision: defaults.on_host_id_collision.unwrap_or_default(),
             allow_layer_loss: false,
+            placement: None,
         };
         let Some((index, rule)) = self
             .rules
@@ -190,6 +196,7 @@ impl Policy {
         decision.order = rule.order.clone();
         decision.rule = Some(index + 1);
         decision.allow_layer_loss = rule.allow_layer_loss;
+        decision.placement = rule.placement.clone();
         decision.on_host_id_collision = rule
             .on_host_id_collision
             .unwrap_or(decision.on_host_id_collision);

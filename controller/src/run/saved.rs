@@ -30,6 +30,7 @@ pub fn basis_of(scope: &PlanScope) -> PlanBasis {
         policy,
         containers: scope.selection.containers.clone(),
         include_pods: scope.selection.include_pods,
+        rootless: scope.selection.rootless,
     }
 }
 
@@ -61,6 +62,7 @@ pub async fn rederive(
     let selection = Selection {
         containers: basis.containers.clone(),
         include_pods: basis.include_pods,
+        rootless: basis.rootless,
     };
     let (_, fresh) = plan_hosts(runs, &hosts, &[], &policy, &selection).await?;
     compare(&saved.plan, &fresh, &basis.containers)
@@ -74,6 +76,7 @@ fn check_scope(scope: &PlanScope, basis: &PlanBasis) -> Result<(), ControllerErr
         ("--selector", !scope.selectors.is_empty()),
         ("--container", !scope.selection.containers.is_empty()),
         ("--include-pods", scope.selection.include_pods),
+        ("--target rootless", scope.selection.rootless),
     ];
     let given: Vec<&str> = flags
         .iter()

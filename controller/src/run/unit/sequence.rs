@@ -16,26 +16,39 @@ pub(super) fn step_id(container_id: &str, kind: StepKind) -> String {
 }
 
 fn kinds(migration: &Migration) -> Vec<StepKind> {
+    let rootless = migration.target.rootless_account().is_some();
     let mut steps = vec![StepKind::Backup];
     if migration.target.user().to_create().is_some() {
         steps.push(StepKind::User);
+    }
+    // The image loads while the old container still runs: not downtime.
+    if rootless {
+        steps.push(StepKind::Image);
     }
     steps.push(StepKind::Stop);
     if !migration.mounts.is_empty() {
         steps.push(StepKind::Ownership);
     }
-    steps.extend([StepKind::Recreate, StepKind::Verify]);
+    if rootless {
+        steps.extend([StepKind::Volumes, StepKind::Place]);
+    } else {
+        steps.push(StepKind::Recreate);
+    }
+    steps.push(StepKind::Verify);
     steps
 }
 
 /// Every step of the unit in the order it runs, as (member, kind).
 pub(super) fn sequence(members: &[(String, Migration)]) -> Vec<(usize, StepKind)> {
-    const ORDER: [StepKind; 6] = [
+    const ORDER: [StepKind; 9] = [
         StepKind::Backup,
         StepKind::User,
+        StepKind::Image,
         StepKind::Stop,
         StepKind::Ownership,
+        StepKind::Volumes,
         StepKind::Recreate,
+        StepKind::Place,
         StepKind::Verify,
     ];
     let mut out = Vec::new();
@@ -138,5 +151,28 @@ mod tests {
         let alone = vec![("web".to_string(), migration(true, false))];
         let kinds: Vec<StepKind> = sequence(&alone).into_iter().map(|(_, k)| k).collect();
         assert_eq!(kinds, [Backup, User, Stop, Recreate, Verify]);
+    }
+
+    #[test]
+    fn a_rootless_move_loads_the_image_before_the_stop_and_places_instead_of_recreating() {
+        let mut m = migration(true, true);
+        m.target = Target::Rootless {
+            account: TargetUser::Dedicated {
+                name: "svc-web".into(),
+                uid: None,
+                gid: None,
+            },
+            userns: fleet_core::userns::UsernsMode::Default,
+            inside: None,
+        };
+        use StepKind::*;
+        let kinds: Vec<StepKind> = sequence(&[("web".to_string(), m)])
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        assert_eq!(
+            kinds,
+            [Backup, User, Image, Stop, Ownership, Volumes, Place, Verify]
+        );
     }
 }
