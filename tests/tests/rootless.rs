@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
@@ -226,7 +227,7 @@ async fn move_rootless(
     .await;
     let volume_dir = PathBuf::from(moved.json()["volumes"][0]["to"].as_str().unwrap());
     let copied = moved.json()["volumes"][0]["copied"].as_bool().unwrap();
-    step(
+    let placed = step(
         c.place(pb::PlaceRequest {
             key: key(&run, "place"),
             container: name.into(),
@@ -238,6 +239,12 @@ async fn move_rootless(
         .await,
     )
     .await;
+    let notes = placed.json()["unit_notes"].to_string();
+    assert!(
+        notes.contains("systemd does not run this host")
+            && notes.contains(&format!("fleet-{name}.service")),
+        "{notes}"
+    );
     let mut check = verify(&run, "verify", name, 30, 2, None);
     check.account = user.into();
     let verified = step(c.verify(check).await).await;
@@ -279,6 +286,86 @@ fn as_account(account: &AccountIds, args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// What `systemd --user` would do at boot for a `Type=notify` unit: its
+/// `ExecStart=` (systemd's quoting and specifiers undone) as the account.
+fn boot_from_unit(account: &AccountIds, user: &str, unit: &str, service: &str) {
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-U", &account.uid.to_string()])
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let runtime = format!("/run/user/{}", account.uid);
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir(&runtime).unwrap();
+    chown(Path::new(&runtime), account.uid, account.gid);
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<String> = systemd_words(line)
+        .into_iter()
+        .map(|w| {
+            w.replace("%t", &runtime)
+                .replace("%n", service)
+                .replace("%%", "%")
+                .replace("$$", "$")
+        })
+        .collect();
+    let home = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == user).then(|| f[5].to_string())
+        })
+        .unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", user, "--", "env"])
+        .arg(format!("HOME={home}"))
+        .arg(format!("XDG_RUNTIME_DIR={runtime}"))
+        .arg(format!("PODMAN_SYSTEMD_UNIT={service}"))
+        .args(&args)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the unit's ExecStart failed: {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command line split as systemd splits it: words, double quotes with
+/// backslash escapes.
+fn systemd_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut escaped, mut any) =
+        (Vec::new(), String::new(), false, false, false);
+    for c in line.chars() {
+        match (c, quoted, escaped) {
+            (_, _, true) => {
+                word.push(c);
+                escaped = false;
+            }
+            ('\\', true, false) => escaped = true,
+            ('"', _, false) => {
+                quoted = !quoted;
+                any = true;
+            }
+            (c, false, false) if c.is_whitespace() => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                any = false;
+            }
+            (c, _, _) => word.push(c),
+        }
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// The processes of the account's container `name`, as host uids.
@@ -402,6 +489,42 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
         written["written-while-moved"].uid, expected,
         "a file written while moved"
     );
+    // The unit: root-owned, readable by the account's group only (its
+    // environment may hold secrets), enabled for the account's boot.
+    let service = format!("fleet-{name}.service");
+    let unit_path = Path::new("/etc/systemd/user").join(&service);
+    let meta = std::fs::symlink_metadata(&unit_path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, moved.account.gid, 0o640)
+    );
+    let wants = Path::new("/etc/systemd/user/default.target.wants").join(&service);
+    assert!(
+        std::fs::symlink_metadata(&wants)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // A reboot, as far as a host without systemd has one: every process of
+    // the account ends, its runtime directory is wiped, and what the unit
+    // runs is the container again, as verified.
+    boot_from_unit(
+        &moved.account,
+        &user,
+        &std::fs::read_to_string(&unit_path).unwrap(),
+        &service,
+    );
+    assert!(
+        host_uids_of(&moved.account, &name)
+            .iter()
+            .all(|u| *u == expected),
+        "the unit's container runs as the mapped uid"
+    );
+    let logs = as_account(&moved.account, &["logs", &name]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("owned by 999"),
+        "the unit's container reads its data"
+    );
     // The rootful container is the stopped checkpoint, never to restart.
     let checkpoint = inspect(&h.scope, &old_id).await;
     assert_eq!(checkpoint.state.unwrap().running, Some(false));
@@ -459,6 +582,10 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
     let mut rest_before = volume_before.clone();
     rest_before.remove("");
     assert_eq!(volume_after, rest_before);
+    assert!(
+        !unit_path.exists() && std::fs::symlink_metadata(&wants).is_err(),
+        "the unit and its link are removed"
+    );
     // The account, its ranges and its storage are gone.
     assert_eq!(uid_of(&user), None, "the account is removed");
     for file in ["/etc/subuid", "/etc/subgid"] {

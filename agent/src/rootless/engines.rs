@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use super::error::RootlessError;
 use super::manager::{PodmanCommand, Started, UserManager};
+use super::unit::UnitDirs;
 use crate::engine::{Engine, EngineChoice};
 use crate::users::RootlessAccount;
 
@@ -22,6 +23,7 @@ pub struct AccountEngines {
     podman: PodmanCommand,
     manager: UserManager,
     logs: PathBuf,
+    units: UnitDirs,
     engines: Mutex<BTreeMap<String, Reached>>,
 }
 
@@ -39,6 +41,7 @@ impl AccountEngines {
             podman,
             manager,
             logs: state_dir.join("engines"),
+            units: UnitDirs::default(),
             engines: Mutex::new(BTreeMap::new()),
         }
     }
@@ -49,6 +52,11 @@ impl AccountEngines {
 
     pub fn podman(&self) -> &PodmanCommand {
         &self.podman
+    }
+
+    /// Where the root-owned units go.
+    pub fn unit_dirs(&self) -> &UnitDirs {
+        &self.units
     }
 
     /// The account's engine: the one already answering on its socket, or

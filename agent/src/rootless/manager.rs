@@ -146,27 +146,46 @@ impl UserManager {
         }
     }
 
-    /// Reloads the account's manager and enables and starts `unit`.
-    pub fn enable_unit(&self, account: &RootlessAccount, unit: &str) -> Result<(), RootlessError> {
+    /// Reloads the account's manager and starts `unit` (enabled by its
+    /// files: a `default.target` link or Quadlet's `[Install]`; a
+    /// generated unit cannot be `systemctl enable`d).
+    pub fn start_unit(&self, account: &RootlessAccount, unit: &str) -> Result<(), RootlessError> {
         if let UserManager::Systemd(commands) = self {
             commands.run("systemctl", &user_args(account, &["daemon-reload"]))?;
-            commands.run("systemctl", &user_args(account, &["enable", "--now", unit]))?;
+            commands.run("systemctl", &user_args(account, &["start", unit]))?;
         }
         Ok(())
     }
 
-    /// Stops and disables `unit`; a unit already gone is not an error.
-    pub fn disable_unit(&self, account: &RootlessAccount, unit: &str) -> Result<(), RootlessError> {
+    /// Stops `unit`; a unit already gone is not an error.
+    pub fn stop_unit(&self, account: &RootlessAccount, unit: &str) -> Result<(), RootlessError> {
         if let UserManager::Systemd(commands) = self {
-            match commands.run(
-                "systemctl",
-                &user_args(account, &["disable", "--now", unit]),
-            ) {
+            match commands.run("systemctl", &user_args(account, &["stop", unit])) {
                 Err(RootlessError::Tool { output, .. })
                     if output.contains("not loaded") || output.contains("does not exist") => {}
                 other => other?,
             }
+        }
+        Ok(())
+    }
+
+    pub fn reload(&self, account: &RootlessAccount) -> Result<(), RootlessError> {
+        if let UserManager::Systemd(commands) = self {
             commands.run("systemctl", &user_args(account, &["daemon-reload"]))?;
+        }
+        Ok(())
+    }
+
+    /// `loginctl enable-linger` (or disable): the account's manager runs
+    /// without a login, and at boot.
+    pub fn linger(&self, account: &RootlessAccount, on: bool) -> Result<(), RootlessError> {
+        if let UserManager::Systemd(commands) = self {
+            let verb = if on {
+                "enable-linger"
+            } else {
+                "disable-linger"
+            };
+            commands.run("loginctl", &[verb.to_string(), account.name.clone()])?;
         }
         Ok(())
     }
@@ -274,15 +293,18 @@ pub(crate) mod recording {
             .start_api(&account, &podman, Path::new("/nonexistent"))
             .unwrap();
         assert_eq!(started, Started::UserManager);
-        manager.enable_unit(&account, "fleet-web.service").unwrap();
-        manager.disable_unit(&account, "fleet-web.service").unwrap();
+        manager.linger(&account, true).unwrap();
+        manager.start_unit(&account, "fleet-web.service").unwrap();
+        manager.stop_unit(&account, "fleet-web.service").unwrap();
+        manager.reload(&account).unwrap();
         assert_eq!(
             *recorder.0.lock().unwrap(),
             [
                 "systemctl --user -M svc-web@ start podman.socket",
+                "loginctl enable-linger svc-web",
                 "systemctl --user -M svc-web@ daemon-reload",
-                "systemctl --user -M svc-web@ enable --now fleet-web.service",
-                "systemctl --user -M svc-web@ disable --now fleet-web.service",
+                "systemctl --user -M svc-web@ start fleet-web.service",
+                "systemctl --user -M svc-web@ stop fleet-web.service",
                 "systemctl --user -M svc-web@ daemon-reload",
             ]
         );

@@ -10,8 +10,10 @@
 mod engines;
 mod error;
 pub mod image;
+pub mod install;
 pub mod manager;
 pub mod place;
+pub mod unit;
 pub mod volumes;
 
 pub use engines::{AccountEngines, Reached};

@@ -14,7 +14,9 @@ use super::spec::PlaceSpec;
 use super::step::{Step, StepContext, StepError};
 use crate::container::{Api, ContainerError, str_at};
 use crate::rootless::image::{fully_qualified, image_id};
+use crate::rootless::install;
 use crate::rootless::place::{self, Differences};
+use crate::rootless::unit::{self, UnitFile, UnitSource};
 use crate::users;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +34,9 @@ pub struct PlaceIntent {
     pub userns: UsernsMode,
     pub create_body: Value,
     pub changes: Vec<String>,
+    /// The unit that brings the container back at boot.
+    #[serde(default)]
+    pub unit: Option<UnitFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +45,9 @@ pub struct PlaceOutcome {
     pub account: String,
     pub started_at_ms: u64,
     pub changes: Vec<String>,
+    /// What installing the unit did (or could not, without systemd).
+    #[serde(default)]
+    pub unit_notes: Vec<String>,
 }
 
 pub struct PlaceStep;
@@ -86,16 +94,39 @@ impl Step for PlaceStep {
         };
         let user = place::container_user(&old, spec.user);
         let create_body = place::rootless_body(&old, &user, &image, spec.userns, &target);
+        let restart_policy = old
+            .pointer("/HostConfig/RestartPolicy")
+            .cloned()
+            .unwrap_or(json!({"Name": "no"}));
+        let stop_timeout = old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64());
+        let caps = crate::capabilities::current().await;
+        let release = caps.podman_release().unwrap_or((0, 0));
+        let unit = unit::render(
+            unit::flavour(caps.rootless_needs().unit, release),
+            &UnitSource {
+                name: &name,
+                account: &spec.account,
+                uid: account.ids.uid,
+                podman: &cx.accounts.podman().podman,
+                global_args: cx
+                    .accounts
+                    .podman()
+                    .global_args(cx.accounts.manager().is_systemd()),
+                body: &create_body,
+                restart_policy: str_at(&restart_policy, "/Name"),
+                stop_timeout,
+                release,
+            },
+            cx.accounts.unit_dirs(),
+        );
         Ok(PlaceIntent {
             account: spec.account.clone(),
             old_id: str_at(&old, "/Id").to_string(),
             checkpoint_name: format!("{name}.fleet-pre-{}", cx.journal.run()),
-            restart_policy: old
-                .pointer("/HostConfig/RestartPolicy")
-                .cloned()
-                .unwrap_or(json!({"Name": "no"})),
+            restart_policy,
             checkpoint_keeps_restart_policy: !cx.conn.flavour.updates_restart_policy(),
-            stop_timeout: old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64()),
+            stop_timeout,
+            unit: Some(unit),
             userns: spec.userns,
             create_body,
             changes,
@@ -127,19 +158,43 @@ impl Step for PlaceStep {
             target.start(&new_id).await?;
             Ok::<_, ContainerError>(new_id)
         }
-        .await;
+        .await
+        .map_err(StepError::from);
+        // The unit, once the container it defines has started: where a user
+        // manager runs, its `podman run --replace` is the container now.
+        let placed = match placed {
+            Ok(new_id) => match &intent.unit {
+                None => Ok((new_id, Vec::new())),
+                Some(unit) => match install::install(unit, &account, cx.accounts.manager()) {
+                    Ok(notes) if cx.accounts.manager().is_systemd() => target
+                        .inspect(&intent.name)
+                        .await
+                        .map(|doc| (str_at(&doc, "/Id").to_string(), notes))
+                        .map_err(StepError::from),
+                    Ok(notes) => Ok((new_id, notes)),
+                    Err(e) => Err(e.into()),
+                },
+            },
+            Err(e) => Err(e),
+        };
         match placed {
-            Ok(new_id) => Ok(PlaceOutcome {
+            Ok((new_id, unit_notes)) => Ok(PlaceOutcome {
                 new_id,
                 account: intent.account.clone(),
                 started_at_ms: now_ms(),
                 changes: intent.changes.clone(),
+                unit_notes,
             }),
             Err(e) => {
+                if let Some(unit) = &intent.unit
+                    && let Err(undo) = install::remove(unit, Some(&account), cx.accounts.manager())
+                {
+                    tracing::error!(error = %undo, "removing the unit after a failed place failed too");
+                }
                 if let Err(undo) = put_back(&source, &target, &intent, created.as_deref()).await {
                     tracing::error!(error = %undo, "putting the rootful container back after a failed place failed too");
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -154,14 +209,18 @@ impl Step for PlaceStep {
             .and_then(|o| o.get("new_id"))
             .and_then(|v| v.as_str());
         let source = cx.api();
-        match users::rootless_account(&intent.account, cx.users) {
-            Ok(account) => {
+        let account = users::rootless_account(&intent.account, cx.users).ok();
+        if let Some(unit) = &intent.unit {
+            install::remove(unit, account.as_ref(), cx.accounts.manager())?;
+        }
+        match account {
+            Some(account) => {
                 let reached = cx.accounts.reach(&account).await?;
                 let target = Api::new(reached.engine.connected().await?);
                 put_back(&source, &target, &intent, new_id).await?;
             }
             // No account, no container under it: only the checkpoint's name is left to give back.
-            Err(_) => restore_checkpoint(&source, &intent).await?,
+            None => restore_checkpoint(&source, &intent).await?,
         }
         Ok(json!({ "restored": intent.old_id }))
     }
@@ -175,22 +234,34 @@ async fn put_back(
     intent: &PlaceIntent,
     new_id: Option<&str>,
 ) -> Result<(), ContainerError> {
-    match new_id {
-        Some(id) => place::remove_placed(target, id, intent.stop_timeout).await?,
-        None => match target.inspect(&intent.name).await {
-            Ok(doc) if doc.pointer("/Config/User") == intent.create_body.get("User") => {
-                place::remove_placed(target, str_at(&doc, "/Id"), intent.stop_timeout).await?
-            }
-            Ok(doc) => {
-                return Err(ContainerError::Refused(vec![format!(
-                    "the account's container {} ({}) was not made by this step; remove it, then roll back again",
-                    intent.name,
-                    str_at(&doc, "/Id")
-                )]));
-            }
-            Err(ContainerError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        },
+    if let Some(id) = new_id {
+        place::remove_placed(target, id, intent.stop_timeout).await?;
+    }
+    // What holds the name now: the step's own (created, not yet recorded),
+    // or one its unit ran since (`podman run --replace`, a new id).
+    let unit = intent.unit.as_ref().map(|u| u.service.as_str());
+    match target.inspect(&intent.name).await {
+        Ok(doc)
+            if (new_id.is_none()
+                && doc.pointer("/Config/User") == intent.create_body.get("User"))
+                || (unit.is_some()
+                    && doc
+                        .pointer("/Config/Labels/PODMAN_SYSTEMD_UNIT")
+                        .and_then(|v| v.as_str())
+                        == unit) =>
+        {
+            place::remove_placed(target, str_at(&doc, "/Id"), intent.stop_timeout).await?
+        }
+        Ok(doc) if new_id.is_none() => {
+            return Err(ContainerError::Refused(vec![format!(
+                "the account's container {} ({}) was not made by this step; remove it, then roll back again",
+                intent.name,
+                str_at(&doc, "/Id")
+            )]));
+        }
+        // The step's own is gone; another of that name is not ours.
+        Ok(_) | Err(ContainerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
     }
     restore_checkpoint(source, intent).await
 }

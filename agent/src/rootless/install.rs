@@ -1,0 +1,175 @@
+//! Installing a rendered unit, and taking it away: written root-owned
+//! (mode 0640, the account's group: the environment it carries may hold
+//! secrets) by a rename from a fresh file, never through a link, in a
+//! directory checked to be a real one; a Quadlet unit checked first by the
+//! host's own generator; a user service enabled by its `default.target`
+//! link beside it. Where systemd runs, the account's manager (lingering,
+//! so it runs without a login) reloads and starts it.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use fleet_core::capabilities::UnitFlavour;
+
+use super::error::RootlessError;
+use super::manager::UserManager;
+use super::unit::UnitFile;
+use crate::users::RootlessAccount;
+
+/// The first line of every unit fleet writes: what is not ours stays.
+const OURS: &str = "# Written by fleet:";
+
+/// The host's Quadlet generator, where Podman ships one.
+const QUADLET: &str = "/usr/libexec/podman/quadlet";
+
+/// Checks a Quadlet unit with `generator -dryrun -user` on a staged copy:
+/// Err with what the generator said.
+pub fn validate(unit: &UnitFile, generator: &Path) -> Result<String, RootlessError> {
+    let staging = tempfile::tempdir().map_err(RootlessError::io(Path::new("/tmp")))?;
+    let name = unit
+        .path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let staged = staging.path().join(name);
+    std::fs::write(&staged, &unit.text).map_err(RootlessError::io(&staged))?;
+    let out = std::process::Command::new(generator)
+        .args(["-dryrun", "-user"])
+        .env("QUADLET_UNIT_DIRS", staging.path())
+        .output()
+        .map_err(|e| RootlessError::tool(&generator.display().to_string(), &[], &e.to_string()))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && !said.contains("unsupported key") {
+        Ok(said)
+    } else {
+        Err(RootlessError::Refused(format!(
+            "the Quadlet generator {} refused {}: {}",
+            generator.display(),
+            unit.path.display(),
+            said.trim()
+        )))
+    }
+}
+
+/// Writes the unit (and a service's enabling link) and, where systemd
+/// runs, starts it under the account's manager. What it says, for notes.
+pub fn install(
+    unit: &UnitFile,
+    account: &RootlessAccount,
+    manager: &UserManager,
+) -> Result<Vec<String>, RootlessError> {
+    let mut said = Vec::new();
+    if unit.flavour == UnitFlavour::Quadlet && Path::new(QUADLET).exists() {
+        validate(unit, Path::new(QUADLET))?;
+        said.push(format!(
+            "{} passed the host's Quadlet generator",
+            unit.path.display()
+        ));
+    }
+    let dir = unit.path.parent().unwrap_or(Path::new("/"));
+    real_dir(dir)?;
+    write_root_owned(&unit.path, &unit.text, account.ids.gid)?;
+    if unit.flavour == UnitFlavour::UserService {
+        let wants = dir.join("default.target.wants");
+        real_dir(&wants)?;
+        let link = wants.join(&unit.service);
+        match std::fs::symlink_metadata(&link) {
+            Ok(_) => {}
+            Err(_) => std::os::unix::fs::symlink(Path::new("..").join(&unit.service), &link)
+                .map_err(RootlessError::io(&link))?,
+        }
+    }
+    said.push(format!(
+        "unit {} written, enabled for default.target",
+        unit.path.display()
+    ));
+    if manager.is_systemd() {
+        manager.linger(account, true)?;
+        manager.start_unit(account, &unit.service)?;
+        said.push(format!(
+            "{} started by {}'s user manager (lingering: it starts at boot)",
+            unit.service, account.name
+        ));
+    } else {
+        said.push(format!(
+            "systemd does not run this host: {} is not started (the container runs under the agent's podman service for {}) and nothing starts it at boot until a user manager runs",
+            unit.service, account.name
+        ));
+    }
+    Ok(said)
+}
+
+/// Stops the unit (where systemd runs) and removes what `install` wrote;
+/// a file that is not fleet's is left alone.
+pub fn remove(
+    unit: &UnitFile,
+    account: Option<&RootlessAccount>,
+    manager: &UserManager,
+) -> Result<(), RootlessError> {
+    if let Some(account) = account
+        && manager.is_systemd()
+    {
+        manager.stop_unit(account, &unit.service)?;
+    }
+    let dir = unit.path.parent().unwrap_or(Path::new("/"));
+    let link = dir.join("default.target.wants").join(&unit.service);
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&link).map_err(RootlessError::io(&link))?;
+    }
+    match std::fs::read_to_string(&unit.path) {
+        Ok(text) if text.starts_with(OURS) => {
+            std::fs::remove_file(&unit.path).map_err(RootlessError::io(&unit.path))?
+        }
+        _ => {}
+    }
+    if let Some(account) = account
+        && manager.is_systemd()
+    {
+        manager.reload(account)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (root's, 0755) and refuses a link anywhere on the way.
+fn real_dir(dir: &Path) -> Result<(), RootlessError> {
+    std::fs::create_dir_all(dir).map_err(RootlessError::io(dir))?;
+    let mut at = dir.to_path_buf();
+    loop {
+        let meta = std::fs::symlink_metadata(&at).map_err(RootlessError::io(&at))?;
+        if meta.file_type().is_symlink() {
+            return Err(RootlessError::Refused(format!(
+                "{} is a symbolic link: a unit is never written through one",
+                at.display()
+            )));
+        }
+        if !at.pop() || at.as_os_str().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+/// A fresh file beside `path`, renamed over it: a link planted at `path`
+/// is replaced, never followed.
+fn write_root_owned(path: &Path, text: &str, gid: u32) -> Result<(), RootlessError> {
+    let tmp = path.with_extension("fleet-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(RootlessError::io(&tmp))?;
+    file.write_all(text.as_bytes())
+        .map_err(RootlessError::io(&tmp))?;
+    file.sync_all().map_err(RootlessError::io(&tmp))?;
+    std::os::unix::fs::fchown(&file, Some(0), Some(gid)).map_err(RootlessError::io(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))
+        .map_err(RootlessError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(RootlessError::io(path))
+}
