@@ -152,7 +152,15 @@ impl pb::agent_server::Agent for AgentService {
         let caller = caller(&request)?;
         let options = wire::inspect_options(request.into_inner());
         let span = tracing::info_span!("inspect", caller = %caller.name, containers = options.containers.len());
-        let report = self.inspector.inspect(&options).instrument(span).await?;
+        let mut report = self.inspector.inspect(&options).instrument(span).await?;
+        crate::rootless::audit::add_account_engines(
+            &mut report,
+            &self.inspector,
+            self.steps.accounts(),
+            &self.steps.users().passwd,
+            &options,
+        )
+        .await;
         Ok(Response::new(wire::host_report(report)))
     }
 

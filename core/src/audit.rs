@@ -115,6 +115,9 @@ pub struct ContainerReport {
     /// What this engine makes a migration do differently (planning only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engine_notes: Vec<String>,
+    /// The rootless account whose engine runs it; None: the host's engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// What a move under a rootless account cannot do for this container
     /// (planning only): each a blocker of `--target rootless`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

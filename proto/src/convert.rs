@@ -205,6 +205,7 @@ impl From<domain::ContainerReport> for pb::ContainerReport {
             engine_notes: c.engine_notes,
             rootless_blockers: c.rootless_blockers,
             rootless_changes: c.rootless_changes,
+            account: c.account.unwrap_or_default(),
         }
     }
 }
@@ -244,6 +245,7 @@ impl From<pb::ContainerReport> for domain::ContainerReport {
             engine_notes: c.engine_notes,
             rootless_blockers: c.rootless_blockers,
             rootless_changes: c.rootless_changes,
+            account: non_empty(c.account),
         }
     }
 }

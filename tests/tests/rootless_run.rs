@@ -169,6 +169,31 @@ async fn what_rootless_cannot_do_blocks_the_plan_and_a_service_moves_and_rolls_b
     assert!(checkpoint.name.unwrap().contains(".fleet-pre-"));
     let id = view["run"]["id"].as_str().unwrap().to_string();
 
+    // The audit still has it: on the account's engine, rootless.
+    let audit = fleet.ctl(&["audit", "--host", "h1", "-o", "json"]).await;
+    assert_eq!(audit.code, 0, "{audit:?}");
+    let audit = audit.json();
+    let seen = audit["hosts"][0]["report"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == web.as_str() && c["account"] == account.as_str())
+        .unwrap_or_else(|| panic!("{web} is not in the audit under {account}: {audit}"))
+        .clone();
+    assert!(
+        seen["identity"]["verdict"].to_string().contains("rootless"),
+        "{seen}"
+    );
+    let table = fleet.ctl(&["audit", "--host", "h1"]).await;
+    assert!(
+        table.stdout.contains(&format!("under {account}"))
+            && table
+                .stdout
+                .contains("rootless-engine (root maps to host uid"),
+        "{}",
+        table.stdout
+    );
+
     // Back: the same rootful container, running; the account gone.
     let back = fleet.ctl(&["rollback", &id, "--yes", "-o", "json"]).await;
     assert_eq!(back.code, 0, "{back:?}");

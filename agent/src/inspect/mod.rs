@@ -99,6 +99,14 @@ impl Inspector {
         )
     }
 
+    /// An inspector of an account's engine for the audit: scoped as this
+    /// one is (a moved container keeps its labels).
+    pub fn for_account_engine(&self, engine: Arc<Engine>) -> Inspector {
+        let mut inspector = self.for_engine(engine);
+        inspector.scope = self.scope.clone();
+        inspector
+    }
+
     /// The engine this agent inspects.
     pub fn engine(&self) -> Arc<Engine> {
         self.engine.clone()

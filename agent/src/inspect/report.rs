@@ -112,6 +112,7 @@ pub(super) async fn report(
         runtime_dirs: planned.runtime_dirs,
         layer_loss: planned.foreseen.layer_loss,
         engine_notes: planned.foreseen.notes,
+        account: None,
         rootless_blockers: planned.rootless.blockers,
         rootless_changes: planned.rootless.changes,
         id,

@@ -7,6 +7,7 @@
 //! data's ownership is remapped by the ownership step through
 //! `fleet_core::userns`, with the same walk and manifest as in place.
 
+pub mod audit;
 mod engines;
 mod error;
 pub mod image;

@@ -146,6 +146,10 @@ impl StepRunner {
         self
     }
 
+    pub fn users(&self) -> &UserSettings {
+        &self.users
+    }
+
     pub fn accounts(&self) -> &Arc<AccountEngines> {
         &self.accounts
     }

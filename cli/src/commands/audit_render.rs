@@ -227,13 +227,21 @@ fn host_table(
     }
 }
 
+/// The verdict, with the rootless account whose engine runs it.
+fn verdict(c: &ContainerReport) -> String {
+    match &c.account {
+        Some(account) => format!("{} under {account}", c.identity.verdict),
+        None => c.identity.verdict.to_string(),
+    }
+}
+
 fn short_row(c: &ContainerReport) -> Vec<String> {
     vec![
         c.name.clone(),
         c.image.clone(),
         user_shown(&c.identity.configured_user),
         ids(c),
-        c.identity.verdict.to_string(),
+        verdict(c),
         findings_short(c),
     ]
 }
@@ -245,7 +253,7 @@ fn wide_row(c: &ContainerReport) -> Vec<String> {
         c.image.clone(),
         user_shown(&c.identity.configured_user),
         ids(c),
-        c.identity.verdict.to_string(),
+        verdict(c),
         process_uids(c),
         match (&c.compose_project, &c.compose_service) {
             (Some(p), Some(s)) => format!("{p}/{s}"),
