@@ -166,7 +166,7 @@ pub fn spawn_agent(
     std::fs::write(
         &config_path,
         format!(
-            "scope_label = \"{scope}\"\nuser_id_record = \"{}\"\n",
+            "scope_label = \"{scope}\"\nuser_id_record = \"{}\"\n# crun fails a resource-limit call on these machines (ROOTLESS.md §7)\nrootless_runtime = \"runc\"\n",
             ids.display()
         ),
     )
