@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmarks: release build, then fleet-bench (see tests/src/bin/fleet-bench.rs).
-# Usage: scripts/bench.sh [audit|remap|backup|recreate|controller] [OPTIONS]; all of them without a name.
+# Usage: scripts/bench.sh [audit|remap|backup|recreate|rootless|controller] [OPTIONS]; all of them without a name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The controller's benchmark simulates its agents: it needs neither the engine's image nor zstd.

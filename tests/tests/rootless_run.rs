@@ -205,3 +205,172 @@ async fn what_rootless_cannot_do_blocks_the_plan_and_a_service_moves_and_rolls_b
         "the account the run made is removed"
     );
 }
+
+/// `/dev/net/tun` as a normal Debian host has it (0666, udev's mode) while
+/// a test needs rootless networking; this machine's 0600 is restored after
+/// (ROOTLESS.md §7: the machine's quirk, not the host's).
+struct TunOpen(u32);
+
+impl TunOpen {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/net/tun")
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+        TunOpen(mode)
+    }
+}
+
+impl Drop for TunOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// The body of `GET /` at `address`, or why not.
+fn get(address: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &address.parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// An address of this host that is not loopback (the Docker bridge's).
+fn outside_address() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_publish_stays_loopback_only_under_the_account() {
+    let _tun = TunOpen::new();
+    let fleet = TestFleet::start(1).await;
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-rlweb")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("index.html"), "served from the bind\n").unwrap();
+    let port = fleet_tests::process::free_port();
+    let web = fleet
+        .container(
+            1,
+            "lweb",
+            ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    binds: Some(vec![format!("{}:/www", dir.path().display())]),
+                    port_bindings: Some(HashMap::from([(
+                        "8080/tcp".to_string(),
+                        Some(vec![PortBinding {
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(port.to_string()),
+                        }]),
+                    )])),
+                    ..Default::default()
+                }),
+                exposed_ports: Some(vec!["8080/tcp".to_string()]),
+                ..body(
+                    &fleet.image,
+                    &["busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+                )
+            },
+        )
+        .await;
+    let account = format!("svc-rlweb-{}", std::process::id() % 100000);
+    let _cleanup = AccountCleanup(account.clone());
+    let policy = write_policy(
+        dir.path(),
+        &format!(
+            "[defaults]\nmin_healthy_secs = 1\n\n[[rule]]\nname = \"{web}\"\ntarget = \"rootless\"\naccount = \"{account}\"\nprobe = {{ tcp = \"127.0.0.1:{port}\" }}\n"
+        ),
+    );
+    let loopback = format!("127.0.0.1:{port}");
+    let outside = format!("{}:{port}", outside_address());
+    let wait_served = || async {
+        for _ in 0..100 {
+            if get(&loopback).is_ok_and(|t| t.contains("served from the bind")) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        wait_served().await,
+        "the rootful service answers on loopback"
+    );
+    assert!(get(&outside).is_err(), "and not on {outside}");
+
+    let run = fleet
+        .ctl(&[
+            "migrate",
+            "--host",
+            "h1",
+            "--container",
+            &web,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    assert_eq!(run.code, 0, "{view}");
+    assert!(wait_served().await, "moved, it answers on loopback: {view}");
+    assert!(
+        get(&outside).is_err(),
+        "moved, it still does not answer on {outside}"
+    );
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let hex_port = format!(":{port:04X}");
+    assert!(
+        listening
+            .lines()
+            .any(|l| l.contains(&format!("0100007F{hex_port}"))
+                && l.split_whitespace().nth(3) == Some("0A")),
+        "something listens on 127.0.0.1:{port}"
+    );
+    assert!(
+        !listening
+            .lines()
+            .any(|l| l.contains(&format!("00000000{hex_port}"))
+                && l.split_whitespace().nth(3) == Some("0A")),
+        "nothing listens on 0.0.0.0:{port}"
+    );
+
+    let id = view["run"]["id"].as_str().unwrap().to_string();
+    let back = fleet.ctl(&["rollback", &id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    assert!(
+        wait_served().await,
+        "rolled back, the rootful service answers again"
+    );
+}

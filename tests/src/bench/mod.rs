@@ -8,6 +8,7 @@ pub mod backup;
 pub mod controller;
 pub mod recreate;
 pub mod remap;
+pub mod rootless;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -23,6 +23,8 @@ enum Command {
     Backup(bench::backup::Args),
     /// Recreate downtime vs docker stop && rm && run.
     Recreate(bench::recreate::Args),
+    /// Rootless move downtime vs docker stop && docker start.
+    Rootless(bench::rootless::Args),
     /// Controller overhead per step over 200 simulated hosts, against its 2 ms goal.
     Controller(bench::controller::Args),
 }
@@ -37,11 +39,13 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Backup(args)) => bench::backup::run(args),
         Some(Command::Recreate(args)) => bench::recreate::run(args).await,
         Some(Command::Controller(args)) => bench::controller::run(args).await,
+        Some(Command::Rootless(args)) => bench::rootless::run(args).await,
         None => {
             bench::audit::run(defaults()).await?;
             bench::remap::run(defaults())?;
             bench::backup::run(defaults())?;
             bench::recreate::run(defaults()).await?;
+            bench::rootless::run(defaults()).await?;
             bench::controller::run(defaults()).await
         }
     }
