@@ -104,17 +104,27 @@ pub fn install(
     Ok(said)
 }
 
-/// Stops the unit (where systemd runs) and removes what `install` wrote;
-/// a file that is not fleet's is left alone.
+/// Whether the account's user manager lingers already (before a unit
+/// asks it to): what the undo must leave as it found.
+pub fn lingers(account: &str) -> bool {
+    Path::new("/var/lib/systemd/linger").join(account).exists()
+}
+
+/// Stops the unit (where systemd runs) and removes what `install` wrote,
+/// ending the linger it began; a file that is not fleet's is left alone.
 pub fn remove(
     unit: &UnitFile,
     account: Option<&RootlessAccount>,
     manager: &UserManager,
+    lingered_before: bool,
 ) -> Result<(), RootlessError> {
     if let Some(account) = account
         && manager.is_systemd()
     {
         manager.stop_unit(account, &unit.service)?;
+        if !lingered_before {
+            manager.linger(account, false)?;
+        }
     }
     let dir = unit.path.parent().unwrap_or(Path::new("/"));
     let link = dir.join("default.target.wants").join(&unit.service);
@@ -172,4 +182,86 @@ fn write_root_owned(path: &Path, text: &str, gid: u32) -> Result<(), RootlessErr
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))
         .map_err(RootlessError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(RootlessError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rootless::manager::recording::Recorder;
+    use crate::rootless::unit::{UnitDirs, UnitSource, render};
+    use std::os::unix::fs::MetadataExt;
+
+    fn account() -> RootlessAccount {
+        RootlessAccount {
+            name: "svc-web".into(),
+            home: "/var/lib/fleet-users/svc-web".into(),
+            ids: fleet_core::userns::AccountIds {
+                uid: 61000,
+                gid: 61000,
+                subuid_start: 300000,
+                subgid_start: 300000,
+                count: 65536,
+            },
+        }
+    }
+
+    #[test]
+    fn where_systemd_runs_the_accounts_manager_lingers_starts_it_and_the_undo_ends_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = UnitDirs {
+            systemd_user: dir.path().join("user"),
+            quadlet_users: dir.path().join("q"),
+        };
+        let body = serde_json::json!({"Image": "docker.io/library/web:1", "Cmd": ["httpd"], "HostConfig": {}});
+        let unit = render(
+            UnitFlavour::UserService,
+            &UnitSource {
+                name: "web",
+                account: "svc-web",
+                uid: 61000,
+                podman: Path::new("/usr/bin/podman"),
+                global_args: Vec::new(),
+                body: &body,
+                restart_policy: "always",
+                stop_timeout: None,
+                release: (4, 3),
+            },
+            &dirs,
+        );
+        let recorder = Recorder::default();
+        let manager = UserManager::Systemd(Box::new(recorder.clone()));
+        // A link planted where the unit goes is replaced, never followed.
+        std::fs::create_dir_all(&dirs.systemd_user).unwrap();
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, &unit.path).unwrap();
+        let said = install(&unit, &account(), &manager).unwrap();
+        assert!(said.iter().any(|s| s.contains("lingering")), "{said:?}");
+        assert!(!target.exists(), "nothing written through the link");
+        let meta = std::fs::symlink_metadata(&unit.path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (0, 61000, 0o640)
+        );
+        let link = dirs
+            .systemd_user
+            .join("default.target.wants/fleet-web.service");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("../fleet-web.service")
+        );
+        remove(&unit, Some(&account()), &manager, false).unwrap();
+        assert!(!unit.path.exists() && std::fs::symlink_metadata(&link).is_err());
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                "loginctl enable-linger svc-web",
+                "systemctl --user -M svc-web@ daemon-reload",
+                "systemctl --user -M svc-web@ start fleet-web.service",
+                "systemctl --user -M svc-web@ stop fleet-web.service",
+                "loginctl disable-linger svc-web",
+                "systemctl --user -M svc-web@ daemon-reload",
+            ]
+        );
+    }
 }

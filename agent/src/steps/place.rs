@@ -37,6 +37,9 @@ pub struct PlaceIntent {
     /// The unit that brings the container back at boot.
     #[serde(default)]
     pub unit: Option<UnitFile>,
+    /// The account's manager lingered before the unit asked it to.
+    #[serde(default)]
+    pub lingered_before: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +130,7 @@ impl Step for PlaceStep {
             checkpoint_keeps_restart_policy: !cx.conn.flavour.updates_restart_policy(),
             stop_timeout,
             unit: Some(unit),
+            lingered_before: install::lingers(&spec.account),
             userns: spec.userns,
             create_body,
             changes,
@@ -187,7 +191,12 @@ impl Step for PlaceStep {
             }),
             Err(e) => {
                 if let Some(unit) = &intent.unit
-                    && let Err(undo) = install::remove(unit, Some(&account), cx.accounts.manager())
+                    && let Err(undo) = install::remove(
+                        unit,
+                        Some(&account),
+                        cx.accounts.manager(),
+                        intent.lingered_before,
+                    )
                 {
                     tracing::error!(error = %undo, "removing the unit after a failed place failed too");
                 }
@@ -211,7 +220,12 @@ impl Step for PlaceStep {
         let source = cx.api();
         let account = users::rootless_account(&intent.account, cx.users).ok();
         if let Some(unit) = &intent.unit {
-            install::remove(unit, account.as_ref(), cx.accounts.manager())?;
+            install::remove(
+                unit,
+                account.as_ref(),
+                cx.accounts.manager(),
+                intent.lingered_before,
+            )?;
         }
         match account {
             Some(account) => {

@@ -42,6 +42,26 @@ pub(super) fn target(
         ),
     };
     let name = account.map_or(name, str::to_string);
+    // An account that exists keeps its ids: one asked for that differs is
+    // the operator's mistake, said before anything changes.
+    if let Some(existing) = host.host_users.iter().find(|a| a.name == name)
+        && let Some(asked) = uid.filter(|u| u.get() != existing.id)
+    {
+        blockers.push(format!(
+            "account {name} exists on the host with uid {}, but the rule asks for uid {asked}: drop `uid` to use the account as it is, or name another account",
+            existing.id
+        ));
+    }
+    if let Some(user) = host
+        .host_users
+        .iter()
+        .find(|a| Some(a.id) == uid.map(NonZeroU32::get) && a.name != name)
+    {
+        blockers.push(format!(
+            "uid {} is {}'s on the host: the account {name} cannot have it; drop `uid` (the agent allocates one) or give a free one",
+            user.id, user.name
+        ));
+    }
     let userns = match (userns, inside) {
         (UsernsChoice::Default, _) => UsernsMode::Default,
         (UsernsChoice::KeepId, Some((uid, gid))) => UsernsMode::KeepId { uid, gid },

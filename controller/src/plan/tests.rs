@@ -280,3 +280,103 @@ fn the_image_user_by_default_else_a_dedicated_one() {
         }
     );
 }
+
+/// A host that can take rootless targets, as this machine's probe says.
+fn rootless_host(containers: Vec<ContainerReport>) -> HostReport {
+    HostReport {
+        containers,
+        capabilities: fleet_core::capabilities::HostCapabilities {
+            probed: true,
+            podman_version: Some("podman version 4.3.1".into()),
+            cgroup_version: 1,
+            newuidmap: true,
+            newgidmap: true,
+            unprivileged_port_start: Some(1024),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn rootless_plan(report: &HostReport, policy: &str) -> HostPlan {
+    let policy = Policy::parse(std::path::Path::new("p.toml"), policy).unwrap();
+    plan_host(
+        &host(),
+        report,
+        &policy,
+        &Selection {
+            rootless: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn reasons(plan: &HostPlan, name: &str) -> String {
+    match &plan
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap()
+        .action
+    {
+        Action::Refused { reasons } => reasons.join("; "),
+        other => panic!("{name} is not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_rootless_target_names_its_account_namespace_and_changes() {
+    let mut web = root("web", "nginx");
+    web.rootless_changes
+        .push("the default bridge becomes slirp4netns".into());
+    let p = rootless_plan(&rootless_host(vec![web]), "");
+    let Action::Migrate(m) = &p.containers[0].action else {
+        panic!("{:?}", p.containers[0].action);
+    };
+    assert_eq!(m.target.rootless_account(), Some("svc-web"));
+    assert_eq!(m.target.to_string(), "rootless under svc-web");
+    let notes = m.engine_notes.join("; ");
+    assert!(
+        notes.contains("slirp4netns") && notes.contains("cgroup v1"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn what_the_host_or_the_container_lacks_refuses_the_rootless_move() {
+    let mut low = root("low", "nginx");
+    low.rootless_blockers
+        .push("low publishes 80/tcp on host port 80".into());
+    let mut report = rootless_host(vec![low, root("web", "nginx")]);
+    report.capabilities.newuidmap = false;
+    let p = rootless_plan(&report, "");
+    assert!(reasons(&p, "low").contains("host port 80"));
+    assert!(
+        reasons(&p, "web").contains("no newuidmap"),
+        "{}",
+        reasons(&p, "web")
+    );
+}
+
+#[test]
+fn keep_id_without_a_user_inside_and_an_account_with_other_ids_are_refused() {
+    let mut report = rootless_host(vec![root("web", "nginx"), root("db", "pg")]);
+    report.host_users.push(fleet_core::audit::HostAccount {
+        name: "svc-db".into(),
+        id: 1200,
+    });
+    let p = rootless_plan(
+        &report,
+        "[[rule]]\nname = \"web\"\nstrategy = \"dedicated\"\ntarget = \"rootless\"\nuserns = \"keep-id\"\n\n[[rule]]\nname = \"db\"\nstrategy = \"dedicated\"\nuser = \"svc-db\"\nuid = 1300\ntarget = \"rootless\"\n",
+    );
+    assert!(
+        reasons(&p, "web").contains("keep-id"),
+        "{}",
+        reasons(&p, "web")
+    );
+    assert!(
+        reasons(&p, "db").contains("exists on the host with uid 1200"),
+        "{}",
+        reasons(&p, "db")
+    );
+}
