@@ -21,6 +21,13 @@ pub struct Host {
     pub image: String,
 }
 
+impl Host {
+    /// The agent's state directory (its journals), for break-glass commands.
+    pub fn agent_state(&self) -> &Path {
+        self._agent.state.path()
+    }
+}
+
 /// Starts an agent with the default options and connects to it.
 pub async fn host() -> Host {
     let docker = docker().await;

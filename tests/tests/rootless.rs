@@ -544,21 +544,53 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
         "no"
     );
 
-    // Rollback: the very same rootful container, every inode as before.
-    let undone = roll_back(&mut h.client, &moved.run).await.unwrap();
-    let steps: Vec<&str> = undone.iter().map(|r| r.step_id.as_str()).collect();
-    assert_eq!(
-        steps,
-        [
-            "verify",
-            "place",
-            "volumes",
-            "ownership",
-            "stop",
-            "image",
-            "user"
-        ]
-    );
+    // Rollback: the very same rootful container, every inode as before;
+    // in keep-id mode by the host itself, with no controller (break-glass).
+    let order = [
+        "verify",
+        "place",
+        "volumes",
+        "ownership",
+        "stop",
+        "image",
+        "user",
+    ];
+    if inside.is_some() {
+        let out = std::process::Command::new(fleet_tests::process::workspace_binary("fleet-agent"))
+            .args([
+                "rollback",
+                "--run",
+                &moved.run,
+                "--rootless-runtime",
+                "runc",
+                "--engine-socket",
+            ])
+            .arg(fleet_tests::engine::engine_socket())
+            .arg("--state-dir")
+            .arg(h.agent_state())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&format!("{} steps undone", order.len())),
+            "{said}"
+        );
+        for step in order {
+            assert!(
+                said.contains(&format!("undone {step} ({step})")),
+                "{step} not undone: {said}"
+            );
+        }
+    } else {
+        let undone = roll_back(&mut h.client, &moved.run).await.unwrap();
+        let steps: Vec<&str> = undone.iter().map(|r| r.step_id.as_str()).collect();
+        assert_eq!(steps, order);
+    }
     let back = inspect(&h.scope, &name).await;
     assert_eq!(back.id.as_deref(), Some(old_id.as_str()));
     assert_eq!(back.state.unwrap().running, Some(true));

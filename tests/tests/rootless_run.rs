@@ -374,3 +374,165 @@ async fn a_loopback_publish_stays_loopback_only_under_the_account() {
         "rolled back, the rootful service answers again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_and_an_overlapping_one_is_refused()
+ {
+    let fleet = TestFleet::start(1).await;
+    let pid = std::process::id() % 100000;
+    let kept = format!("svc-rlpre-{pid}");
+    let shared = format!("svc-rlovl-{pid}");
+    let victim = format!("svc-rlvic-{pid}");
+    let _kept_cleanup = AccountCleanup(kept.clone());
+    let _shared_cleanup = AccountCleanup(shared.clone());
+    let _victim_cleanup = AccountCleanup(victim.clone());
+    let home = format!("/var/lib/fleet-users/{kept}");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Ranges far above what the agent allocates: the kept account's own,
+    // and another account's that the shared one's overlaps.
+    let base = 3_000_000 + (pid % 1000) * 300_000;
+    let own = format!("{base}-{}", base + 65535);
+    let theirs = format!("{}-{}", base + 100_000, base + 165_535);
+    let overlapping = format!("{}-{}", base + 101_000, base + 166_535);
+    {
+        let _lock = fleet_tests::fleet::lock_accounts();
+        run(&[
+            "useradd",
+            "--system",
+            "--create-home",
+            "--home-dir",
+            &home,
+            "--shell",
+            "/usr/sbin/nologin",
+            &kept,
+        ]);
+        run(&[
+            "usermod",
+            "--add-subuids",
+            &own,
+            "--add-subgids",
+            &own,
+            &kept,
+        ]);
+        run(&[
+            "useradd",
+            "--system",
+            "--shell",
+            "/usr/sbin/nologin",
+            &victim,
+        ]);
+        run(&[
+            "usermod",
+            "--add-subuids",
+            &theirs,
+            "--add-subgids",
+            &theirs,
+            &victim,
+        ]);
+        run(&[
+            "useradd",
+            "--system",
+            "--shell",
+            "/usr/sbin/nologin",
+            &shared,
+        ]);
+        run(&[
+            "usermod",
+            "--add-subuids",
+            &overlapping,
+            "--add-subgids",
+            &overlapping,
+            &shared,
+        ]);
+    }
+    let none = |cmd: &[&str]| ContainerCreateBody {
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..body(&fleet.image, cmd)
+    };
+    let web = fleet.container(1, "preweb", none(&["sleep", "3600"])).await;
+    let other = fleet.container(1, "ovlweb", none(&["sleep", "3600"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        &format!(
+            "[defaults]\nmin_healthy_secs = 1\n\n[[rule]]\nname = \"{web}\"\ntarget = \"rootless\"\naccount = \"{kept}\"\n\n[[rule]]\nname = \"{other}\"\ntarget = \"rootless\"\naccount = \"{shared}\"\n"
+        ),
+    );
+    let policy = policy.to_str().unwrap();
+
+    // The overlapping account is refused at its user step, nothing moved.
+    let refused = fleet
+        .ctl(&[
+            "migrate",
+            "--host",
+            "h1",
+            "--container",
+            &other,
+            "--policy",
+            policy,
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stdout.contains(&format!("overlap {victim}'s")),
+        "{}",
+        refused.stdout
+    );
+    let after = fleet
+        .docker()
+        .inspect_container(&other, None)
+        .await
+        .unwrap();
+    assert_eq!(after.state.unwrap().running, Some(true), "put back running");
+    assert!(
+        user_exists(&shared),
+        "a pre-existing account is never removed"
+    );
+
+    // The pre-existing account: used, then left exactly as it was.
+    let subuid_before = std::fs::read_to_string("/etc/subuid").unwrap();
+    let moved = fleet
+        .ctl(&[
+            "migrate",
+            "--host",
+            "h1",
+            "--container",
+            &web,
+            "--policy",
+            policy,
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = moved.json();
+    assert_eq!(moved.code, 0, "{view}");
+    let id = view["run"]["id"].as_str().unwrap().to_string();
+    let back = fleet.ctl(&["rollback", &id, "--yes", "-o", "json"]).await;
+    assert_eq!(back.code, 0, "{back:?}");
+    assert!(user_exists(&kept), "the account that existed stays");
+    let subuid_after = std::fs::read_to_string("/etc/subuid").unwrap();
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{kept}:")))
+            .map(str::to_string)
+    };
+    assert_eq!(line(&subuid_after), line(&subuid_before), "its range stays");
+    assert!(std::path::Path::new(&home).is_dir(), "its home stays");
+}

@@ -52,7 +52,12 @@ pub fn ensure_user(
         notes: Vec::new(),
     };
     match taken.users.iter().find(|u| u.name == name) {
-        Some(existing) => adopt(request, existing, &mut outcome)?,
+        Some(existing) => {
+            if request.rootless {
+                refuse_overlapping_ranges(name, settings)?;
+            }
+            adopt(request, existing, &mut outcome)?
+        }
         None => create_account(request, &taken, &home, settings, &mut outcome)?,
     }
     make_home(&home, &mut outcome)?;
@@ -250,6 +255,19 @@ fn make_home(home: &Path, outcome: &mut UserOutcome) -> Result<(), UserError> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o750));
     outcome.created_home = true;
+    Ok(())
+}
+
+/// An existing account's subordinate ranges must be its own: refused,
+/// before anything changes, when they overlap another account's.
+fn refuse_overlapping_ranges(name: &str, settings: &UserSettings) -> Result<(), UserError> {
+    for path in [&settings.subuid, &settings.subgid] {
+        if let Some(overlap) = super::ids::overlap_of(name, path) {
+            return Err(UserError::Conflict(format!(
+                "{overlap}: the accounts would own each other's files; give '{name}' a range of its own (usermod --del-subuids/--add-subuids) or choose another account"
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -91,9 +91,49 @@ pub(super) fn verify_ids_unique(
     Ok(())
 }
 
+/// Where `name`'s subordinate range in `path` overlaps another owner's:
+/// overlapping ranges give accounts each other's files, the very isolation
+/// a rootless move is for (ROOTLESS.md §2).
+pub(super) fn overlap_of(name: &str, path: &Path) -> Option<String> {
+    let ranges = super::host_files::subordinate_ranges(path);
+    let own: Vec<&(String, u32, u32)> = ranges.iter().filter(|(o, _, _)| o == name).collect();
+    for (_, start, end) in own {
+        if let Some((other, s, e)) = ranges
+            .iter()
+            .find(|(o, s, e)| o != name && s <= end && start <= e)
+        {
+            return Some(format!(
+                "'{name}' has subordinate ids {start}-{end} in {}, which overlap {other}'s {s}-{e}",
+                path.display()
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_range_that_overlaps_another_accounts_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let subuid = dir.path().join("subuid");
+        std::fs::write(
+            &subuid,
+            "alice:1000000:65536
+svc-web:1060000:65536
+bob:2000000:65536
+",
+        )
+        .unwrap();
+        let said = overlap_of("svc-web", &subuid).unwrap();
+        assert!(
+            said.contains("1060000-1125535") && said.contains("alice's 1000000-1065535"),
+            "{said}"
+        );
+        assert_eq!(overlap_of("bob", &subuid), None);
+    }
 
     #[test]
     fn subordinate_ranges_never_overlap() {
