@@ -6,10 +6,12 @@
 
 use std::path::Path;
 
-use fleet_core::audit::HostAccount;
+use fleet_core::audit::{HostAccount, SubordinateRange};
 
 pub const PASSWD: &str = "/etc/passwd";
 pub const GROUP: &str = "/etc/group";
+pub const SUBUID: &str = "/etc/subuid";
+pub const SUBGID: &str = "/etc/subgid";
 
 /// A passwd or group file larger than this is not read whole.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
@@ -18,6 +20,8 @@ const MAX_FILE: u64 = 16 * 1024 * 1024;
 pub struct HostAccounts {
     pub users: Vec<HostAccount>,
     pub groups: Vec<HostAccount>,
+    pub subuids: Vec<SubordinateRange>,
+    pub subgids: Vec<SubordinateRange>,
 }
 
 /// The host's accounts when planning (`wanted`), else none; a file that
@@ -40,10 +44,35 @@ pub fn read(passwd: &Path, group: &Path, warnings: &mut Vec<String>) -> HostAcco
             Vec::new()
         }
     };
+    let ranges = |path: &str| {
+        // No file is no ranges (a host without rootless accounts).
+        read_bounded(Path::new(path))
+            .map(|text| subordinate(&text))
+            .unwrap_or_default()
+    };
     HostAccounts {
         users: load(passwd),
         groups: load(group),
+        subuids: ranges(SUBUID),
+        subgids: ranges(SUBGID),
     }
+}
+
+/// `owner:start:count` lines; anything else is skipped.
+fn subordinate(text: &str) -> Vec<SubordinateRange> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim().split(':');
+            let owner = fields.next()?.to_string();
+            let start = fields.next()?.parse().ok()?;
+            let count = fields.next()?.parse().ok()?;
+            (!owner.is_empty() && !owner.starts_with('#')).then_some(SubordinateRange {
+                owner,
+                start,
+                count,
+            })
+        })
+        .collect()
 }
 
 /// The whole file, decoded leniently (a Latin-1 comment field must not
@@ -88,6 +117,22 @@ pub fn parse(text: &str) -> Vec<HostAccount> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subordinate_ranges_are_read_and_anything_else_passed_over() {
+        let ranges = subordinate(
+            "alice:100000:65536\n# comment:1:2\nbroken\nbob:x:1\nsvc-web:165536:65536\n",
+        );
+        let read: Vec<(&str, u32, u32)> = ranges
+            .iter()
+            .map(|r| (r.owner.as_str(), r.start, r.end()))
+            .collect();
+        assert_eq!(
+            read,
+            [("alice", 100000, 165535), ("svc-web", 165536, 231071)]
+        );
+        assert!(!ranges[0].overlaps(&ranges[1]));
+    }
 
     #[test]
     fn reads_names_and_ids_and_passes_over_what_is_not_an_account() {

@@ -24,6 +24,31 @@ pub struct HostReport {
     /// What the host offers a rootless target.
     #[serde(default)]
     pub capabilities: crate::capabilities::HostCapabilities,
+    /// The host's subordinate uid and gid ranges (`/etc/subuid`,
+    /// `/etc/subgid`), when planning: a rootless account's must be its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_subuids: Vec<SubordinateRange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_subgids: Vec<SubordinateRange>,
+}
+
+/// One line of `/etc/subuid` or `/etc/subgid`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubordinateRange {
+    pub owner: String,
+    pub start: u32,
+    pub count: u32,
+}
+
+impl SubordinateRange {
+    /// The last id of the range.
+    pub fn end(&self) -> u32 {
+        self.start.saturating_add(self.count.saturating_sub(1))
+    }
+
+    pub fn overlaps(&self, other: &SubordinateRange) -> bool {
+        self.count > 0 && other.count > 0 && self.start <= other.end() && other.start <= self.end()
+    }
 }
 
 /// An account or group of the host, by name and numeric id.

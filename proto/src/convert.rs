@@ -29,6 +29,8 @@ impl From<domain::HostReport> for pb::HostReport {
             host_users: r.host_users.into_iter().map(Into::into).collect(),
             host_groups: r.host_groups.into_iter().map(Into::into).collect(),
             capabilities: Some(r.capabilities.into()),
+            host_subuids: r.host_subuids.into_iter().map(range_pb).collect(),
+            host_subgids: r.host_subgids.into_iter().map(range_pb).collect(),
         }
     }
 }
@@ -44,7 +46,25 @@ impl From<pb::HostReport> for domain::HostReport {
             host_users: r.host_users.into_iter().map(Into::into).collect(),
             host_groups: r.host_groups.into_iter().map(Into::into).collect(),
             capabilities: r.capabilities.map(Into::into).unwrap_or_default(),
+            host_subuids: r.host_subuids.into_iter().map(range_domain).collect(),
+            host_subgids: r.host_subgids.into_iter().map(range_domain).collect(),
         }
+    }
+}
+
+fn range_pb(r: domain::SubordinateRange) -> pb::SubordinateRange {
+    pb::SubordinateRange {
+        owner: r.owner,
+        start: r.start,
+        count: r.count,
+    }
+}
+
+fn range_domain(r: pb::SubordinateRange) -> domain::SubordinateRange {
+    domain::SubordinateRange {
+        owner: r.owner,
+        start: r.start,
+        count: r.count,
     }
 }
 
@@ -571,6 +591,16 @@ mod tests {
             host_groups: vec![domain::HostAccount {
                 name: "systemd-journal".into(),
                 id: 999,
+            }],
+            host_subuids: vec![domain::SubordinateRange {
+                owner: "svc-pg".into(),
+                start: 300000,
+                count: 65536,
+            }],
+            host_subgids: vec![domain::SubordinateRange {
+                owner: "svc-pg".into(),
+                start: 400000,
+                count: 1000,
             }],
             capabilities: HostCapabilities {
                 probed: true,

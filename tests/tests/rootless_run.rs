@@ -376,7 +376,7 @@ async fn a_loopback_publish_stays_loopback_only_under_the_account() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_and_an_overlapping_one_is_refused()
+async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_and_an_overlapping_one_is_refused_by_the_plan()
  {
     let fleet = TestFleet::start(1).await;
     let pid = std::process::id() % 100000;
@@ -473,7 +473,27 @@ async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_
     );
     let policy = policy.to_str().unwrap();
 
-    // The overlapping account is refused at its user step, nothing moved.
+    // The overlapping account is refused by the plan, nothing moved.
+    let plan = fleet
+        .ctl(&[
+            "plan",
+            "--host",
+            "h1",
+            "--container",
+            &other,
+            "--policy",
+            policy,
+            "-o",
+            "json",
+        ])
+        .await;
+    let plan = plan.json();
+    let a = action(&plan, &other);
+    assert_eq!(a["kind"], "refused", "{a}");
+    assert!(
+        a.to_string().contains(&format!("overlap {victim}'s")),
+        "{a}"
+    );
     let refused = fleet
         .ctl(&[
             "migrate",
@@ -489,11 +509,6 @@ async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_
         ])
         .await;
     assert_ne!(refused.code, 0, "{refused:?}");
-    assert!(
-        refused.stdout.contains(&format!("overlap {victim}'s")),
-        "{}",
-        refused.stdout
-    );
     let after = fleet
         .docker()
         .inspect_container(&other, None)

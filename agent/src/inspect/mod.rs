@@ -277,6 +277,8 @@ impl Inspector {
             warnings,
             inspected_at_unix_ms: fleet_core::now_ms(),
             host_users: accounts.users,
+            host_subuids: accounts.subuids,
+            host_subgids: accounts.subgids,
             host_groups: accounts.groups,
             capabilities: crate::capabilities::current().await,
         })

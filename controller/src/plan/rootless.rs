@@ -52,6 +52,20 @@ pub(super) fn target(
             existing.id
         ));
     }
+    for (kind, ranges) in [("uids", &host.host_subuids), ("gids", &host.host_subgids)] {
+        for own in ranges.iter().filter(|r| r.owner == name) {
+            if let Some(other) = ranges.iter().find(|r| r.owner != name && r.overlaps(own)) {
+                blockers.push(format!(
+                    "account {name}'s subordinate {kind} {}-{} overlap {}'s {}-{}: the accounts would own each other's files; give {name} a range of its own or name another account",
+                    own.start,
+                    own.end(),
+                    other.owner,
+                    other.start,
+                    other.end()
+                ));
+            }
+        }
+    }
     if let Some(user) = host
         .host_users
         .iter()

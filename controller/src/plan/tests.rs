@@ -380,3 +380,20 @@ fn keep_id_without_a_user_inside_and_an_account_with_other_ids_are_refused() {
         reasons(&p, "db")
     );
 }
+
+#[test]
+fn an_existing_account_whose_range_overlaps_anothers_is_refused_at_plan_time() {
+    let mut report = rootless_host(vec![root("web", "nginx")]);
+    let range = |owner: &str, start: u32| fleet_core::audit::SubordinateRange {
+        owner: owner.into(),
+        start,
+        count: 65536,
+    };
+    report.host_subuids = vec![range("alice", 100000), range("svc-web", 150000)];
+    let p = rootless_plan(&report, "");
+    let said = reasons(&p, "web");
+    assert!(
+        said.contains("svc-web's subordinate uids 150000-215535 overlap alice's 100000-165535"),
+        "{said}"
+    );
+}
