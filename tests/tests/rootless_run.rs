@@ -551,3 +551,99 @@ async fn an_account_that_existed_keeps_itself_and_its_ranges_after_the_rollback_
     assert_eq!(line(&subuid_after), line(&subuid_before), "its range stays");
     assert!(std::path::Path::new(&home).is_dir(), "its home stays");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_the_account_cannot_hold_fails_before_the_stop_and_changes_nothing() {
+    let fleet = TestFleet::start(1).await;
+    // A file owned by uid 100000: beyond the 65,536 ids an account maps.
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("fleet-test/bigid:{}", std::process::id());
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN touch /big && chown 100000:100000 /big\nLABEL fleet-test=1\n",
+            fleet.image
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &image])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let web = fleet
+        .container(
+            1,
+            "bigid",
+            ContainerCreateBody {
+                image: Some(image.clone()),
+                host_config: Some(HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..body(&image, &["sleep", "3600"])
+            },
+        )
+        .await;
+    let account = format!("svc-rlbig-{}", std::process::id() % 100000);
+    let _cleanup = AccountCleanup(account.clone());
+    let policy = write_policy(
+        dir.path(),
+        &format!("[[rule]]\nname = \"{web}\"\ntarget = \"rootless\"\naccount = \"{account}\"\n"),
+    );
+    let before = fleet.docker().inspect_container(&web, None).await.unwrap();
+    let run = fleet
+        .ctl(&[
+            "migrate",
+            "--host",
+            "h1",
+            "--container",
+            &web,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .await;
+    let view = run.json();
+    assert_ne!(run.code, 0, "{view}");
+    let record = run_containers(&view)
+        .into_iter()
+        .find(|c| c["plan"]["name"] == web.as_str())
+        .unwrap();
+    let error = record["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.starts_with("image step failed")
+            && error.contains("its file /big is owned by 100000:100000")
+            && error.contains("give the account a larger subordinate range"),
+        "{error}"
+    );
+    let kinds: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"stop"), "nothing stopped: {kinds:?}");
+    let after = fleet.docker().inspect_container(&web, None).await.unwrap();
+    assert_eq!(after.id, before.id);
+    assert_eq!(
+        after.state.unwrap().started_at,
+        before.state.unwrap().started_at,
+        "never stopped"
+    );
+    assert!(
+        !user_exists(&account),
+        "the account the run made is removed"
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
+}

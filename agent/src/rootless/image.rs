@@ -166,6 +166,18 @@ fn split_tag(name: &str) -> (&str, &str) {
 }
 
 fn load_failed(id: &str, why: &str) -> RootlessError {
+    // Podman's own words, when a file's owner is beyond the account's
+    // subordinate range: "(requested 100000:100000 for /big)".
+    if let Some(rest) = why
+        .split("insufficient UIDs or GIDs available in user namespace (requested ")
+        .nth(1)
+        && let Some((ids, path)) = rest.split_once(" for ")
+    {
+        let path = path.split(')').next().unwrap_or(path);
+        return RootlessError::Refused(format!(
+            "image {id} cannot be held by the account: its file {path} is owned by {ids}, beyond the ids the account's namespace maps (65,536 by default): give the account a larger subordinate range or change the file's owner in the image; nothing was stopped"
+        ));
+    }
     RootlessError::Refused(format!(
         "image {id} could not be loaded into the account's storage: {why}"
     ))
