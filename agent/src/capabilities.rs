@@ -22,7 +22,9 @@ pub async fn current() -> HostCapabilities {
         .as_ref()
         .filter(|(at, _)| at.elapsed() < FRESH_FOR)
         .map(|(_, caps)| caps.clone());
-    if let Some(caps) = cached {
+    if let Some(mut caps) = cached {
+        // A stat, read fresh: an operator's chmod counts at once.
+        caps.net_tun_open = net_tun_open();
         return caps;
     }
     let caps = probe().await;
@@ -55,7 +57,14 @@ pub async fn probe() -> HostCapabilities {
         )
         .ok()
         .and_then(|text| text.trim().parse().ok()),
+        net_tun_open: net_tun_open(),
     }
+}
+
+/// `/dev/net/tun` readable and writable by every user.
+fn net_tun_open() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
 }
 
 /// A tool in the system's own directories, by absolute path: a root agent

@@ -26,6 +26,10 @@ pub struct HostCapabilities {
     pub newgidmap: bool,
     /// `net.ipv4.ip_unprivileged_port_start`: rootless cannot publish below.
     pub unprivileged_port_start: Option<u32>,
+    /// `/dev/net/tun` is readable and writable by every user (udev's 0666):
+    /// rootless networking (slirp4netns, pasta) opens it as the account.
+    #[serde(default)]
+    pub net_tun_open: bool,
 }
 
 /// How the account's container would be run at boot.
@@ -115,6 +119,11 @@ impl HostCapabilities {
                 .notes
                 .push("cgroup v1: rootless resource limits (memory, cpu, pids) are ignored".into());
         }
+        if !self.net_tun_open {
+            needs.notes.push(
+                "/dev/net/tun is root's only: a container with a network cannot move (rootless networking opens it as the account); chmod 0666 /dev/net/tun, as udev does".into(),
+            );
+        }
         if let Some(start) = self.unprivileged_port_start.filter(|&p| p > 0) {
             needs.notes.push(format!(
                 "ports below {start} cannot be published rootless (net.ipv4.ip_unprivileged_port_start)"
@@ -157,6 +166,7 @@ mod tests {
             newuidmap: true,
             newgidmap: true,
             unprivileged_port_start: Some(1024),
+            net_tun_open: false,
         }
     }
 
@@ -172,6 +182,11 @@ mod tests {
         );
         assert!(ci.notes.iter().any(|n| n.contains("ports below 1024")));
         assert!(ci.notes.iter().any(|n| n.contains("resource limits")));
+        assert!(
+            ci.notes
+                .iter()
+                .any(|n| n.contains("/dev/net/tun is root's only"))
+        );
 
         let trixie = HostCapabilities {
             podman_version: Some("podman version 5.4.2".into()),

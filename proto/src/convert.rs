@@ -80,6 +80,7 @@ impl From<HostCapabilities> for pb::HostCapabilities {
             newuidmap: c.newuidmap,
             newgidmap: c.newgidmap,
             unprivileged_port_start: c.unprivileged_port_start,
+            net_tun_open: c.net_tun_open,
         }
     }
 }
@@ -96,6 +97,7 @@ impl From<pb::HostCapabilities> for HostCapabilities {
             newuidmap: c.newuidmap,
             newgidmap: c.newgidmap,
             unprivileged_port_start: c.unprivileged_port_start,
+            net_tun_open: c.net_tun_open,
         }
     }
 }
@@ -612,6 +614,7 @@ mod tests {
                 newuidmap: true,
                 newgidmap: false,
                 unprivileged_port_start: Some(1024),
+                net_tun_open: true,
             },
         };
         let wire: pb::HostReport = report.clone().into();

@@ -288,6 +288,33 @@ fn as_account(account: &AccountIds, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// The JSON paths where `a` and `b` differ, with both values.
+fn json_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    json_diff(
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        &format!("{at}/{k}"),
+                    )
+                })
+                .collect()
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .flat_map(|(i, (p, q))| json_diff(p, q, &format!("{at}/{i}")))
+            .collect(),
+        _ if a == b => Vec::new(),
+        _ => vec![format!("{at}: {a} → {b}")],
+    }
+}
+
 /// What `systemd --user` would do at boot for a `Type=notify` unit: its
 /// `ExecStart=` (systemd's quoting and specifiers undone) as the account.
 fn boot_from_unit(account: &AccountIds, user: &str, unit: &str, service: &str) {
@@ -439,6 +466,11 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
                         format!("{volume}:/data"),
                     ]),
                     network_mode: Some("none".into()),
+                    // It would come back on its own: the checkpoint must not.
+                    restart_policy: Some(bollard::models::RestartPolicy {
+                        name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
+                        maximum_retry_count: None,
+                    }),
                     ..Default::default()
                 }),
                 // Reads its data, writes a file while it runs moved.
@@ -454,6 +486,17 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
         )
         .await;
 
+    // What the rollback must give back: the configuration, field by field.
+    let configured = |doc: bollard::models::ContainerInspectResponse| {
+        (
+            doc.name,
+            serde_json::to_value(doc.config).unwrap(),
+            serde_json::to_value(doc.host_config).unwrap(),
+            serde_json::to_value(doc.mounts).unwrap(),
+            doc.image,
+        )
+    };
+    let configured_before = configured(inspect(&h.scope, &old_id).await);
     let moved = move_rootless(&mut h.client, &name, &user, mode, inside).await;
     let target = Mapping::Rootless {
         account: moved.account,
@@ -593,6 +636,16 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
     }
     let back = inspect(&h.scope, &name).await;
     assert_eq!(back.id.as_deref(), Some(old_id.as_str()));
+    let configured_after = configured(back.clone());
+    let differing = json_diff(
+        &serde_json::to_value(&configured_before).unwrap(),
+        &serde_json::to_value(&configured_after).unwrap(),
+        "",
+    );
+    assert!(
+        differing.is_empty(),
+        "the rootful container's name, config, host config (restart policy included), mounts and image as before: {differing:?}"
+    );
     assert_eq!(back.state.unwrap().running, Some(true));
     assert_eq!(snapshot(&bind), bind_before);
     let mut volume_after = snapshot(&volume_data);

@@ -193,9 +193,7 @@ async fn planning(
     let rootless = match serde_json::to_value(doc) {
         Ok(value) => crate::rootless::place::differences(
             &value,
-            caps.unprivileged_port_start
-                .map_or(1024, |p| p.min(u16::MAX as u32) as u16),
-            caps.cgroup_version < 2,
+            crate::rootless::place::HostFacts::of(&caps),
         ),
         Err(e) => crate::rootless::place::Differences {
             blockers: vec![format!(

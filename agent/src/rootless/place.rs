@@ -45,10 +45,36 @@ const LIMITS: &[&str] = &[
     "BlkioWeight",
 ];
 
-/// Reads the differences off the old inspect document. `port_start` is
-/// the host's `ip_unprivileged_port_start`; `cgroup_v1` whether limits
-/// are ignored.
-pub fn differences(old: &Value, port_start: u16, cgroup_v1: bool) -> Differences {
+/// What of the host decides the differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    /// `net.ipv4.ip_unprivileged_port_start`.
+    pub port_start: u16,
+    /// Rootless resource limits are ignored.
+    pub cgroup_v1: bool,
+    /// `/dev/net/tun` is open to the account: rootless networking works.
+    pub tun_open: bool,
+}
+
+impl HostFacts {
+    pub fn of(caps: &fleet_core::capabilities::HostCapabilities) -> Self {
+        HostFacts {
+            port_start: caps
+                .unprivileged_port_start
+                .map_or(1024, |p| p.min(u16::MAX as u32) as u16),
+            cgroup_v1: caps.cgroup_version < 2,
+            tun_open: caps.net_tun_open,
+        }
+    }
+}
+
+/// Reads the differences off the old inspect document on a host of `facts`.
+pub fn differences(old: &Value, facts: HostFacts) -> Differences {
+    let HostFacts {
+        port_start,
+        cgroup_v1,
+        tun_open,
+    } = facts;
     let mut d = Differences::default();
     let name = str_at(old, "/Name").trim_start_matches('/');
     let host = |field: &str| str_at(old, &format!("/HostConfig/{field}")).to_string();
@@ -62,6 +88,9 @@ pub fn differences(old: &Value, port_start: u16, cgroup_v1: bool) -> Differences
     match host("NetworkMode").as_str() {
         "host" => d.blockers.push(format!("{name} uses the host's network: under a rootless account it would get its own (join a network or publish its ports, then plan again)")),
         "" | "default" | "bridge" => {
+            if !tun_open {
+                d.blockers.push(format!("{name} needs a network, and rootless networking opens /dev/net/tun as the account, which this host allows root only: give it udev's mode (chmod 0666 /dev/net/tun, as a normal Debian host has it) or run it with --network none"));
+            }
             if has_ports(old) {
                 d.changes.push("the default bridge becomes slirp4netns: published ports are forwarded by rootlessport and clients' source addresses are rewritten".into());
             }
@@ -227,7 +256,14 @@ mod tests {
                 "Memory": 1048576,
             }
         });
-        let d = differences(&old, 1024, true);
+        let d = differences(
+            &old,
+            HostFacts {
+                port_start: 1024,
+                cgroup_v1: true,
+                tun_open: true,
+            },
+        );
         assert_eq!(d.blockers.len(), 3, "{:?}", d.blockers);
         assert!(d.blockers.iter().any(|b| b.contains("device")));
         assert!(d.blockers.iter().any(|b| b.contains("CAP_SYS_TIME")));
@@ -235,8 +271,39 @@ mod tests {
         assert!(d.changes.iter().any(|c| c.contains("slirp4netns")));
         assert!(d.changes.iter().any(|c| c.contains("Memory")));
         let host_net = json!({"Name": "/h", "HostConfig": {"NetworkMode": "host"}});
-        assert!(differences(&host_net, 1024, false).blockers[0].contains("host's network"));
+        assert!(
+            differences(
+                &host_net,
+                HostFacts {
+                    port_start: 1024,
+                    cgroup_v1: false,
+                    tun_open: true
+                }
+            )
+            .blockers[0]
+                .contains("host's network")
+        );
+        let bridged = json!({"Name": "/b", "HostConfig": {"NetworkMode": "bridge"}});
+        let closed = HostFacts {
+            port_start: 1024,
+            cgroup_v1: false,
+            tun_open: false,
+        };
+        assert!(
+            differences(&bridged, closed).blockers[0].contains("/dev/net/tun"),
+            "a network needs the tun device"
+        );
         let plain = json!({"Name": "/p", "HostConfig": {"NetworkMode": "none"}});
-        assert_eq!(differences(&plain, 1024, true), Differences::default());
+        assert_eq!(
+            differences(
+                &plain,
+                HostFacts {
+                    port_start: 1024,
+                    cgroup_v1: true,
+                    tun_open: false
+                }
+            ),
+            Differences::default()
+        );
     }
 }

@@ -82,7 +82,9 @@ impl Step for PlaceStep {
             )])
             .into());
         }
-        let Differences { blockers, changes } = place::differences(&old, port_start(), cgroup_v1());
+        let caps = crate::capabilities::current().await;
+        let Differences { blockers, changes } =
+            place::differences(&old, place::HostFacts::of(&caps));
         if !blockers.is_empty() {
             return Err(ContainerError::Refused(blockers).into());
         }
@@ -102,7 +104,6 @@ impl Step for PlaceStep {
             .cloned()
             .unwrap_or(json!({"Name": "no"}));
         let stop_timeout = old.pointer("/Config/StopTimeout").and_then(|v| v.as_i64());
-        let caps = crate::capabilities::current().await;
         let release = caps.podman_release().unwrap_or((0, 0));
         let unit = unit::render(
             unit::flavour(caps.rootless_needs().unit, release),
@@ -152,7 +153,7 @@ impl Step for PlaceStep {
             source
                 .rename(&intent.old_id, &intent.checkpoint_name)
                 .await?;
-            if !intent.checkpoint_keeps_restart_policy {
+            if !intent.checkpoint_keeps_restart_policy && restarts(&intent.restart_policy) {
                 source
                     .set_restart_policy(&intent.old_id, &json!({"Name": "no"}))
                     .await?;
@@ -280,12 +281,19 @@ async fn put_back(
     restore_checkpoint(source, intent).await
 }
 
+/// Whether a restart policy brings a container back at all (`""` is
+/// Docker's "no"): one that does not is left untouched, both ways.
+fn restarts(policy: &Value) -> bool {
+    !matches!(str_at(policy, "/Name"), "" | "no")
+}
+
 async fn restore_checkpoint(source: &Api<'_>, intent: &PlaceIntent) -> Result<(), ContainerError> {
     let old = source.inspect(&intent.old_id).await?;
     if str_at(&old, "/Name").trim_start_matches('/') != intent.name {
         source.rename(&intent.old_id, &intent.name).await?;
     }
     if !intent.checkpoint_keeps_restart_policy
+        && restarts(&intent.restart_policy)
         && old.pointer("/HostConfig/RestartPolicy") != Some(&intent.restart_policy)
     {
         source
@@ -293,16 +301,4 @@ async fn restore_checkpoint(source: &Api<'_>, intent: &PlaceIntent) -> Result<()
             .await?;
     }
     Ok(())
-}
-
-/// `net.ipv4.ip_unprivileged_port_start` (1024 when unreadable).
-fn port_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(1024)
-}
-
-fn cgroup_v1() -> bool {
-    !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
