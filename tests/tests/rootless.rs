@@ -492,7 +492,12 @@ async fn round_trip(mode: UsernsMode, inside: Option<(u32, u32)>, tag: &str) {
             doc.name,
             serde_json::to_value(doc.config).unwrap(),
             serde_json::to_value(doc.host_config).unwrap(),
-            serde_json::to_value(doc.mounts).unwrap(),
+            // The engine lists mounts in no particular order.
+            serde_json::to_value(doc.mounts.map(|mut m| {
+                m.sort_by(|a, b| a.destination.cmp(&b.destination));
+                m
+            }))
+            .unwrap(),
             doc.image,
         )
     };
