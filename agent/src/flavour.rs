@@ -51,16 +51,8 @@ impl BootGuard {
         if std::fs::read_to_string(&self.path).ok().as_deref() == Some(self.contents.as_str()) {
             return Ok(false);
         }
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir)?;
-        let partial = self.path.with_extension("conf.partial");
-        {
-            let mut file = std::fs::File::create(&partial)?;
-            std::io::Write::write_all(&mut file, self.contents.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&partial, &self.path)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new("/")))?;
+        crate::atomic_file::replace(&self.path, &self.contents, 0o644, None)?;
         Ok(true)
     }
 }

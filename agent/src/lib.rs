@@ -3,6 +3,7 @@
 //! `run` serves the `fleet.agent.v1.Agent` gRPC service over mTLS to the
 //! controller (and nobody else), talking to the local engine through bollard.
 
+pub mod atomic_file;
 pub mod backup;
 pub mod cache;
 pub mod capabilities;

@@ -20,13 +20,16 @@ fn discovered(passwd: &Path) -> Vec<(String, PathBuf)> {
     let Ok(text) = std::fs::read_to_string(passwd) else {
         return Vec::new();
     };
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            let uid: u32 = fields.get(2)?.parse().ok()?;
-            let socket = PathBuf::from(format!("/run/user/{uid}/podman/podman.sock"));
-            (uid != 0 && socket.exists()).then(|| (fields[0].to_string(), socket))
+    crate::host_accounts::parse(&text)
+        .into_iter()
+        .filter(|a| a.id != 0)
+        .map(|a| {
+            (
+                a.name,
+                PathBuf::from(format!("/run/user/{}/podman/podman.sock", a.id)),
+            )
         })
+        .filter(|(_, socket)| socket.exists())
         .collect()
 }
 

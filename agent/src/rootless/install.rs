@@ -6,8 +6,6 @@
 //! link beside it. Where systemd runs, the account's manager (lingering,
 //! so it runs without a login) reloads and starts it.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use fleet_core::capabilities::UnitFlavour;
@@ -63,7 +61,8 @@ pub fn install(
     account: &RootlessAccount,
     manager: &UserManager,
 ) -> Result<Vec<String>, RootlessError> {
-    let mut said = Vec::new();
+    // What the create request has that the unit cannot carry is said.
+    let mut said = unit.notes.clone();
     if unit.flavour == UnitFlavour::Quadlet && Path::new(QUADLET).exists() {
         validate(unit, Path::new(QUADLET))?;
         said.push(format!(
@@ -73,7 +72,10 @@ pub fn install(
     }
     let dir = unit.path.parent().unwrap_or(Path::new("/"));
     real_dir(dir)?;
-    write_root_owned(&unit.path, &unit.text, account.ids.gid)?;
+    // Root's, readable by the account's group only: the environment it
+    // carries may hold secrets; a link planted at the path is replaced.
+    crate::atomic_file::replace(&unit.path, &unit.text, 0o640, Some((0, account.ids.gid)))
+        .map_err(RootlessError::io(&unit.path))?;
     if unit.flavour == UnitFlavour::UserService {
         let wants = dir.join("default.target.wants");
         real_dir(&wants)?;
@@ -161,27 +163,6 @@ fn real_dir(dir: &Path) -> Result<(), RootlessError> {
             return Ok(());
         }
     }
-}
-
-/// A fresh file beside `path`, renamed over it: a link planted at `path`
-/// is replaced, never followed.
-fn write_root_owned(path: &Path, text: &str, gid: u32) -> Result<(), RootlessError> {
-    let tmp = path.with_extension("fleet-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(RootlessError::io(&tmp))?;
-    file.write_all(text.as_bytes())
-        .map_err(RootlessError::io(&tmp))?;
-    file.sync_all().map_err(RootlessError::io(&tmp))?;
-    std::os::unix::fs::fchown(&file, Some(0), Some(gid)).map_err(RootlessError::io(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))
-        .map_err(RootlessError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(RootlessError::io(path))
 }
 
 #[cfg(test)]

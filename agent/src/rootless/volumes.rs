@@ -4,7 +4,7 @@
 //! itself is renamed into it: instant, exact, and renamed back on undo.
 //! Where the two are on different mounts (`/var/lib/docker` on its own
 //! filesystem, or bind-mounted, is common) a rename cannot cross: the data
-//! is copied with `rsync -aHAX --numeric-ids` (owners, modes, ACLs, file
+//! is copied with `rsync -aHAXx --numeric-ids` (owners, modes, ACLs, file
 //! capabilities, hard links kept; links never followed), the rootful
 //! directory stays as it is, and the undo writes the account's data back
 //! onto the very same inodes (`--inplace --delete`), so the ownership
@@ -206,7 +206,7 @@ fn copied_from(to: &Path) -> Option<(u64, u64)> {
     Some((dev.parse().ok()?, ino.parse().ok()?))
 }
 
-/// `rsync -aHAX --numeric-ids` of the contents of `from` into `to`: both
+/// `rsync -aHAXx --numeric-ids` of the contents of `from` into `to`: both
 /// must be real directories (a trailing slash would follow a link).
 async fn rsync(extra: &[&str], from: &Path, to: &Path) -> Result<(), RootlessError> {
     for dir in [from, to] {
@@ -217,7 +217,8 @@ async fn rsync(extra: &[&str], from: &Path, to: &Path) -> Result<(), RootlessErr
             )));
         }
     }
-    let mut args: Vec<String> = ["-aHAX", "--numeric-ids", "--sparse"]
+    // -x: never into another filesystem mounted inside, as the walk never goes.
+    let mut args: Vec<String> = ["-aHAXx", "--numeric-ids", "--sparse"]
         .iter()
         .map(|a| a.to_string())
         .collect();

@@ -299,7 +299,8 @@ fn rootless_host(containers: Vec<ContainerReport>) -> HostReport {
 }
 
 fn rootless_plan(report: &HostReport, policy: &str) -> HostPlan {
-    let policy = Policy::parse(std::path::Path::new("p.toml"), policy).unwrap();
+    let policy = Policy::parse(std::path::Path::new("p.toml"), policy)
+        .unwrap_or_else(|e| panic!("the policy of this test parses: {e}"));
     plan_host(
         &host(),
         report,
@@ -316,7 +317,7 @@ fn reasons(plan: &HostPlan, name: &str) -> String {
         .containers
         .iter()
         .find(|c| c.name == name)
-        .unwrap()
+        .unwrap_or_else(|| panic!("{name} is in the plan"))
         .action
     {
         Action::Refused { reasons } => reasons.join("; "),

@@ -156,7 +156,7 @@ impl Downtime {
 }
 
 /// `docker ARGS`, which must succeed.
-fn docker_cli(args: &[&str]) -> anyhow::Result<()> {
+pub(super) fn docker_cli(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("docker").args(args).output()?;
     if !out.status.success() {
         bail!(

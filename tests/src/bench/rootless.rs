@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use fleet_proto::agent::v1 as pb;
 
 use super::median;
+use super::recreate::docker_cli as docker;
 use crate::agent_client::{collect, key};
 use crate::fleet::AccountCleanup;
 use crate::host::{host, roll_back, stop, verify};
@@ -47,18 +48,6 @@ fn docker_run(name: &str, image: &str) -> anyhow::Result<()> {
         "-c",
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])
-}
-
-fn docker(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("docker").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn wait_healthy(name: &str) -> anyhow::Result<()> {
